@@ -1,0 +1,145 @@
+"""compile(): the one module that wires text -> AST -> IR -> KernelProgram -> backend."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, ir
+from .backends import cache
+from .backends import numba as numba_backend
+from .backends import numpy as numpy_backend
+from .data import check_pair, prepare
+from .errors import TPError
+from .kernel_program import KernelProgram
+from .lower import lower
+from .parse import parse_file, parse_source
+from .passes import PIPELINE
+
+KINDS = ("nngp", "ntk")
+
+
+class CompiledNetwork:
+    """A .tp network compiled to its infinite-width kernels.
+
+    Example:
+        >>> net = compile_source("input x\\nh = dense(x)\\ny = readout(relu(h))")
+        >>> K = net.nngp(np.eye(3))        # (3, 3)
+    """
+
+    def __init__(self, program: ir.Program):
+        self.ir = program
+        self.name = program.name
+
+    # --- stages ----------------------------------------------------------------------
+
+    @functools.cached_property
+    def kernel_program(self) -> KernelProgram:
+        """The NNGP/NTK recursion as straight-line scalar code (built on first use)."""
+        return PIPELINE.kernel_program(self.ir)
+
+    @functools.cached_property
+    def _cache_key(self) -> str:
+        return f"{self.ir.digest()[:40]}-{__version__}-{numba_backend.numba_version()}"
+
+    @functools.cached_property
+    def _module(self):
+        entry = cache.read_index(self._cache_key)
+        if entry is not None:
+            self._kinds, self._refusal = tuple(entry["kinds"]), entry["ntk_refused"]
+            return cache.load_module(entry["source"])
+        kp = self.kernel_program
+        source = numba_backend.render(kp)
+        module = cache.load_module(source)
+        cache.write_index(self._cache_key, {"module": str(cache.module_path(source)),
+                                            "kinds": list(kp.kinds),
+                                            "ntk_refused": kp.ntk_refused})
+        self._kinds, self._refusal = kp.kinds, kp.ntk_refused
+        return module
+
+    def prepare(self) -> CompiledNetwork:
+        """Compile now (otherwise the first kernel call does it); returns self."""
+        self._module  # noqa: B018 - the property compiles
+        return self
+
+    # --- kernels ---------------------------------------------------------------------
+
+    def kernels(self, x1, x2=None, get=KINDS, *, dtype=None, backend: str = "numba",
+                progress=None) -> dict[str, np.ndarray]:
+        """Kernels between the points of x1 and x2 (x2=None: x1 with itself).
+
+        Arguments:
+            x1, x2: (N, d) arrays (or (N, T, d) for a sequence input), or a dict
+                input name -> array for a network with several inputs.
+            get: "nngp", "ntk" or a tuple of them.
+            dtype: the output dtype (computation is always float64).
+            backend: "numba" (fast) or "numpy" (the reference evaluator).
+            progress: callable(done, total) between row blocks.
+        Returns:
+            dict kind -> (N1, N2) array.
+        """
+        get = (get,) if isinstance(get, str) else tuple(get)
+        for k in get:
+            if k not in KINDS:
+                raise TPError(f"unknown kernel '{k}'", hint="use 'nngp' or 'ntk'")
+        a = prepare(self.ir, x1, "X1" if x2 is not None else "X")
+        b = None
+        if x2 is not None:
+            b = prepare(self.ir, x2, "X2")
+            check_pair(self.ir, a, b)
+        out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float64)
+        if backend == "numpy":
+            kp = self.kernel_program
+            self._check_kinds(get, kp.kinds, kp.ntk_refused)
+            res = numpy_backend.evaluate(kp, a, b, get)
+            return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
+        if backend != "numba":
+            raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
+        module = self._module
+        self._check_kinds(get, self._kinds, self._refusal)
+        names = [i.name for i in self.ir.inputs]
+        arrays1 = [a[n] for n in names]
+        arrays2 = None if b is None else [b[n] for n in names]
+        k = numba_backend.run(module, arrays1, arrays2, progress=progress)
+        return {kind: k[self._kinds.index(kind)].astype(out_dtype, copy=False) for kind in get}
+
+    def _check_kinds(self, get, kinds, refusal) -> None:
+        for k in get:
+            if k not in kinds:
+                raise TPError(f"the {k.upper()} of this network is not available: {refusal}")
+
+    def nngp(self, x1, x2=None, **kw) -> np.ndarray:
+        """The NNGP kernel (output covariance of the infinite-width network)."""
+        return self.kernels(x1, x2, ("nngp",), **kw)["nngp"]
+
+    def ntk(self, x1, x2=None, **kw) -> np.ndarray:
+        """The neural tangent kernel (neural-tangents' 'ntk' parameterization)."""
+        return self.kernels(x1, x2, ("ntk",), **kw)["ntk"]
+
+    # --- views -----------------------------------------------------------------------
+
+    def latex(self) -> str:
+        """The NNGP and NTK recursions in LaTeX."""
+        from .latex import program_latex
+
+        return program_latex(self.ir, self.kernel_program)
+
+    def _repr_latex_(self) -> str:
+        return "$$" + self.latex() + "$$"
+
+    def __repr__(self) -> str:
+        ins = ", ".join(i.name if i.length is None else f"{i.name}[{i.length}]"
+                        for i in self.ir.inputs)
+        return f"<CompiledNetwork {self.name or '<unnamed>'}({ins}), {len(self.ir.gvars)} G-vars>"
+
+
+def compile(path: str | Path) -> CompiledNetwork:  # noqa: A001 - the public name the docs use
+    """Compile a .tp file. Raises TPError for any mistake in it."""
+    return CompiledNetwork(lower(parse_file(path)))
+
+
+def compile_source(text: str, path: str = "<string>") -> CompiledNetwork:
+    """Compile .tp source text. Raises TPError for any mistake in it."""
+    return CompiledNetwork(lower(parse_source(text, path)))

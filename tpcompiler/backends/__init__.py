@@ -1,0 +1,1 @@
+"""Backends: evaluate a KernelProgram on data (numpy: the reference; numba: the fast one)."""

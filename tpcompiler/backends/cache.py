@@ -1,0 +1,83 @@
+"""Content-addressed generated modules: written atomically, imported, regenerated if corrupt.
+
+numba's cache=True only works for functions defined in real files, so every generated module
+lives at <cache>/k_<sha256 of its source>.py and is never rewritten in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TPC_CACHE_DIR")
+    if root:
+        path = Path(root)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = Path(base) / "tpcompiler"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def module_path(source: str) -> Path:
+    digest = hashlib.sha256(source.encode()).hexdigest()[:32]
+    return cache_dir() / f"k_{digest}.py"
+
+
+def load_module(source: str):
+    """Import the generated module for `source`, writing it first if needed."""
+    path = module_path(source)
+    name = "tpcompiler_gen_" + path.stem
+    if name in sys.modules:
+        return sys.modules[name]
+    if not path.exists() or path.read_text(encoding="utf-8") != source:
+        atomic_write_text(path, source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def index_path(key: str) -> Path:
+    return cache_dir() / f"p_{key}.json"
+
+
+def read_index(key: str) -> dict | None:
+    path = index_path(key)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        source = Path(data["module"]).read_text(encoding="utf-8")
+        if hashlib.sha256(source.encode()).hexdigest()[:32] not in data["module"]:
+            return None  # a corrupt or edited module: regenerate
+        data["source"] = source
+        return data
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_index(key: str, data: dict) -> None:
+    atomic_write_text(index_path(key), json.dumps(data))

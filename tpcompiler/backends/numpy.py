@@ -1,0 +1,154 @@
+"""The reference evaluator: walks the KernelProgram's sympy trees over NumPy arrays.
+
+Slow and simple on purpose: it is the oracle the other backends are tested against. Every
+point (diag) or pair (cross) is one element of a broadcast array; helpers run elementwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sympy as sp
+
+from .. import functions as F
+from .. import helpers
+from ..kernel_program import KernelProgram, twin
+from ..quadrature import cholesky_psd, grid
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def np_erf(x):
+    return np.asarray(_erf(x), dtype=np.float64)
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _phi_cdf(x):
+    return 0.5 * (1.0 + np_erf(x / math.sqrt(2.0)))
+
+
+#: numeric meaning of every IR function, elementwise over arrays
+FUNCS = {
+    F.Relu: lambda x: np.maximum(x, 0.0),
+    F.Step: lambda x: (x > 0).astype(np.float64),
+    F.Sign: np.sign,
+    F.AbsF: np.abs,
+    F.ABRelu: lambda x, a, b: a * np.minimum(x, 0.0) + b * np.maximum(x, 0.0),
+    F.Erf: np_erf,
+    F.Gauss: lambda x: np.exp(-x * x),
+    F.Sigmoid: _sigmoid,
+    F.Gelu: lambda x: x * _phi_cdf(x),
+    F.DGelu: lambda x: _phi_cdf(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi),
+    F.Softplus: lambda x: np.logaddexp(0.0, x),
+    sp.erf: np_erf,
+    sp.tanh: np.tanh,
+    sp.sin: np.sin,
+    sp.cos: np.cos,
+    sp.exp: np.exp,
+}
+
+
+def evaluate_expr(e: sp.Expr, env: dict, program: KernelProgram | None = None):
+    """Value of a sympy expression over arrays in env (symbol name -> array)."""
+    if e.is_Symbol:
+        return env[e.name]
+    if e.is_Number or e in (sp.pi, sp.E):
+        return float(e)
+    args = [evaluate_expr(a, env, program) for a in e.args]
+    if e.is_Add:
+        out = args[0]
+        for a in args[1:]:
+            out = out + a
+        return out
+    if e.is_Mul:
+        out = args[0]
+        for a in args[1:]:
+            out = out * a
+        return out
+    if e.is_Pow:
+        base, p = args
+        if e.args[1].is_Integer:
+            return np.power(base, int(e.args[1]))
+        return np.power(base, p)
+    fn = FUNCS.get(type(e))
+    if fn is not None:
+        return fn(*args)
+    name = type(e).__name__
+    if name in helpers.HELPERS:
+        return np.vectorize(helpers.HELPERS[name], otypes=[np.float64])(*args)
+    if name.startswith("quad") and program is not None:
+        return _quadrature(program, name, args)
+    raise NotImplementedError(f"no numeric rule for {name}")
+
+
+def _quadrature(program: KernelProgram, name: str, tri: list):
+    qname = name.split("_", 1)[1]
+    itg = next(q for q in program.integrands if q.name == qname)
+    k = itg.dim
+    shape = np.broadcast(*[np.asarray(t) for t in tri]).shape
+    c = np.zeros(shape + (k, k))
+    pos = 0
+    for i in range(k):
+        for j in range(i + 1):
+            c[..., i, j] = c[..., j, i] = tri[pos]
+            pos += 1
+    low = cholesky_psd(c)  # (..., k, k)
+    nodes, weights = grid(k)  # (M, k), (M,)
+    z = np.einsum("...ij,mj->...mi", low, nodes)  # (..., M, k)
+    env = {f"z{i}": z[..., i] for i in range(k)}
+    vals = evaluate_expr(itg.expr, env)
+    vals = np.broadcast_to(vals, shape + (len(weights),))
+    return vals @ weights
+
+
+def _vectors(data: dict, ref):
+    arr = data[ref.input]
+    return arr if ref.index is None else arr[:, ref.index, :]
+
+
+def _run(assigns, env, program):
+    for s, e in assigns:
+        env[s.name] = evaluate_expr(e, env, program)
+
+
+def diag_values(program: KernelProgram, data: dict) -> dict:
+    env = {}
+    for g in program.diag_gram:
+        a, b = _vectors(data, g.a), _vectors(data, g.b)
+        env[g.symbol.name] = np.einsum("nd,nd->n", a, b) / a.shape[-1]
+    _run(program.diag, env, program)
+    return env
+
+
+def evaluate(program: KernelProgram, data1: dict, data2: dict | None = None,
+             get=("nngp", "ntk")) -> dict[str, np.ndarray]:
+    """Kernels between the points of data1 and data2 (data2=None: data1 with itself).
+
+    data: input name -> (N, d) array for a vector input, (N, T, d) for a sequence input.
+    """
+    d1 = diag_values(program, data1)
+    d2 = d1 if data2 is None else diag_values(program, data2)
+    other = data1 if data2 is None else data2
+    env = {k: np.asarray(v)[:, None] for k, v in d1.items()}
+    env.update({twin(sp.Symbol(k)).name: np.asarray(v)[None, :] for k, v in d2.items()})
+    for g in program.cross_gram:
+        a, b = _vectors(data1, g.a), _vectors(other, g.b)
+        env[g.symbol.name] = a @ b.T / a.shape[-1]
+    _run(program.cross, env, program)
+    n1 = next(iter(data1.values())).shape[0]
+    n2 = next(iter(other.values())).shape[0]
+    out = {}
+    for kind in get:
+        dexpr, cexpr = program.outputs[kind]
+        k = np.broadcast_to(evaluate_expr(cexpr, env, program), (n1, n2)).astype(np.float64)
+        if data2 is None:
+            # the kernel is symmetric; quadratures are not exactly symmetric under swapping the
+            # two points (Cholesky order), so take the upper triangle as every backend does
+            k = np.triu(k, 1) + np.triu(k, 1).T
+            np.fill_diagonal(k, np.broadcast_to(evaluate_expr(dexpr, d1, program), (n1,)))
+        out[kind] = k
+    return out

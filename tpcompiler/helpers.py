@@ -1,0 +1,169 @@
+"""Scalar closed-form Gaussian expectations used by the kernel backends.
+
+Convention: (u, v) ~ N(0, [[q1, k], [k, q2]]) with q1, q2 >= 0; step(x) = [x > 0],
+relu(x) = max(x, 0), gelu(x) = x Phi(x) (exact), erf the standard error function.
+
+Every function maps float64 scalars to a float64 and uses only ``math``, with no closures and
+no module globals in the bodies: the numba backend copies these sources verbatim (via
+``inspect.getsource``, in ``HELPER_SOURCE_ORDER``) into a generated module and decorates them
+with ``@njit``, while the Python backends call them directly.  Constants are therefore written
+inline rather than as module-level names, which a copied body could not see.
+
+Where a formula contains the determinant q1 q2 - k^2 it goes through ``snapped_det``: inputs
+with |k| a rounding error above sqrt(q1 q2) then never produce NaN, and exactly (anti)parallel
+inputs produce exact results.
+"""
+
+import math
+from collections.abc import Callable
+
+
+def snapped_det(q1: float, q2: float, k: float) -> float:
+    """s = q1 q2 - k^2, set to 0 when s <= 8 eps q1 q2 (so never negative)."""
+    p = q1 * q2
+    s = p - k * k
+    # The rounding noise of s is a few eps * q1 q2, so below 8 eps it carries no information;
+    # snapping it makes k == q1 == q2 give theta = 0 and k == -q1 == -q2 give theta = pi
+    # exactly, and a |k| that rounding pushed past sqrt(q1 q2) cannot reach sqrt(negative).
+    if s <= 8.0 * 2.220446049250313e-16 * p:
+        return 0.0
+    return s
+
+
+def th(q1: float, q2: float, k: float) -> float:
+    """theta = atan2(sqrt(q1 q2 - k^2), k) in [0, pi], i.e. cos(theta) = k / sqrt(q1 q2)."""
+    if q1 <= 0.0 or q2 <= 0.0:
+        # neural-tangents' convention: a zero-norm input is orthogonal to everything
+        return 0.5 * math.pi
+    # atan2 rather than acos: acos loses half the digits near |cos| = 1
+    return math.atan2(math.sqrt(snapped_det(q1, q2, k)), k)
+
+
+def relu_relu(q1: float, q2: float, k: float) -> float:
+    """E[relu(u) relu(v)] = (sqrt(q1 q2 - k^2) + (pi - theta) k) / (2 pi)  (arc-cosine J1)."""
+    if q1 <= 0.0 or q2 <= 0.0:
+        return 0.0
+    r = math.sqrt(snapped_det(q1, q2, k))
+    theta = math.atan2(r, k)  # == th(q1, q2, k); r is needed as well, so not recomputed
+    # (pi - theta) / pi is exactly 1 at theta = 0 and exactly 0 at theta = pi, which makes
+    # parallel inputs give k / 2 and antipodal ones 0 to the last bit
+    return r / (2.0 * math.pi) + 0.5 * k * ((math.pi - theta) / math.pi)
+
+
+def step_step(q1: float, q2: float, k: float) -> float:
+    """E[step(u) step(v)] = (pi - theta) / (2 pi)."""
+    return 0.5 * ((math.pi - th(q1, q2, k)) / math.pi)
+
+
+def relu_step(q1: float, q2: float, k: float) -> float:
+    """E[relu(u) step(v)] = sqrt(q1) (1 + cos theta) / (2 sqrt(2 pi))."""
+    # Stein on u 1{u>0} 1{v>0}: each indicator contributes phi(0) * P(other > 0 | this = 0)
+    # = 1 / (2 sqrt(2 pi)), the v one weighted by the correlation cos theta.
+    if q1 <= 0.0:
+        return 0.0
+    if q2 <= 0.0:
+        c = 0.0  # theta = pi / 2, as in th
+    else:
+        c = min(1.0, max(-1.0, k / math.sqrt(q1 * q2)))
+    return math.sqrt(q1) * (1.0 + c) / (2.0 * math.sqrt(2.0 * math.pi))
+
+
+def lin_step(q2: float, k: float) -> float:
+    """E[u step(v)] = k / sqrt(2 pi q2)  (Stein: k E[delta(v)])."""
+    if q2 <= 0.0:
+        return 0.0
+    return k / math.sqrt(2.0 * math.pi * q2)
+
+
+def relu_mean(q: float) -> float:
+    """E[relu(u)], u ~ N(0, q), = sqrt(q / (2 pi))."""
+    return math.sqrt(max(q, 0.0) / (2.0 * math.pi))
+
+
+def erf_erf(q1: float, q2: float, k: float) -> float:
+    """E[erf(u) erf(v)] = (2/pi) asin(2k / sqrt((1 + 2 q1)(1 + 2 q2)))  (Williams 1997)."""
+    # Evaluated as (2/pi) atan2(2k, sqrt(det(I + 2 Sigma))), the same angle: it needs no clamp
+    # and, with the determinant expanded around snapped_det, stays accurate near |rho| = 1.
+    det = 1.0 + 2.0 * (q1 + q2) + 4.0 * snapped_det(q1, q2, k)
+    return (2.0 / math.pi) * math.atan2(2.0 * k, math.sqrt(max(det, 2.2250738585072014e-308)))
+
+
+def derf_derf(q1: float, q2: float, k: float) -> float:
+    """E[erf'(u) erf'(v)] = (4/pi) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 k^2)."""
+    # det(I + 2 Sigma) written as 1 + 2(q1 + q2) + 4 det(Sigma) is >= 1 for any valid
+    # covariance without cancellation; the max only shields invalid (negative) variances.
+    det = 1.0 + 2.0 * (q1 + q2) + 4.0 * snapped_det(q1, q2, k)
+    return (4.0 / math.pi) / math.sqrt(max(det, 2.2250738585072014e-308))
+
+
+def gelu_gelu(q1: float, q2: float, k: float) -> float:
+    """E[gelu(u) gelu(v)] = k/4 + (k A + (k^2 + q1 q2 D) / (P sqrt(D))) / (2 pi)."""
+    # P = (1 + q1)(1 + q2), D = P - k^2 = 1 + q1 + q2 + det(Sigma) >= 1, A = atan2(k, sqrt(D))
+    p = (1.0 + q1) * (1.0 + q2)
+    d = max(1.0 + q1 + q2 + snapped_det(q1, q2, k), 2.2250738585072014e-308)
+    sd = math.sqrt(d)
+    a = math.atan2(k, sd)
+    return 0.25 * k + (k * a + (k * k + q1 * q2 * d) / (p * sd)) / (2.0 * math.pi)
+
+
+def dgelu_dgelu(q1: float, q2: float, k: float) -> float:
+    """E[gelu'(u) gelu'(v)] = 1/4 + A/(2 pi) + k/(2 pi sqrt(D)) (1/D + (1 - q1 q2)/P + 1)."""
+    # P, D, A as in gelu_gelu
+    p = (1.0 + q1) * (1.0 + q2)
+    d = max(1.0 + q1 + q2 + snapped_det(q1, q2, k), 2.2250738585072014e-308)
+    sd = math.sqrt(d)
+    a = math.atan2(k, sd)
+    return 0.25 + (a + k / sd * (1.0 / d + (1.0 - q1 * q2) / p + 1.0)) / (2.0 * math.pi)
+
+
+def gelu_mean(q: float) -> float:
+    """E[gelu(u)], u ~ N(0, q), = q / sqrt(2 pi (1 + q))  (Stein: q E[phi(u)])."""
+    return q / math.sqrt(2.0 * math.pi * (1.0 + q))
+
+
+def gelu_lin(q1: float, q2: float, k: float) -> float:
+    """E[gelu(u) v] = k E[gelu'(u)] = k / 2."""
+    # E[Phi(u)] = 1/2 and E[u phi(u)] = 0 by symmetry, for every q1
+    return 0.5 * k
+
+
+def erf_lin(q1: float, q2: float, k: float) -> float:
+    """E[erf(u) v] = k E[erf'(u)] = k (2 / sqrt(pi)) / sqrt(1 + 2 q1)."""
+    return k * (2.0 / math.sqrt(math.pi)) / math.sqrt(1.0 + 2.0 * q1)
+
+
+# Dependency order for the backend that copies the sources: every helper appears after the
+# helpers it calls.
+HELPER_SOURCE_ORDER: tuple[str, ...] = (
+    "snapped_det",
+    "th",
+    "relu_relu",
+    "step_step",
+    "relu_step",
+    "lin_step",
+    "relu_mean",
+    "erf_erf",
+    "derf_derf",
+    "gelu_gelu",
+    "dgelu_dgelu",
+    "gelu_mean",
+    "gelu_lin",
+    "erf_lin",
+)
+
+HELPERS: dict[str, Callable[..., float]] = {
+    "snapped_det": snapped_det,
+    "th": th,
+    "relu_relu": relu_relu,
+    "step_step": step_step,
+    "relu_step": relu_step,
+    "lin_step": lin_step,
+    "relu_mean": relu_mean,
+    "erf_erf": erf_erf,
+    "derf_derf": derf_derf,
+    "gelu_gelu": gelu_gelu,
+    "dgelu_dgelu": dgelu_dgelu,
+    "gelu_mean": gelu_mean,
+    "gelu_lin": gelu_lin,
+    "erf_lin": erf_lin,
+}

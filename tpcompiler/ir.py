@@ -1,0 +1,213 @@
+"""The tensor-program IR: a NETSOR-transpose program, unrolled, in SSA form, immutable.
+
+Vectors of the infinite width n are G-vars (Gaussian in the limit) or H-vars. A G-var is one of
+  INPUT   A x[t]   an input matrix (fan-in d) applied to an input vector: an initial G-var
+  BIAS    b        a bias vector, one per layer (shared by every use and every input)
+  MATMUL  W h      a hidden matrix (fan-in n) applied to an H-var
+H-vars are sympy expressions over G-var symbols: LinComb and Nonlin of NETSOR are both just
+expressions, so h = relu(g0 + g1) * sigmoid(g2) is one (multivariate) Nonlin.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import sympy as sp
+
+from .errors import Span
+
+
+class Op(enum.Enum):
+    INPUT = "input"
+    BIAS = "bias"
+    MATMUL = "matmul"
+
+
+INITIAL = frozenset({Op.INPUT, Op.BIAS})
+
+
+class Kind(enum.Enum):
+    """Which dimensions of a matrix are infinite (Tensor Programs IV's weight kinds)."""
+
+    INPUT = "input"  # finite -> infinite
+    HIDDEN = "hidden"  # infinite -> infinite
+    READOUT = "readout"  # infinite -> finite (or finite -> finite for a readout of an input)
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str  # the user's name: inputs are matched to data by it
+    length: int | None  # None for a vector input, T for a sequence s[0..T-1]
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """The input vector x (index None) or s[index]."""
+
+    input: str
+    index: int | None
+
+    def __str__(self) -> str:
+        return self.input if self.index is None else f"{self.input}[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Matrix:
+    name: str  # IR name (A0, A1, ...): generated code uses these, never the user's text
+    label: str  # what the user wrote (a weight name, or dense@line:col), for messages
+    var: sp.Expr  # sigma^2: entries are sigma/sqrt(fan_in) * N(0, 1)
+    kind: Kind
+    shared: bool  # declared with `weight` (may be used many times)
+    fan_in: str | None = None  # the input whose dimension is the fan-in, for INPUT-kind
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Bias:
+    name: str  # IR name (B0, ...)
+    label: str
+    var: sp.Expr
+    shared: bool
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class GVar:
+    name: str  # g0, g1, ...: also the sympy symbol's name
+    op: Op
+    param: str  # the Matrix (INPUT, MATMUL) or Bias (BIAS) it comes from
+    arg: sp.Expr | InputRef | None  # the H-var (MATMUL), the input vector (INPUT), None (BIAS)
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def symbol(self) -> sp.Symbol:
+        return gsym(self.name)
+
+
+@dataclass(frozen=True)
+class Readout:
+    matrix: str
+    arg: sp.Expr | InputRef
+    bias: str | None
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LayerAbc:
+    """Exponents of one weight kind or weight: W = n^-a w, w ~ N(0, n^-2b), lr = eta n^-c."""
+
+    target: str
+    a: Fraction
+    b: Fraction
+    c: Fraction
+
+
+@dataclass(frozen=True)
+class Parametrization:
+    preset: str  # ntk | sp | mup | mf | custom
+    entries: tuple[LayerAbc, ...] = ()
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str | None
+    parametrization: Parametrization
+    inputs: tuple[Input, ...]
+    matrices: tuple[Matrix, ...]
+    biases: tuple[Bias, ...]
+    gvars: tuple[GVar, ...]
+    readout: Readout
+
+    def matrix(self, name: str) -> Matrix:
+        return self._index()[name]
+
+    def bias(self, name: str) -> Bias:
+        return self._index()[name]
+
+    def gvar(self, name: str) -> GVar:
+        return self._index()[name]
+
+    def input(self, name: str) -> Input:
+        return self._index()[name]
+
+    def param_var(self, name: str) -> sp.Expr:
+        return self._index()[name].var
+
+    def _index(self) -> dict:
+        cached = self.__dict__.get("_idx")
+        if cached is None:
+            cached = {x.name: x for x in (*self.inputs, *self.matrices, *self.biases, *self.gvars)}
+            object.__setattr__(self, "_idx", cached)
+        return cached
+
+    def text(self) -> str:
+        return format_program(self)
+
+    def digest(self) -> str:
+        """A content hash, stable across processes (the cache key of compiled kernels)."""
+        return hashlib.sha256(self.text().encode()).hexdigest()
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+_SYMBOLS: dict[str, sp.Symbol] = {}
+
+
+def gsym(name: str) -> sp.Symbol:
+    """The sympy symbol of a G-var (real: its coordinates are real Gaussians)."""
+    sym = _SYMBOLS.get(name)
+    if sym is None:
+        sym = _SYMBOLS[name] = sp.Symbol(name, real=True)
+    return sym
+
+
+def gvars_of(expr: sp.Expr) -> list[str]:
+    """Names of the G-vars an H-var depends on, in a deterministic order."""
+    if isinstance(expr, InputRef):
+        return []
+    return sorted((s.name for s in expr.free_symbols), key=_natural)
+
+
+def _natural(name: str):
+    head = name.rstrip("0123456789")
+    return (head, int(name[len(head):] or -1))
+
+
+def format_expr(expr) -> str:
+    return str(expr) if isinstance(expr, InputRef) else sp.sstr(expr, order="lex")
+
+
+def format_program(p: Program) -> str:
+    lines = [f"program {p.name or '<unnamed>'}"]
+    par = p.parametrization
+    lines.append(f"parametrization {par.preset}")
+    for e in par.entries:
+        lines.append(f"  {e.target}: a={e.a} b={e.b} c={e.c}")
+    for i in p.inputs:
+        shape = "R^d" if i.length is None else f"(R^d)^{i.length}"
+        lines.append(f"input {i.name} : {shape}")
+    for m in p.matrices:
+        fan = f" fan_in={m.fan_in}" if m.fan_in else ""
+        share = " shared" if m.shared else ""
+        lines.append(f"matrix {m.name} [{m.label}] {m.kind.value} var={m.var}{fan}{share}")
+    for b in p.biases:
+        share = " shared" if b.shared else ""
+        lines.append(f"bias {b.name} [{b.label}] var={b.var}{share}")
+    for g in p.gvars:
+        if g.op is Op.BIAS:
+            rhs = g.param
+        else:
+            arg = format_expr(g.arg)
+            rhs = f"{g.param} @ {arg if g.op is Op.INPUT or g.arg.is_Atom else '(' + arg + ')'}"
+        lines.append(f"{g.name} = {rhs}    # {g.op.value}")
+    r = p.readout
+    bias = f" + {r.bias}" if r.bias else ""
+    arg = format_expr(r.arg)
+    if not isinstance(r.arg, InputRef) and not r.arg.is_Atom:
+        arg = f"({arg})"
+    lines.append(f"out = {r.matrix} @ {arg}{bias}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,87 @@
+"""KernelProgram: the backend-neutral straight-line scalar code that evaluates the kernels.
+
+Two blocks of assignments:
+  diag   per input point xi: Gram entries x_a(xi).x_b(xi)/d, then symbols d0, d1, ...
+  cross  per pair (xi, xi'):  Gram entries x_a(xi).x_b(xi')/d, then symbols c0, c1, ...
+The cross block reads the diag values of both points: d_i of xi as d_i, of xi' as e_i.
+Quadratures are calls quad<k>_<name>(C[0][0], C[1][0], C[1][1], ...) of named integrands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .ir import Input, InputRef
+
+
+@dataclass(frozen=True)
+class GramEntry:
+    symbol: sp.Symbol
+    a: InputRef  # at the first point
+    b: InputRef  # at the first point (diag) or the second point (cross)
+
+
+@dataclass(frozen=True)
+class Integrand:
+    name: str
+    dim: int
+    expr: sp.Expr  # in z0 .. z{dim-1}
+
+
+@dataclass(frozen=True)
+class KernelProgram:
+    inputs: tuple[Input, ...]  # data binding order: generated code names them x0, x1, ...
+    diag_gram: tuple[GramEntry, ...]
+    diag: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    cross_gram: tuple[GramEntry, ...]
+    cross: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    outputs: dict  # {"nngp": (diag expr, cross expr), "ntk": (...)}: only the kinds available
+    integrands: tuple[Integrand, ...]
+    labels: dict = field(default_factory=dict, compare=False)  # symbol name -> meaning
+    ntk_refused: str | None = None  # why the NTK is not available, if it is not
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.outputs)
+
+    def diag_needed(self) -> tuple[sp.Symbol, ...]:
+        """Diag symbols that the cross block reads (as the twins e_i of the second point)."""
+        names = set()
+        for _, e in self.cross:
+            names |= {s.name for s in e.free_symbols}
+        for d, c in self.outputs.values():
+            names |= {s.name for s in c.free_symbols}
+        out = [g.symbol for g in self.diag_gram] + [s for s, _ in self.diag]
+        return tuple(s for s in out if s.name in names or twin(s).name in names)
+
+    def text(self) -> str:
+        lines = ["# per point"]
+        for g in self.diag_gram:
+            lines.append(f"{g.symbol} = <{g.a}, {g.b}>/d")
+        for s, e in self.diag:
+            lines.append(f"{s} = {sp.sstr(e)}{_comment(self.labels, s)}")
+        lines.append("# per pair (d_i of the first point, e_i of the second)")
+        for g in self.cross_gram:
+            lines.append(f"{g.symbol} = <{g.a}, {g.b}'>/d")
+        for s, e in self.cross:
+            lines.append(f"{s} = {sp.sstr(e)}{_comment(self.labels, s)}")
+        for kind, (d, c) in self.outputs.items():
+            lines.append(f"{kind}: diagonal {sp.sstr(d)}, off-diagonal {sp.sstr(c)}")
+        for q in self.integrands:
+            lines.append(f"integrand {q.name}(z0..z{q.dim - 1}) = {sp.sstr(q.expr)}")
+        if self.ntk_refused:
+            lines.append(f"# ntk not available: {self.ntk_refused}")
+        return "\n".join(lines) + "\n"
+
+
+def _comment(labels, s) -> str:
+    label = labels.get(s.name)
+    return f"    # {label}" if label else ""
+
+
+def twin(s: sp.Symbol) -> sp.Symbol:
+    """The second point's copy of a diag symbol d_i (e_i)."""
+    assert s.name.startswith("d")
+    return sp.Symbol("e" + s.name[1:], real=True)

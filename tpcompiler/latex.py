@@ -1,0 +1,85 @@
+"""The recursion as a human reads it: the KernelProgram in LaTeX, closed forms written out."""
+
+from __future__ import annotations
+
+import re
+
+import sympy as sp
+from sympy.printing.latex import LatexPrinter
+
+from . import ir
+from .kernel_program import KernelProgram
+from .passes.closedform import LATEX, LATEX_NOTE
+
+
+def _g(name: str) -> str:
+    return f"g_{{{name[1:]}}}"
+
+
+def _label_tex(label: str, side: str) -> str:
+    pt = {"11": "(x,x)", "22": "(x',x')", "12": "(x,x')"}[side]
+    if label.startswith("Cov("):
+        a, b = re.findall(r"g\d+", label)
+        return rf"\Sigma_{{{_g(a)}{_g(b)}}}{pt}"
+    if label.startswith("D("):
+        a, b = re.findall(r"g\d+", label)
+        return rf"D_{{{_g(a)}{_g(b)}}}{pt}"
+    if label.startswith("<"):
+        refs = label[1:].split(">")[0].replace("'", "").split(", ")
+        x1 = refs[0]
+        x2 = refs[1]
+        p1, p2 = {"11": ("", ""), "22": ("'", "'"), "12": ("", "'")}[side]
+        return rf"\langle {x1}{p1}, {x2}{p2}\rangle / d"
+    return rf"\mathrm{{{label}}}{pt}"
+
+
+def _tex_name(name: str) -> str:
+    return name.replace("_", "\\_")
+
+
+class _Printer(LatexPrinter):
+    def __init__(self, names):
+        super().__init__({"mul_symbol": "dot"})
+        self.names = names
+
+    def _print_Symbol(self, expr, style="plain"):
+        return self.names.get(expr.name, super()._print_Symbol(expr))
+
+    def _print_Function(self, expr, exp=None):
+        name = type(expr).__name__
+        args = ", ".join(self._print(a) for a in expr.args)
+        if name.startswith("quad"):
+            q = name.split("_", 1)[1]
+            return rf"\mathbb{{E}}_{{z\sim\mathcal N(0, C)}}[{q}(z)]_{{C=({args})}}"
+        text = rf"\operatorname{{{_tex_name(name)}}}({args})"
+        return text if exp is None else f"{text}^{{{exp}}}"
+
+
+def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
+    """An aligned block: the per-point and per-pair recursions, then the closed forms used."""
+    names = {}
+    for s, label in kp.labels.items():
+        if s.startswith("d"):
+            names[s] = _label_tex(label, "11")
+            names["e" + s[1:]] = _label_tex(label, "22")
+        else:
+            names[s] = _label_tex(label, "12")
+    pr = _Printer(names)
+    rows = []
+    # the per-point block is the same recursion at x' = x, so only the per-pair one is shown
+    for s, e in kp.cross:
+        rows.append(f"{names.get(s.name, s.name)} &= {pr.doprint(e)}")
+    for kind, (_, c) in kp.outputs.items():
+        if not (c.is_Symbol and names.get(c.name, "").startswith(r"\mathrm")):
+            rows.append(rf"\mathrm{{{kind.upper()}}}(x,x') &= {pr.doprint(c)}")
+    used = set()
+    for _, e in kp.cross:
+        used |= {type(f).__name__ for f in e.atoms(sp.Function)}
+    for name in sorted(used & set(LATEX)):
+        rows.append(rf"\operatorname{{{_tex_name(name)}}}(q_1, q_2, k) &= {LATEX[name]}")
+    if used & set(LATEX):
+        rows.append(rf"&\quad {LATEX_NOTE}")
+    for q in kp.integrands:
+        zs = ", ".join(f"z_{i}" for i in range(q.dim))
+        rows.append(rf"{q.name}({zs}) &= {sp.latex(q.expr)}")
+    return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"

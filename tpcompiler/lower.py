@@ -1,0 +1,664 @@
+"""AST -> IR: checks names, kinds and dimensions, unrolls loops, builds the NETSOR program.
+
+The lowering is a small interpreter over the AST: every construct is one case here, and every
+mistake a user can make ends in a TPError pointing at the offending node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import sympy as sp
+
+from . import ir
+from . import syntax as S
+from .errors import Span, TPError, did_you_mean
+from .functions import BUILTINS
+
+MAX_GVARS = 5000  # unrolled program size cap (G-vars): larger programs are almost surely a typo
+MAX_STEPS = 200_000  # statements executed while unrolling
+MAX_SEQ = 10_000
+PRESETS = ("ntk", "sp", "mup", "mf")
+KINDS = ("input", "hidden", "readout", "bias")
+MAX_POWER = 16  # vector ** p: moments grow like (2p-1)!!; beyond this they are meaningless
+
+
+@dataclass(frozen=True)
+class Scalar:
+    value: sp.Expr  # an exact number
+
+
+@dataclass(frozen=True)
+class Vec:
+    expr: sp.Expr  # an H-var: an expression in G-var symbols
+
+
+@dataclass(frozen=True)
+class InVec:
+    ref: ir.InputRef
+
+
+@dataclass(frozen=True)
+class Seq:
+    input: ir.Input
+
+
+@dataclass(frozen=True)
+class Weight:
+    name: str
+
+
+@dataclass(frozen=True)
+class Act:
+    name: str
+    param: sp.Dummy
+    body: sp.Expr
+
+
+@dataclass(frozen=True)
+class Output:
+    pass
+
+
+_WHAT = {Scalar: "a constant", Vec: "a vector", InVec: "an input vector", Seq: "a sequence input",
+         Weight: "a weight", Act: "an activation function", Output: "the readout output"}
+
+
+def _what(v) -> str:
+    return _WHAT[type(v)]
+
+
+def _fraction(text: str, span) -> Fraction:
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise TPError(f"malformed number {text!r}", span) from None
+
+
+def _check_finite(value: sp.Expr, span: Span | None) -> sp.Expr:
+    bad = value.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or not value.is_real
+    if not bad:
+        try:
+            f = float(value)
+            bad = not math.isfinite(f) or abs(f) > 1e300
+        except (TypeError, OverflowError):
+            bad = True
+    if bad:
+        raise TPError("this constant expression is not a finite real number", span,
+                      "check for a division by zero, an overflow or a root of a negative number")
+    return value
+
+
+class _Lowerer:
+    def __init__(self, module: S.Module):
+        self.module = module
+        self.source = module.source
+        self.env: dict[str, object] = {}
+        self.defined_at: dict[str, Span | None] = {}
+        self.assigned_later = self._all_assigned(module.body)
+        self.name: str | None = None
+        self.param: ir.Parametrization | None = None
+        self.inputs: list[ir.Input] = []
+        self.matrices: list[ir.Matrix] = []
+        self.biases: list[ir.Bias] = []
+        self.gvars: list[ir.GVar] = []
+        self.named: dict[str, dict] = {}  # weight name -> var, bias, matrix, bias_g, kind info
+        self.readout: ir.Readout | None = None
+        self.readout_span: Span | None = None
+        self.steps = 0
+
+    # --- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _all_assigned(body) -> set[str]:
+        names: set[str] = set()
+        for s in body:
+            if isinstance(s, S.Assign):
+                names.add(s.name)
+            elif isinstance(s, (S.Repeat, S.For)):
+                names |= _Lowerer._all_assigned(s.body)
+        return names
+
+    def _bind(self, name: str, value, span, what: str) -> None:
+        if name in BUILTINS or name in ("dense", "readout"):
+            raise TPError(f"'{name}' is a built-in function and cannot be redefined as {what}",
+                          span, "choose another name")
+        if name in self.env:
+            prev = self.defined_at.get(name)
+            where = f" (defined at line {prev.line})" if prev is not None else ""
+            raise TPError(f"'{name}' is already defined{where}", span, "choose another name")
+        self.env[name] = value
+        self.defined_at[name] = span
+
+    def _lookup(self, name: str, span):
+        if name in self.env:
+            return self.env[name]
+        if name in BUILTINS or name in ("dense", "readout"):
+            raise TPError(f"'{name}' is a function; call it: {name}(...)", span)
+        if name in self.assigned_later:
+            raise TPError(f"'{name}' is used before it is assigned", span,
+                          "assign it earlier in the program")
+        hint = did_you_mean(name, self.env)
+        raise TPError(f"undefined name '{name}'", span, hint)
+
+    def _tick(self, span) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS or len(self.gvars) > MAX_GVARS:
+            raise TPError(
+                f"the unrolled program is too large (more than {MAX_GVARS} vectors or "
+                f"{MAX_STEPS} statements)", span, "reduce the loop counts")
+
+    def _new_gvar(self, op: ir.Op, param: str, arg, span) -> sp.Symbol:
+        g = ir.GVar(f"g{len(self.gvars)}", op, param, arg, span)
+        self.gvars.append(g)
+        self._tick(span)
+        return g.symbol
+
+    def _new_matrix(self, label, var, kind, shared, fan_in, span) -> ir.Matrix:
+        m = ir.Matrix(f"A{len(self.matrices)}", label, var, kind, shared, fan_in, span)
+        self.matrices.append(m)
+        return m
+
+    def _new_bias(self, label, var, shared, span) -> ir.Bias:
+        b = ir.Bias(f"B{len(self.biases)}", label, var, shared, span)
+        self.biases.append(b)
+        return b
+
+    def _label(self, what: str, span) -> str:
+        return f"{what}@{span.line}:{span.column}" if span is not None else what
+
+    # --- constants -----------------------------------------------------------------------
+
+    def scalar(self, e: S.Expr, what: str = "a constant") -> sp.Expr:
+        v = self.expr(e)
+        if not isinstance(v, Scalar):
+            raise TPError(f"expected {what}, got {_what(v)}", e.span)
+        return v.value
+
+    def integer(self, e: S.Expr, what: str, lo: int | None = None, hi: int | None = None) -> int:
+        v = self.scalar(e, what)
+        if not v.is_Integer:
+            raise TPError(f"{what} must be an integer, got {v}", e.span)
+        n = int(v)
+        if lo is not None and n < lo:
+            raise TPError(f"{what} must be at least {lo}, got {n}", e.span)
+        if hi is not None and n > hi:
+            raise TPError(f"{what} is {n}, more than the limit {hi}", e.span,
+                          "the program is unrolled; keep loops and sequences small")
+        return n
+
+    def variance(self, kw: S.Kwarg) -> sp.Expr:
+        v = self.scalar(kw.value, f"a number for {kw.name}=")
+        if v.is_negative:
+            raise TPError(f"{kw.name}= is a variance and must be >= 0, got {v}", kw.value.span,
+                          "variances are sigma^2; use a non-negative number")
+        return v
+
+    # --- statements ----------------------------------------------------------------------
+
+    def run(self) -> ir.Program:
+        body = self.module.body
+        if not body:
+            raise TPError(f"{self.source.path}: the program is empty",
+                          hint="a program needs at least an input, layers and a readout, "
+                               "e.g. examples/relu_mlp.tp")
+        for stmt in body:
+            self.stmt(stmt, top=True)
+        if self.readout is None:
+            lines = self.source.text.splitlines() or [""]
+            span = Span(self.source, len(lines), 1, len(lines), max(2, len(lines[-1]) + 1))
+            raise TPError("the program has no readout", span,
+                          "end the program with e.g. y = readout(relu(h), var=1.0)")
+        return ir.Program(
+            name=self.name,
+            parametrization=self.param or ir.Parametrization("ntk"),
+            inputs=tuple(self.inputs),
+            matrices=tuple(self.matrices),
+            biases=tuple(self.biases),
+            gvars=tuple(self.gvars),
+            readout=self.readout,
+        )
+
+    def stmt(self, s: S.Stmt, top: bool = False) -> None:
+        self._tick(s.span)
+        method = getattr(self, "stmt_" + type(s).__name__)
+        if not top and isinstance(s, (S.NetworkDecl, S.ParamDecl, S.ConstDecl, S.InputDecl,
+                                      S.WeightDecl, S.ActDecl)):
+            raise TPError("declarations are only allowed at the top level, not inside a loop",
+                          s.span, "move it before the loop")
+        method(s)
+
+    def stmt_NetworkDecl(self, s: S.NetworkDecl) -> None:
+        if self.name is not None:
+            raise TPError("the network is named twice", s.span)
+        self.name = s.name
+
+    def stmt_ParamDecl(self, s: S.ParamDecl) -> None:
+        if self.param is not None:
+            raise TPError("the parametrization is set twice", s.span)
+        if s.entries is None:
+            if s.name not in PRESETS:
+                hint = did_you_mean(s.name, PRESETS + ("custom",)) or (
+                    "use one of: " + ", ".join(PRESETS) + ", or custom { ... }")
+                raise TPError(f"unknown parametrization '{s.name}'", s.span, hint)
+            self.param = ir.Parametrization(s.name)
+            return
+        if s.name != "custom":
+            raise TPError(f"only `parametrization custom` takes a block, not '{s.name}'", s.span)
+        entries = []
+        seen = set()
+        for e in s.entries:
+            if e.target in seen:
+                raise TPError(f"'{e.target}' appears twice in the parametrization", e.span)
+            seen.add(e.target)
+            vals = {}
+            for kw in e.kwargs:
+                if kw.name not in ("a", "b", "c"):
+                    raise TPError(f"unknown exponent '{kw.name}'", kw.span,
+                                  "each entry sets a=, b= and c=")
+                v = self.scalar(kw.value, f"a rational number for {kw.name}=")
+                if not v.is_Rational:
+                    raise TPError(f"{kw.name}= must be a rational number, got {v}", kw.value.span)
+                vals[kw.name] = Fraction(int(v.p), int(v.q))
+            missing = [k for k in ("a", "b", "c") if k not in vals]
+            if missing:
+                raise TPError(f"'{e.target}' is missing {', '.join(missing)}=", e.span,
+                              "write e.g.  hidden: a=1/2, b=0, c=0")
+            entries.append(ir.LayerAbc(e.target, vals["a"], vals["b"], vals["c"]))
+        self.param = ir.Parametrization("custom", tuple(entries))
+        self._param_entries = s.entries
+
+    def stmt_ConstDecl(self, s: S.ConstDecl) -> None:
+        value = self.scalar(s.value)
+        self._bind(s.name, Scalar(value), s.span, "a constant")
+
+    def stmt_InputDecl(self, s: S.InputDecl) -> None:
+        if s.length is None:
+            inp = ir.Input(s.name, None)
+            self._bind(s.name, InVec(ir.InputRef(s.name, None)), s.span, "an input")
+        else:
+            n = self.integer(s.length, "the sequence length", lo=1, hi=MAX_SEQ)
+            inp = ir.Input(s.name, n)
+            self._bind(s.name, Seq(inp), s.span, "an input")
+        self.inputs.append(inp)
+
+    def stmt_WeightDecl(self, s: S.WeightDecl) -> None:
+        var, bias = sp.S.One, sp.S.Zero
+        for kw in s.kwargs:
+            if kw.name == "var":
+                var = self.variance(kw)
+            elif kw.name == "bias":
+                bias = self.variance(kw)
+            else:
+                raise TPError(f"unknown weight parameter '{kw.name}'", kw.span,
+                              did_you_mean(kw.name, ("var", "bias")) or "a weight takes var= and "
+                              "bias= (the bias is shared by every use, like the matrix)")
+        self._check_unique_kwargs(s.kwargs)
+        self._bind(s.name, Weight(s.name), s.span, "a weight")
+        self.named[s.name] = {"var": var, "bias": bias, "decl": s.span, "matrix": None,
+                              "bias_g": None, "first_use": None}
+
+    def stmt_ActDecl(self, s: S.ActDecl) -> None:
+        z = sp.Dummy(s.param, real=True)
+        body = _ActBody(self, s.name, s.param, z).expr(s.body)
+        self._bind(s.name, Act(s.name, z, body), s.span, "an activation")
+
+    def stmt_Assign(self, s: S.Assign) -> None:
+        value = self.expr(s.value)
+        if isinstance(value, Output):
+            pass
+        elif not isinstance(value, Vec):
+            hint = None
+            if isinstance(value, Scalar):
+                hint = "declare numbers with `const NAME = ...`"
+            elif isinstance(value, (InVec, Seq)):
+                hint = "inputs enter the network through dense(x) or readout(x)"
+            raise TPError(f"cannot assign {_what(value)} to '{s.name}'", s.value.span, hint)
+        current = self.env.get(s.name)
+        if current is not None and not isinstance(current, (Vec, Output)):
+            raise TPError(f"cannot assign to '{s.name}': it is {_what(current)}", s.span,
+                          "use a new name for the vector")
+        self.env[s.name] = value
+        self.defined_at.setdefault(s.name, s.span)
+
+    def stmt_Repeat(self, s: S.Repeat) -> None:
+        n = self.integer(s.count, "the repeat count", lo=0, hi=MAX_GVARS)
+        for _ in range(n):
+            for b in s.body:
+                self.stmt(b)
+
+    def stmt_For(self, s: S.For) -> None:
+        lo = self.integer(s.start, "the loop start")
+        hi = self.integer(s.stop, "the loop end")
+        if hi - lo + 1 > MAX_GVARS:
+            raise TPError(f"the loop runs {hi - lo + 1} times, more than the limit {MAX_GVARS}",
+                          s.span, "the program is unrolled; keep loops small")
+        if s.var in self.env:
+            raise TPError(f"the loop variable '{s.var}' is already defined", s.span,
+                          "choose another name")
+        try:
+            for t in range(lo, hi + 1):
+                self.env[s.var] = Scalar(sp.Integer(t))
+                for b in s.body:
+                    self.stmt(b)
+        finally:
+            self.env.pop(s.var, None)
+
+    # --- expressions ---------------------------------------------------------------------
+
+    def expr(self, e: S.Expr):
+        return getattr(self, "expr_" + type(e).__name__)(e)
+
+    def expr_Number(self, e: S.Number):
+        f = _fraction(e.text, e.span)
+        return Scalar(_check_finite(sp.Rational(f.numerator, f.denominator), e.span))
+
+    def expr_Name(self, e: S.Name):
+        v = self._lookup(e.id, e.span)
+        if isinstance(v, Output):
+            raise TPError(f"'{e.id}' is the network's scalar output and cannot be used again",
+                          e.span, "the readout must be the last step")
+        return v
+
+    def expr_Index(self, e: S.Index):
+        v = self._lookup(e.name, e.span)
+        if not isinstance(v, Seq):
+            raise TPError(f"'{e.name}' is {_what(v)}, not a sequence; it cannot be indexed",
+                          e.span, "declare a sequence input with `input s[T]`")
+        i = self.integer(e.index, "a sequence index")
+        n = v.input.length
+        if not 0 <= i < n:
+            raise TPError(f"index {i} is out of range: '{e.name}' has {n} elements "
+                          f"({e.name}[0] .. {e.name}[{n - 1}])", e.span)
+        return InVec(ir.InputRef(e.name, i))
+
+    def expr_Neg(self, e: S.Neg):
+        v = self.expr(e.operand)
+        if isinstance(v, Scalar):
+            return Scalar(-v.value)
+        if isinstance(v, Vec):
+            return Vec(-v.expr)
+        raise self._bad_operand("-", v, e.operand.span)
+
+    def _bad_operand(self, op, v, span) -> TPError:
+        hint = None
+        if isinstance(v, (InVec, Seq)):
+            hint = "inputs enter the network through dense(x); use dense(x) here"
+        elif isinstance(v, (Weight, Act)):
+            hint = f"a {'weight' if isinstance(v, Weight) else 'function'} is not a value"
+        return TPError(f"'{op}' cannot take {_what(v)}", span, hint)
+
+    def expr_BinOp(self, e: S.BinOp):
+        a, b = self.expr(e.left), self.expr(e.right)
+        for v, sub in ((a, e.left), (b, e.right)):
+            if not isinstance(v, (Scalar, Vec)):
+                raise self._bad_operand(e.op, v, sub.span)
+        if isinstance(a, Scalar) and isinstance(b, Scalar):
+            return Scalar(self._scalar_op(e.op, a.value, b.value, e))
+        x = a.value if isinstance(a, Scalar) else a.expr
+        y = b.value if isinstance(b, Scalar) else b.expr
+        if e.op == "+":
+            return Vec(x + y)
+        if e.op == "-":
+            return Vec(x - y)
+        if e.op == "*":
+            return Vec(x * y)
+        if e.op == "/":
+            if isinstance(b, Vec):
+                raise TPError("division by a vector is not supported", e.right.span,
+                              "divide by constants only; 1/h is not integrable for Gaussian h")
+            if y == 0:
+                raise TPError("division by zero", e.right.span)
+            return Vec(x / y)
+        # e.op == "**"
+        if isinstance(b, Vec):
+            raise TPError("an exponent must be a constant integer, not a vector", e.right.span)
+        if not (y.is_Integer and 0 <= int(y) <= MAX_POWER):
+            raise TPError(f"a vector can only be raised to an integer power 0..{MAX_POWER}, "
+                          f"got {y}", e.right.span, "use a non-negative integer exponent")
+        return Vec(x ** int(y))
+
+    def _scalar_op(self, op, x, y, e) -> sp.Expr:
+        if op == "/" and y == 0:
+            raise TPError("division by zero", e.right.span)
+        if op == "**":
+            if x == 0 and y.is_negative:
+                raise TPError("zero to a negative power", e.span)
+            if y.is_Integer and x.is_Rational and x != 0:
+                bits = max(abs(int(x.p)), abs(int(x.q)), 2).bit_length()
+                if abs(int(y)) * bits > 2048:
+                    raise TPError("this constant is too large to be a finite number", e.span)
+            elif abs(float(y)) * abs(math.log2(abs(float(x)) or 1.0)) > 1100:
+                raise TPError("this constant is too large to be a finite number", e.span)
+        ops = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
+               "/": lambda: x / y, "**": lambda: x**y}
+        return _check_finite(sp.nsimplify(ops[op]()) if op == "**" and False else ops[op](), e.span)
+
+    def _check_unique_kwargs(self, kwargs) -> None:
+        seen = set()
+        for kw in kwargs:
+            if kw.name in seen:
+                raise TPError(f"keyword '{kw.name}' is given twice", kw.span)
+            seen.add(kw.name)
+
+    def expr_Call(self, e: S.Call):
+        self._check_unique_kwargs(e.kwargs)
+        if e.func == "dense":
+            return self.call_dense(e)
+        if e.func == "readout":
+            return self.call_readout(e)
+        if e.func in BUILTINS:
+            params, build = BUILTINS[e.func]
+            z = self._one_vector_arg(e)
+            kw = self._keywords(e, params)
+            return Vec(build(z, **kw))
+        if e.func in self.env:
+            f = self.env[e.func]
+            if not isinstance(f, Act):
+                raise TPError(f"'{e.func}' is {_what(f)}, not a function", e.span)
+            z = self._one_vector_arg(e, allow_kwargs=False)
+            return Vec(f.body.xreplace({f.param: z}))
+        hint = did_you_mean(e.func, [*BUILTINS, "dense", "readout",
+                                     *(n for n, v in self.env.items() if isinstance(v, Act))])
+        raise TPError(f"unknown function '{e.func}'", e.span,
+                      hint or "define it with `act name(z) = ...` or see docs/language.md")
+
+    def _one_vector_arg(self, e: S.Call, allow_kwargs: bool = True) -> sp.Expr:
+        if len(e.args) != 1:
+            raise TPError(f"{e.func}() takes 1 positional argument, got {len(e.args)}", e.span)
+        if not allow_kwargs and e.kwargs:
+            raise TPError(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
+        v = self.expr(e.args[0])
+        if not isinstance(v, Vec):
+            hint = None
+            if isinstance(v, (InVec, Seq)):
+                hint = "apply dense() first: inputs enter the network through dense(x)"
+            raise TPError(f"{e.func}() needs a vector argument, got {_what(v)}",
+                          e.args[0].span, hint)
+        return v.expr
+
+    def _keywords(self, e: S.Call, params: dict) -> dict:
+        out = {}
+        for kw in e.kwargs:
+            if kw.name not in params:
+                names = ", ".join(f"{p}=" for p in params) or "no keyword arguments"
+                raise TPError(f"{e.func}() has no parameter '{kw.name}'", kw.span,
+                              did_you_mean(kw.name, params) or f"{e.func}() takes {names}")
+            out[kw.name] = self.scalar(kw.value, f"a number for {kw.name}=")
+        for p, default in params.items():
+            if p not in out:
+                if default is None:
+                    raise TPError(f"{e.func}() needs the keyword argument {p}=", e.span)
+                out[p] = default
+        return out
+
+    def call_dense(self, e: S.Call) -> Vec:
+        if not 1 <= len(e.args) <= 2:
+            raise TPError(f"dense() takes 1 or 2 positional arguments (vector[, weight]), got "
+                          f"{len(e.args)}", e.span)
+        arg = self.expr(e.args[0])
+        if isinstance(arg, Seq):
+            raise TPError(f"'{arg.input.name}' is a sequence; use one element, "
+                          f"e.g. {arg.input.name}[0]", e.args[0].span)
+        if not isinstance(arg, (Vec, InVec)):
+            raise TPError(f"dense() needs a vector or an input, got {_what(arg)}", e.args[0].span)
+        kind = ir.Kind.INPUT if isinstance(arg, InVec) else ir.Kind.HIDDEN
+        fan_in = arg.ref.input if isinstance(arg, InVec) else None
+        if len(e.args) == 2:
+            w = e.args[1]
+            if not isinstance(w, S.Name):
+                raise TPError("the second argument of dense() must be a weight name", w.span)
+            wv = self._lookup(w.id, w.span)
+            if not isinstance(wv, Weight):
+                raise TPError(f"'{w.id}' is {_what(wv)}, not a weight", w.span,
+                              f"declare it with `weight {w.id}(var=...)`")
+            if e.kwargs:
+                raise TPError("var= and bias= of a named weight are set in its declaration",
+                              e.kwargs[0].span, f"write them in `weight {w.id}(...)`")
+            matrix, bias_g = self._named_use(w.id, kind, fan_in, e.span)
+        else:
+            kw = self._dense_kwargs(e)
+            label = self._label("dense", e.span)
+            m = self._new_matrix(label, kw["var"], kind, False, fan_in, e.span)
+            matrix = m.name
+            bias_g = None
+            if kw["bias"] != 0:
+                b = self._new_bias(label, kw["bias"], False, e.span)
+                bias_g = self._new_gvar(ir.Op.BIAS, b.name, None, e.span)
+        op = ir.Op.INPUT if kind is ir.Kind.INPUT else ir.Op.MATMUL
+        g = self._new_gvar(op, matrix, arg.ref if isinstance(arg, InVec) else arg.expr, e.span)
+        return Vec(g + bias_g if bias_g is not None else g)
+
+    def _dense_kwargs(self, e: S.Call) -> dict:
+        out = {"var": sp.S.One, "bias": sp.S.Zero}
+        for kw in e.kwargs:
+            if kw.name not in out:
+                raise TPError(f"{e.func}() has no parameter '{kw.name}'", kw.span,
+                              did_you_mean(kw.name, out) or f"{e.func}() takes var= and bias=")
+            out[kw.name] = self.variance(kw)
+        return out
+
+    def _named_use(self, name, kind, fan_in, span):
+        info = self.named[name]
+        if info["matrix"] is None:
+            m = self._new_matrix(name, info["var"], kind, True, fan_in, info["decl"])
+            info["matrix"], info["kind"], info["fan_in"], info["first_use"] = (
+                m.name, kind, fan_in, span)
+            if info["bias"] != 0:
+                b = self._new_bias(name, info["bias"], True, info["decl"])
+                info["bias_g"] = self._new_gvar(ir.Op.BIAS, b.name, None, info["decl"])
+        elif info["kind"] is not kind:
+            first = info["first_use"]
+            raise TPError(
+                f"weight '{name}' is used with {kind.value} fan-in here but with "
+                f"{info['kind'].value} fan-in at line {first.line}", span,
+                "a matrix has one fan-in: use separate weights for inputs and hidden vectors")
+        return info["matrix"], info["bias_g"]
+
+    def call_readout(self, e: S.Call) -> Output:
+        if len(e.args) != 1:
+            raise TPError(f"readout() takes 1 positional argument, got {len(e.args)}", e.span)
+        if self.readout is not None:
+            raise TPError("a program has exactly one readout; this is a second one", e.span,
+                          f"the first is at line {self.readout_span.line}")
+        arg = self.expr(e.args[0])
+        if isinstance(arg, Seq):
+            raise TPError(f"'{arg.input.name}' is a sequence; read out one element or a vector",
+                          e.args[0].span)
+        if not isinstance(arg, (Vec, InVec)):
+            raise TPError(f"readout() needs a vector, got {_what(arg)}", e.args[0].span)
+        kw = self._dense_kwargs(e)
+        fan_in = arg.ref.input if isinstance(arg, InVec) else None
+        m = self._new_matrix(self._label("readout", e.span), kw["var"], ir.Kind.READOUT, False,
+                             fan_in, e.span)
+        bias = None
+        if kw["bias"] != 0:
+            bias = self._new_bias(self._label("readout", e.span), kw["bias"], False, e.span).name
+        self.readout = ir.Readout(m.name, arg.ref if isinstance(arg, InVec) else arg.expr, bias,
+                                  e.span)
+        self.readout_span = e.span
+        return Output()
+
+
+class _ActBody:
+    """Lowers the body of `act name(z) = ...`: only z, constants, numbers and functions."""
+
+    def __init__(self, outer: _Lowerer, name: str, param: str, z: sp.Dummy):
+        self.outer, self.name, self.param, self.z = outer, name, param, z
+
+    def expr(self, e: S.Expr) -> sp.Expr:
+        if isinstance(e, S.Number):
+            return self.outer.expr_Number(e).value
+        if isinstance(e, S.Name):
+            if e.id == self.param:
+                return self.z
+            if e.id == self.name:
+                raise TPError(f"act '{self.name}' refers to itself; acts cannot be recursive",
+                              e.span)
+            v = self.outer.env.get(e.id)
+            if isinstance(v, Scalar):
+                return v.value
+            if v is None:
+                hint = did_you_mean(e.id, [self.param, *(n for n, x in self.outer.env.items()
+                                                          if isinstance(x, Scalar))])
+                raise TPError(f"undefined name '{e.id}' in act '{self.name}'", e.span,
+                              hint or f"an act body may use only '{self.param}' and constants")
+            raise TPError(f"act '{self.name}' cannot use {_what(v)} '{e.id}'", e.span,
+                          f"an act body may use only '{self.param}', constants and functions")
+        if isinstance(e, S.Neg):
+            return -self.expr(e.operand)
+        if isinstance(e, S.BinOp):
+            a, b = self.expr(e.left), self.expr(e.right)
+            if e.op == "+":
+                return a + b
+            if e.op == "-":
+                return a - b
+            if e.op == "*":
+                return a * b
+            if e.op == "/":
+                if b.has(self.z):
+                    raise TPError("division by an expression in the variable is not supported",
+                                  e.right.span, "divide by constants only")
+                if b == 0:
+                    raise TPError("division by zero", e.right.span)
+                return a / b
+            if not b.is_number:
+                raise TPError("an exponent must be a constant integer", e.right.span)
+            if a.has(self.z):
+                if not (b.is_Integer and 0 <= int(b) <= MAX_POWER):
+                    raise TPError(f"the variable can only be raised to an integer power "
+                                  f"0..{MAX_POWER}, got {b}", e.right.span)
+                return a ** int(b)
+            return self.outer._scalar_op("**", a, b, e)
+        if isinstance(e, S.Call):
+            if e.func == self.name:
+                raise TPError(f"act '{self.name}' calls itself; acts cannot be recursive", e.span)
+            if e.func in ("dense", "readout"):
+                raise TPError(f"{e.func}() cannot be used inside an act", e.span,
+                              "an act is an elementwise function; apply dense() outside it")
+            if len(e.args) != 1:
+                raise TPError(f"{e.func}() takes 1 positional argument, got {len(e.args)}",
+                              e.span)
+            z = self.expr(e.args[0])
+            if e.func in BUILTINS:
+                params, build = BUILTINS[e.func]
+                return build(z, **self.outer._keywords(e, params))
+            f = self.outer.env.get(e.func)
+            if isinstance(f, Act):
+                if e.kwargs:
+                    raise TPError(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
+                return f.body.xreplace({f.param: z})
+            hint = did_you_mean(e.func, [*BUILTINS, *(n for n, v in self.outer.env.items()
+                                                      if isinstance(v, Act))])
+            raise TPError(f"unknown function '{e.func}' in act '{self.name}'", e.span,
+                          hint or "acts may call built-in functions and earlier acts")
+        if isinstance(e, S.Index):
+            raise TPError(f"act '{self.name}' cannot index '{e.name}'", e.span)
+        raise AssertionError(e)
+
+
+def lower(module: S.Module) -> ir.Program:
+    """Check a parsed module and lower it to the tensor-program IR."""
+    return _Lowerer(module).run()

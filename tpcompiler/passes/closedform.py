@@ -1,0 +1,95 @@
+"""One row per nonlinearity: its closed-form Gaussian expectations.
+
+Items are functions of ONE zero-mean Gaussian linear form L. For (u, v) ~ N(0, [[q1, k], [k, q2]])
+the table gives E[phi(u)] and E[phi(u) psi(v)]; the helpers named here are implemented once in
+tpcompiler/helpers.py (numerically careful, e.g. theta = atan2 for arc-cosine kernels).
+Everything not in these tables is integrated by Gauss-Hermite quadrature (passes/expect.py).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..functions import ABRelu, AbsF, DGelu, Erf, Gauss, Gelu, Relu, Sign, Step
+
+
+def helper(name: str, *args) -> sp.Expr:
+    """A call of the numeric helper `name` of tpcompiler.helpers (printed by every backend)."""
+    return sp.Function(name)(*args)
+
+
+#: function class -> item kind
+ITEM_KINDS = {Relu: "relu", Step: "step", Erf: "erf", Gauss: "gauss", Gelu: "gelu",
+              DGelu: "dgelu"}
+
+#: E[phi(u)], u ~ N(0, q).  Source: direct integration (Cho & Saul 2009 for relu's moments).
+SINGLE = {
+    "id": lambda q: sp.S.Zero,
+    "relu": lambda q: helper("relu_mean", q),
+    "step": lambda q: sp.Rational(1, 2),
+    "erf": lambda q: sp.S.Zero,
+    "gauss": lambda q: 1 / sp.sqrt(1 + 2 * q),
+    "gelu": lambda q: helper("gelu_mean", q),
+    "dgelu": lambda q: sp.Rational(1, 2),
+}
+
+#: E[phi(u) psi(v)] for kinds (phi, psi) in sorted order; u has variance q1, v has q2.
+#: Sources: Cho & Saul 2009 (relu, step), Williams 1997 (erf), neural-tangents' Gelu, Stein's
+#: lemma E[u psi(v)] = k E[psi'(v)] for the 'id' rows.
+PAIR = {
+    ("id", "id"): lambda q1, q2, k: k,
+    ("id", "relu"): lambda q1, q2, k: k / 2,
+    ("id", "step"): lambda q1, q2, k: helper("lin_step", q2, k),
+    ("erf", "id"): lambda q1, q2, k: helper("erf_lin", q1, q2, k),
+    ("gelu", "id"): lambda q1, q2, k: helper("gelu_lin", q1, q2, k),
+    ("dgelu", "id"): lambda q1, q2, k: sp.S.Zero,  # dgelu - 1/2 is even: the product is odd
+    ("gauss", "id"): lambda q1, q2, k: sp.S.Zero,
+    ("relu", "relu"): lambda q1, q2, k: helper("relu_relu", q1, q2, k),
+    ("relu", "step"): lambda q1, q2, k: helper("relu_step", q1, q2, k),
+    ("step", "step"): lambda q1, q2, k: helper("step_step", q1, q2, k),
+    ("erf", "erf"): lambda q1, q2, k: helper("erf_erf", q1, q2, k),
+    ("gauss", "gauss"): lambda q1, q2, k: 1 / sp.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * k**2),
+    ("gelu", "gelu"): lambda q1, q2, k: helper("gelu_gelu", q1, q2, k),
+    ("dgelu", "dgelu"): lambda q1, q2, k: helper("dgelu_dgelu", q1, q2, k),
+}
+
+#: LaTeX for the helpers (tpc latex writes the closed forms out).
+LATEX = {
+    "relu_relu": r"\frac{\sqrt{q_1 q_2 - k^2} + (\pi - \theta) k}{2\pi}",
+    "step_step": r"\frac{\pi - \theta}{2\pi}",
+    "relu_step": r"\frac{\sqrt{q_1}\,(1 + \cos\theta)}{2\sqrt{2\pi}}",
+    "lin_step": r"\frac{k}{\sqrt{2\pi q_2}}",
+    "relu_mean": r"\sqrt{q/2\pi}",
+    "erf_erf": r"\frac{2}{\pi}\arcsin\frac{2k}{\sqrt{(1+2q_1)(1+2q_2)}}",
+    "erf_lin": r"\frac{2k}{\sqrt{\pi(1+2q_1)}}",
+    "gelu_gelu": r"\tfrac{k}{4} + \tfrac{1}{2\pi}\Big[k A + \tfrac{k^2 + q_1 q_2 \Delta}"
+                 r"{P\sqrt{\Delta}}\Big]",
+    "dgelu_dgelu": r"\tfrac14 + \tfrac{A}{2\pi} + \tfrac{k}{2\pi\sqrt\Delta}\Big(\tfrac1\Delta"
+                   r" + \tfrac{1 - q_1 q_2}{P} + 1\Big)",
+    "gelu_mean": r"\frac{q}{\sqrt{2\pi(1+q)}}",
+    "gelu_lin": r"k\,E[\mathrm{gelu}'(u)]",
+}
+LATEX_NOTE = (r"\theta = \operatorname{atan2}(\sqrt{q_1 q_2 - k^2}, k),\ "
+              r"P = (1+q_1)(1+q_2),\ \Delta = P - k^2,\ A = \arcsin(k/\sqrt{P})")
+
+
+def canonical(expr: sp.Expr) -> sp.Expr:
+    """Rewrite the ReLU family onto relu and step, which have closed forms.
+
+    abrelu(z; a, b) = a z + (b - a) relu(z),  |z| = 2 relu(z) - z,  sign(z) = 2 step(z) - 1 (a.e.).
+    """
+    return expr.replace(
+        lambda e: isinstance(e, (ABRelu, AbsF, Sign)),
+        lambda e: _rewrite(e),
+    )
+
+
+def _rewrite(e):
+    if isinstance(e, ABRelu):
+        z, a, b = e.args
+        return a * z + (b - a) * Relu(z)
+    if isinstance(e, AbsF):
+        z = e.args[0]
+        return 2 * Relu(z) - z
+    z = e.args[0]
+    return 2 * Step(z) - 1

@@ -1,0 +1,332 @@
+"""Gaussian expectations E[P(z)] of H-var products, by the Master theorem's Gaussian law.
+
+P is a sympy expression in "sided" G-var symbols (a G-var at input 1 or input 2). The engine
+  1. rewrites the ReLU family onto relu/step and expands P into monomials of factors;
+  2. splits each monomial into groups of factors that are structurally independent (their G-vars
+     come from different matrices/biases) and multiplies the groups' expectations;
+  3. takes each group in closed form where one exists: polynomials (Isserlis), products of
+     sin/cos/exp of linear forms (characteristic function), one or two table items
+     (passes/closedform.py);
+  4. integrates what is left by Gauss-Hermite quadrature over a basis of the linear forms it
+     depends on (dimension <= 4), merging all quadrature pieces over the same basis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..errors import TPError
+from .closedform import ITEM_KINDS, PAIR, SINGLE, canonical
+
+MAX_QUAD_DIM = 4
+TRIG = (sp.sin, sp.cos, sp.exp)
+
+
+@dataclass
+class Quadrature:
+    """A request for E[f(z)], z ~ N(0, C): the backend integrates it by Gauss-Hermite."""
+
+    integrand: sp.Expr  # in the coordinate symbols z0..z{k-1}
+    cov: tuple[tuple[sp.Expr, ...], ...]  # k x k covariance of the coordinates
+
+
+def zsym(i: int) -> sp.Symbol:
+    return sp.Symbol(f"z{i}", real=True)
+
+
+class Expectation:
+    """Takes E[.] of expressions in sided G-var symbols.
+
+    cov(a, b): the covariance expression of two sided symbols (0 when independent);
+    param(a): the matrix/bias a sided symbol comes from (equal params <=> may be correlated);
+    quad(Quadrature): registers a quadrature and returns the expression standing for its value;
+    where(a): a description of the vector behind a symbol, for error messages.
+    """
+
+    def __init__(self, cov: Callable, param: Callable, quad: Callable, where: Callable):
+        self.cov, self.param, self.quad, self.where = cov, param, quad, where
+
+    # --- linear forms ------------------------------------------------------------------
+
+    def lin_cov(self, f: sp.Expr, g: sp.Expr) -> sp.Expr:
+        """Cov of two linear forms in sided symbols, bilinearly."""
+        cf, cg = _coeffs(f), _coeffs(g)
+        total = sp.S.Zero
+        for a, x in cf.items():
+            for b, y in cg.items():
+                if self.param(a) == self.param(b):
+                    total += x * y * self.cov(a, b)
+        return total
+
+    # --- the entry point ---------------------------------------------------------------
+
+    def __call__(self, expr: sp.Expr) -> sp.Expr:
+        expr = canonical(expr)
+        total = sp.S.Zero
+        pending: dict[tuple, sp.Expr] = {}  # basis -> summed integrand (in sided symbols)
+        for term in sp.Add.make_args(sp.expand(expr, deep=False, power_base=False,
+                                                power_exp=False, log=False)):
+            coeff, factors = _factors(term)
+            value = coeff
+            quad_parts = []
+            for group in self._groups(factors):
+                closed = self._closed(group)
+                if closed is None:
+                    quad_parts.append(group)
+                else:
+                    value *= closed
+                if value == 0:
+                    break
+            if value == 0:
+                continue
+            if not quad_parts:
+                total += value
+                continue
+            # all quadrature groups of one term share one integral: their product
+            product = sp.Mul(*(f for g in quad_parts for f in g))
+            basis = self._basis([f for g in quad_parts for f in g])
+            pending[basis] = pending.get(basis, sp.S.Zero) + value * product
+        # an integral over a sub-basis is the same integral over a larger one: one call, not two
+        for basis in sorted(pending, key=len):
+            wider = [b for b in pending if len(b) > len(basis) and set(basis) <= set(b)]
+            if wider:
+                target = max(wider, key=len)
+                pending[target] = pending[target] + pending.pop(basis)
+        for basis, integrand in pending.items():
+            total += self._quadrature(basis, integrand)
+        return total
+
+    # --- structure ---------------------------------------------------------------------
+
+    def _groups(self, factors: list[sp.Expr]) -> list[list[sp.Expr]]:
+        """Union factors whose G-vars may be correlated (same matrix or bias)."""
+        params = [{self.param(s) for s in f.free_symbols} for f in factors]
+        groups: list[tuple[set, list]] = []
+        for f, ps in zip(factors, params):
+            merged = [g for g in groups if g[0] & ps]
+            rest = [g for g in groups if not (g[0] & ps)]
+            new_ps = set(ps).union(*(g[0] for g in merged))
+            new_fs = [x for g in merged for x in g[1]] + [f]
+            groups = rest + [(new_ps, new_fs)]
+        return [g[1] for g in groups]
+
+    # --- closed forms ------------------------------------------------------------------
+
+    def _closed(self, group: list[sp.Expr]) -> sp.Expr | None:
+        if all(_is_poly(f) for f in group):
+            return self._isserlis([s for f in group for s in _symbol_list(f)])
+        if all(_is_trig(f) for f in group):
+            return self._characteristic(group)
+        items = []
+        for f in group:
+            base, power = f.as_base_exp()
+            if not (power.is_Integer and 1 <= int(power) <= 2):
+                return None
+            item = _item(base)
+            if item is None:
+                return None
+            items += [item] * int(power)
+        if len(items) == 1:
+            kind, form = items[0]
+            return SINGLE[kind](self.lin_cov(form, form))
+        if len(items) == 2:
+            (k1, f1), (k2, f2) = sorted(items, key=lambda it: it[0])
+            rule = PAIR.get((k1, k2))
+            if rule is None:
+                return None
+            return rule(self.lin_cov(f1, f1), self.lin_cov(f2, f2), self.lin_cov(f1, f2))
+        return None
+
+    def _isserlis(self, xs: list) -> sp.Expr:
+        """E[x1 x2 ... xm] of zero-mean jointly Gaussian linear forms (Wick pairings)."""
+        if len(xs) % 2:
+            return sp.S.Zero
+        if not xs:
+            return sp.S.One
+        first, rest = xs[0], xs[1:]
+        total = sp.S.Zero
+        for i, x in enumerate(rest):
+            c = self.lin_cov(first, x)
+            if c != 0:
+                total += c * self._isserlis(rest[:i] + rest[i + 1:])
+        return total
+
+    def _characteristic(self, group: list[sp.Expr]) -> sp.Expr:
+        """E[prod of sin/cos/exp of linear forms] via E[exp(L)] = exp(Var(L)/2), L complex."""
+        terms = [(sp.S.One, sp.S.Zero)]  # (coefficient, exponent form)
+        for f in group:
+            base, power = f.as_base_exp()
+            for _ in range(int(power)):
+                arg = base.args[0]
+                if isinstance(base, sp.exp):
+                    parts = [(sp.S.One, arg)]
+                elif isinstance(base, sp.cos):
+                    parts = [(sp.S.Half, sp.I * arg), (sp.S.Half, -sp.I * arg)]
+                else:
+                    parts = [(-sp.I / 2, sp.I * arg), (sp.I / 2, -sp.I * arg)]
+                terms = [(c * d, e + g) for c, e in terms for d, g in parts]
+        total = sp.S.Zero
+        for c, e in terms:
+            const = e.subs({s: 0 for s in e.free_symbols})
+            lin = sp.expand(e - const)
+            total += c * sp.exp(const + self.lin_cov(lin, lin) / 2)
+        return sp.simplify(sp.expand_complex(total))
+
+    # --- quadrature --------------------------------------------------------------------
+
+    def _basis(self, factors: list[sp.Expr]) -> tuple:
+        """Linear forms spanning everything the factors depend on (a canonical tuple)."""
+        forms = []
+        for f in factors:
+            forms += _forms(f)
+        symbols = sorted({s for f in forms for s in f.free_symbols}, key=lambda s: s.name)
+        basis: list[sp.Expr] = []
+        rows: list[list] = []
+        for f in sorted(set(forms), key=sp.default_sort_key):
+            c = _coeffs(f)
+            row = [c.get(s, 0) for s in symbols]
+            if sp.Matrix(rows + [row]).rank() > len(rows):
+                rows.append(row)
+                basis.append(f)
+        if len(basis) > MAX_QUAD_DIM:
+            names = ", ".join(self.where(s) for s in symbols)
+            raise TPError(
+                f"this expectation needs a {len(basis)}-dimensional Gaussian integral (over "
+                f"{names}); tpcompiler integrates at most {MAX_QUAD_DIM} dimensions",
+                hint="apply a dense() between nonlinearities that mix many vectors")
+        return tuple(basis)
+
+    def _quadrature(self, basis: tuple, integrand: sp.Expr) -> sp.Expr:
+        k = len(basis)
+        if k == 0:
+            return integrand
+        symbols = sorted({s for f in basis for s in f.free_symbols}, key=lambda s: s.name)
+        m = sp.Matrix([[_coeffs(f).get(s, 0) for s in symbols] for f in basis])  # k x nsym
+        zs = [zsym(i) for i in range(k)]
+
+        def in_basis(form: sp.Expr) -> sp.Expr:
+            c = _coeffs(form)
+            target = sp.Matrix([c.get(s, 0) for s in symbols])
+            w = _solve_in_span(m.T, target)
+            if w is None:  # cannot happen: the basis spans every form it was built from
+                raise AssertionError(f"{form} is not in the span of {basis}")
+            return sum(w[i] * zs[i] for i in range(k))
+
+        def walk(e: sp.Expr) -> sp.Expr:
+            if e.is_Symbol:
+                return in_basis(e)
+            if not e.free_symbols:
+                return e
+            if isinstance(e, sp.Function) and all(not a.free_symbols for a in e.args[1:]):
+                aff = _split_affine(e.args[0])
+                if aff is not None:
+                    return e.func(in_basis(aff[0]) + aff[1], *e.args[1:])
+            return e.func(*[walk(a) for a in e.args])
+
+        body = walk(integrand)
+        cov = tuple(tuple(self.lin_cov(basis[i], basis[j]) for j in range(k)) for i in range(k))
+        return self.quad(Quadrature(body, cov))
+
+
+def _solve_in_span(a: sp.Matrix, e: sp.Matrix):
+    """w with a w = e if it exists (exact), else None."""
+    try:
+        sol, params = a.gauss_jordan_solve(e)
+    except ValueError:
+        return None
+    return sol.subs({p: 0 for p in params})
+
+
+# --- factor analysis -----------------------------------------------------------------------
+
+
+def _factors(term: sp.Expr) -> tuple[sp.Expr, list[sp.Expr]]:
+    coeff, rest = term.as_coeff_mul()
+    factors = []
+    for f in rest:
+        if not f.free_symbols:
+            coeff *= f
+        else:
+            factors.append(f)
+    return coeff, factors
+
+
+def _coeffs(form: sp.Expr) -> dict:
+    """Coefficients of a linear form (no constant term assumed)."""
+    out: dict = {}
+    for t in sp.Add.make_args(sp.expand(form)):
+        c, syms = t.as_coeff_mul()
+        if len(syms) != 1 or not syms[0].is_Symbol:
+            rest = [x for x in syms if not x.is_Symbol]
+            sym = [x for x in syms if x.is_Symbol]
+            if len(sym) != 1 or any(x.free_symbols for x in rest):
+                raise ValueError(f"not a linear form: {form}")
+            c = c * sp.Mul(*rest)
+            syms = sym
+        out[syms[0]] = out.get(syms[0], 0) + c
+    return out
+
+
+def _split_affine(e: sp.Expr):
+    """(linear part, constant) if e is affine in its symbols, else None."""
+    if not e.free_symbols:
+        return None
+    const = sp.S.Zero
+    lin = sp.S.Zero
+    for t in sp.Add.make_args(sp.expand(e)):
+        if not t.free_symbols:
+            const += t
+        else:
+            lin += t
+    try:
+        _coeffs(lin)
+    except ValueError:
+        return None
+    return lin, const
+
+
+def _is_poly(f: sp.Expr) -> bool:
+    base, power = f.as_base_exp()
+    return base.is_Symbol and power.is_Integer and int(power) >= 1
+
+
+def _symbol_list(f: sp.Expr) -> list:
+    base, power = f.as_base_exp()
+    return [base] * int(power)
+
+
+def _is_trig(f: sp.Expr) -> bool:
+    base, power = f.as_base_exp()
+    if not (isinstance(base, TRIG) and power.is_Integer and int(power) >= 1):
+        return False
+    aff = _split_affine(base.args[0])
+    return aff is not None
+
+
+def _item(base: sp.Expr):
+    """(kind, linear form) if base is a table function of a linear form, or a bare symbol."""
+    if base.is_Symbol:
+        return ("id", base)
+    kind = ITEM_KINDS.get(type(base))
+    if kind is None:
+        return None
+    aff = _split_affine(base.args[0])
+    if aff is None or aff[1] != 0:
+        return None
+    return (kind, aff[0])
+
+
+def _forms(f: sp.Expr) -> list[sp.Expr]:
+    """The linear forms a factor depends on: function arguments if affine, else its symbols."""
+    base, _ = f.as_base_exp()
+    if base.is_Symbol:
+        return [base]
+    if isinstance(base, sp.Function) and len(base.args) >= 1:
+        aff = _split_affine(base.args[0])
+        if aff is not None and all(not a.free_symbols for a in base.args[1:]):
+            return [aff[0]]
+    return sorted(f.free_symbols, key=lambda s: s.name)
+

@@ -1,0 +1,260 @@
+"""NNGP and NTK of a program by the Master theorem, as a KernelProgram.
+
+Forward (NETSOR, TP1): for G-vars a, b of the same matrix W (variance s^2/fan_in)
+    Cov(Z^a, Z^b) = s^2 E[Z^{h_a} Z^{h_b}]        a = W h_a, b = W h_b
+inputs: s^2 <x_a, x_b>/d; one bias vector: s_b^2 for every pair; different params: 0.
+Backward (NETSOR-transpose under gradient independence, TP2), with dg = sqrt(n) df/dg:
+    D(a, b) = sum over MatMuls c = W h_c using a, c' = W h_c' using b:
+                 s_W^2 E[d h_c/d a . d h_c'/d b] D(c, c')
+              + s_v^2 E[d h_out/d a . d h_out/d b]                      (the readout v)
+NTK in neural-tangents' 'ntk' convention (sigma as a multiplier):
+    Theta = NNGP + sum over G-var pairs (a, b) of one matrix or bias of D(a, b) Cov(a, b).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import sympy as sp
+
+from .. import ir
+from ..errors import TPError
+from ..kernel_program import GramEntry, Integrand, KernelProgram, twin
+from .expect import Expectation, Quadrature
+
+
+def sided(name: str, side: int) -> sp.Symbol:
+    return sp.Symbol(f"{name}_{side}", real=True)
+
+
+def unsided(s: sp.Symbol) -> tuple[str, int]:
+    name, side = s.name.rsplit("_", 1)
+    return name, int(side)
+
+
+def at_side(h: sp.Expr, side: int) -> sp.Expr:
+    return h.xreplace({s: sided(s.name, side) for s in h.free_symbols})
+
+
+class _Builder:
+    def __init__(self, prog: ir.Program):
+        self.p = prog
+        self.diag_gram: dict[tuple, GramEntry] = {}
+        self.cross_gram: dict[tuple, GramEntry] = {}
+        self.diag: list[tuple[sp.Symbol, sp.Expr]] = []
+        self.cross: list[tuple[sp.Symbol, sp.Expr]] = []
+        self.memo: dict[tuple, sp.Expr] = {}
+        self.integrands: dict[sp.Expr, Integrand] = {}
+        self.labels: dict[str, str] = {}
+        self.ndiag = 0
+        self.ncross = 0
+        self.users: dict[str, list[ir.GVar]] = {g.name: [] for g in prog.gvars}
+        for g in prog.gvars:
+            if g.op is ir.Op.MATMUL:
+                for s in g.arg.free_symbols:
+                    self.users[s.name].append(g)
+        self.E = Expectation(self.cov, self.param, self.quad, self.where)
+
+    # --- symbols -----------------------------------------------------------------------
+
+    def _new(self, block: str, expr: sp.Expr, label: str) -> sp.Expr:
+        if expr.is_Number or expr.is_Symbol:
+            return expr
+        if block == "diag":
+            s = sp.Symbol(f"d{self.ndiag}", real=True)
+            self.ndiag += 1
+            self.diag.append((s, expr))
+        else:
+            s = sp.Symbol(f"c{self.ncross}", real=True)
+            self.ncross += 1
+            self.cross.append((s, expr))
+        self.labels[s.name] = label
+        return s
+
+    def param(self, s: sp.Symbol) -> str:
+        return self.p.gvar(unsided(s)[0]).param
+
+    def where(self, s: sp.Symbol) -> str:
+        g = self.p.gvar(unsided(s)[0])
+        loc = f" (line {g.span.line})" if g.span is not None else ""
+        return f"{g.name}{loc}"
+
+    def quad(self, q: Quadrature) -> sp.Expr:
+        key = (len(q.cov), q.integrand)
+        itg = self.integrands.get(key)
+        if itg is None:
+            itg = Integrand(f"Q{len(self.integrands)}", len(q.cov), q.integrand)
+            self.integrands[key] = itg
+        args = [q.cov[i][j] for i in range(len(q.cov)) for j in range(i + 1)]
+        return sp.Function(f"quad{itg.dim}_{itg.name}")(*args)
+
+    # --- covariances -------------------------------------------------------------------
+
+    def cov(self, a: sp.Symbol, b: sp.Symbol) -> sp.Expr:
+        (na, sa), (nb, sb) = unsided(a), unsided(b)
+        if sa == sb:
+            v = self.cov_diag(na, nb)
+            return v.xreplace({s: twin(s) for s in v.free_symbols}) if sa == 2 else v
+        return self.cov_cross(na, nb) if sa == 1 else self.cov_cross(nb, na)
+
+    def _order(self, a: str, b: str) -> tuple[str, str]:
+        ia, ib = int(a[1:]), int(b[1:])
+        return (a, b) if ia <= ib else (b, a)
+
+    def cov_diag(self, a: str, b: str) -> sp.Expr:
+        a, b = self._order(a, b)
+        key = ("S", "diag", a, b)
+        if key not in self.memo:
+            self.memo[key] = self._new("diag", self._cov_rule(a, b, 1, 1),
+                                       f"Cov({a}, {b}) at one point")
+        return self.memo[key]
+
+    def cov_cross(self, a: str, b: str) -> sp.Expr:
+        key = ("S", "cross", a, b)
+        if key not in self.memo:
+            self.memo[key] = self._new("cross", self._cov_rule(a, b, 1, 2),
+                                       f"Cov({a}, {b}')")
+        return self.memo[key]
+
+    def _cov_rule(self, a: str, b: str, sa: int, sb: int) -> sp.Expr:
+        ga, gb = self.p.gvar(a), self.p.gvar(b)
+        if ga.param != gb.param:
+            return sp.S.Zero
+        var = self.p.param_var(ga.param)
+        if ga.op is ir.Op.BIAS:
+            return var
+        if ga.op is ir.Op.INPUT:
+            return var * self.gram(ga.arg, gb.arg, sa == sb)
+        return var * self.E(at_side(ga.arg, sa) * at_side(gb.arg, sb))
+
+    def gram(self, ra: ir.InputRef, rb: ir.InputRef, same_point: bool) -> sp.Symbol:
+        if same_point:
+            key = tuple(sorted((ra, rb), key=str))
+            table, prefix = self.diag_gram, "d"
+        else:
+            key = (ra, rb)
+            table, prefix = self.cross_gram, "c"
+        entry = table.get(key)
+        if entry is None:
+            if prefix == "d":
+                sym = sp.Symbol(f"d{self.ndiag}", real=True)
+                self.ndiag += 1
+            else:
+                sym = sp.Symbol(f"c{self.ncross}", real=True)
+                self.ncross += 1
+            entry = table[key] = GramEntry(sym, key[0], key[1])
+            self.labels[sym.name] = f"<{key[0]}, {key[1]}{'' if same_point else chr(39)}>/d"
+        return entry.symbol
+
+    # --- the backward program ----------------------------------------------------------
+
+    def dcov(self, a: str, b: str, block: str) -> sp.Expr:
+        """D(a, b) = E[Z^{da} Z^{db}] at one point (diag) or across the two (cross)."""
+        sa, sb = (1, 1) if block == "diag" else (1, 2)
+        if block == "diag":
+            a, b = self._order(a, b)
+        key = ("D", block, a, b)
+        if key in self.memo:
+            return self.memo[key]
+        ga, gb = self.p.gvar(a), self.p.gvar(b)
+        total = sp.S.Zero
+        r = self.p.readout
+        if not isinstance(r.arg, ir.InputRef):
+            da, db = sp.diff(r.arg, ga.symbol), sp.diff(r.arg, gb.symbol)
+            if da != 0 and db != 0:
+                total += self.p.param_var(r.matrix) * self.E(at_side(da, sa) * at_side(db, sb))
+        for c in self.users[a]:
+            da = sp.diff(c.arg, ga.symbol)
+            for c2 in self.users[b]:
+                if c2.param != c.param:
+                    continue
+                db = sp.diff(c2.arg, gb.symbol)
+                var = self.p.param_var(c.param)
+                if var == 0 or da == 0 or db == 0:
+                    continue
+                dd = self.dcov(c.name, c2.name, block)
+                if dd == 0:
+                    continue
+                total += var * dd * self.E(at_side(da, sa) * at_side(db, sb))
+        self.memo[key] = self._new(block, total, f"D({a}, {b}{'' if block == 'diag' else chr(39)})")
+        return self.memo[key]
+
+    # --- outputs -----------------------------------------------------------------------
+
+    def nngp(self, block: str) -> sp.Expr:
+        r = self.p.readout
+        sa, sb = (1, 1) if block == "diag" else (1, 2)
+        var = self.p.param_var(r.matrix)
+        if isinstance(r.arg, ir.InputRef):
+            inner = self.gram(r.arg, r.arg, block == "diag")
+        else:
+            inner = self.E(at_side(r.arg, sa) * at_side(r.arg, sb))
+        bias = self.p.param_var(r.bias) if r.bias else sp.S.Zero
+        return self._new(block, var * inner + bias, "NNGP")
+
+    def ntk(self, block: str, nngp: sp.Expr) -> sp.Expr:
+        by_param: dict[str, list[ir.GVar]] = {}
+        for g in self.p.gvars:
+            by_param.setdefault(g.param, []).append(g)
+        total = nngp
+        for param, gs in by_param.items():
+            if self.p.param_var(param) == 0:
+                continue
+            for ga in gs:
+                for gb in gs:
+                    if block == "diag" and int(gb.name[1:]) < int(ga.name[1:]):
+                        continue
+                    mult = 2 if block == "diag" and ga.name != gb.name else 1
+                    d = self.dcov(ga.name, gb.name, block)
+                    if d == 0:
+                        continue
+                    c = self.cov_diag(ga.name, gb.name) if block == "diag" else \
+                        self.cov_cross(ga.name, gb.name)
+                    total += mult * d * c
+        return self._new(block, total, "NTK")
+
+
+def ntk_refusal(prog: ir.Program) -> str | None:
+    """Why the NTK theorem (TP2, Cor. 7.3) does not cover this program, or None."""
+    exprs = [g.arg for g in prog.gvars if g.op is ir.Op.MATMUL]
+    if not isinstance(prog.readout.arg, ir.InputRef):
+        exprs.append(prog.readout.arg)
+    for e in exprs:
+        if e.has(sp.exp):
+            return ("exp() is not polynomially bounded; the NTK theorem of Tensor Programs II "
+                    "needs polynomially bounded nonlinearities and derivatives (the NNGP is fine)")
+    if prog.parametrization.preset != "ntk":
+        return (f"parametrization {prog.parametrization.preset}: the limit NTK computed here is "
+                f"the NTK parametrization's (see `tpc abc` for what this parametrization implies)")
+    return None
+
+
+def build_kernel_program(prog: ir.Program) -> KernelProgram:
+    """Derive the NNGP (and, where the theorem covers it, NTK) recursions of a program."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        b = _Builder(prog)
+        outputs = {}
+        nd = b.nngp("diag")
+        nc = b.nngp("cross")
+        outputs["nngp"] = (nd, nc)
+        refusal = ntk_refusal(prog)
+        if refusal is None:
+            outputs["ntk"] = (b.ntk("diag", nd), b.ntk("cross", nc))
+    except RecursionError:
+        raise TPError("the program is too deep to derive its kernels",
+                      hint="reduce the loop counts") from None
+    finally:
+        sys.setrecursionlimit(limit)
+    return KernelProgram(
+        inputs=prog.inputs,
+        diag_gram=tuple(b.diag_gram.values()),
+        diag=tuple(b.diag),
+        cross_gram=tuple(b.cross_gram.values()),
+        cross=tuple(b.cross),
+        outputs=outputs,
+        integrands=tuple(b.integrands.values()),
+        labels=b.labels,
+        ntk_refused=refusal,
+    )
