@@ -258,6 +258,8 @@ def _coeffs(form: sp.Expr) -> dict:
     """Coefficients of a linear form (no constant term assumed)."""
     out: dict = {}
     for t in sp.Add.make_args(sp.expand(form)):
+        if t == 0:
+            continue
         c, syms = t.as_coeff_mul()
         if len(syms) != 1 or not syms[0].is_Symbol:
             rest = [x for x in syms if not x.is_Symbol]
