@@ -156,7 +156,8 @@ def _activation(stax, jnp, act: str, params: tuple):
     sign()                       stax.Sign()                 sign(x); NT sets its NTK term to 0
     identity()                   stax.Identity()             x
     tanh_numerical(deg=25)       stax.ElementwiseNumerical(jnp.tanh, deg)   (Gauss-Hermite,
-                                 deg x deg nodes; derivative by jax.grad)
+                                 deg x deg nodes; derivative by jax.grad; slow convergence:
+                                 abs err ~1e-3 at deg 25, ~1e-7 at deg 120, see NT_NOTES.md)
     sigmoid_like()               stax.Sigmoid_like()         0.5*erf(x/2.4020563531719796) + 0.5
     monomial(degree)             stax.Monomial(degree)       x**degree, degree in 0..5
     relu / leaky_relu / abrelu / abs also accept do_stabilize (NT rescaling for deep nets).

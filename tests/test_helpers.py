@@ -152,7 +152,13 @@ def call(name: str, q1: float, q2: float, k: float) -> float:
     """Call a helper with the part of (q1, q2, k) its signature takes."""
     fn = H.HELPERS[name]
     params = tuple(inspect.signature(fn).parameters)
-    return fn(*({"q1": q1, "q2": q2, "k": k, "q": q1}[p] for p in params))
+    return fn(*(_full(q1, q2, k)[p] for p in params))
+
+
+def _full(q1: float, q2: float, k: float) -> dict:
+    """Every argument a helper may take; r and t are the shared arc-cosine pieces."""
+    r = H.rootdet(q1, q2, k)
+    return {"q1": q1, "q2": q2, "k": k, "q": q1, "r": r, "t": H.angle(q1, q2, r, k)}
 
 
 def sin_theta(rho: float) -> float:
@@ -297,11 +303,23 @@ def test_k_rounded_past_boundary_is_not_nan(q1, q2, sign, ulps):
 @pytest.mark.parametrize("q1, q2", [(0.0, 0.0), (0.0, 2.0), (2.0, 0.0)])
 def test_zero_norm(q1, q2):
     assert H.th(q1, q2, 0.0) == math.pi / 2
+    assert H.angle(q1, q2, H.rootdet(q1, q2, 0.0), 0.0) == math.pi / 2
     assert H.relu_relu(q1, q2, 0.0) == 0.0
     assert H.step_step(q1, q2, 0.0) == 0.25
     assert H.relu_step(q1, q2, 0.0) == math.sqrt(q1) / (2 * math.sqrt(2 * math.pi))
     for name in H.HELPER_SOURCE_ORDER:
         assert math.isfinite(call(name, q1, q2, 0.0)), name
+
+
+@pytest.mark.parametrize("rho", [-1.0, -0.3, 0.0, 0.7, 1.0, 1 - 1e-13])
+def test_shared_angle_forms_equal_the_direct_ones(rho):
+    q1, q2 = 1.7, 0.4
+    k = kk(q1, q2, rho)
+    r = H.rootdet(q1, q2, k)
+    t = H.angle(q1, q2, r, k)
+    assert t == H.th(q1, q2, k)
+    assert H.relu_relu_rt(r, t, k) == pytest.approx(H.relu_relu(q1, q2, k), rel=1e-15, abs=1e-300)
+    assert H.step_step_t(t) == H.step_step(q1, q2, k)
 
 
 def test_closed_form_constants():
@@ -352,7 +370,7 @@ def test_numba_matches_python(jitted):
     for name in H.HELPER_SOURCE_ORDER:
         params = tuple(inspect.signature(H.HELPERS[name]).parameters)
         for q1, q2, rho in zip(q1s.tolist(), q2s.tolist(), rhos_.tolist(), strict=True):
-            full = {"q1": q1, "q2": q2, "k": kk(q1, q2, rho), "q": q1}
+            full = _full(q1, q2, kk(q1, q2, rho))
             args = tuple(full[p] for p in params)
             a, b = H.HELPERS[name](*args), jitted[name](*args)
             # bitwise identical here (same libm, no fastmath), but a different LLVM could

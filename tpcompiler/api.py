@@ -42,7 +42,8 @@ class CompiledNetwork:
 
     @functools.cached_property
     def _cache_key(self) -> str:
-        return f"{self.ir.digest()[:40]}-{__version__}-{numba_backend.numba_version()}"
+        return (f"{self.ir.digest()[:40]}-{__version__}-{cache.compiler_fingerprint()}-"
+                f"{numba_backend.numba_version()}")
 
     @functools.cached_property
     def _module(self):

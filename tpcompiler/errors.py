@@ -13,8 +13,13 @@ class Source:
     text: str
     path: str = "<string>"
 
+    def lines(self) -> list[str]:
+        """The lines as the parser counts them: split at '\\n' only (str.splitlines would also
+        split at '\\f', '\\x1c', '\\u2028', ... and show the wrong line), without a final '\\r'."""
+        return [s[:-1] if s.endswith("\r") else s for s in self.text.split("\n")]
+
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines()
         if 1 <= lineno <= len(lines):
             return lines[lineno - 1]
         return ""

@@ -134,6 +134,28 @@ def erf_lin(q1: float, q2: float, k: float) -> float:
 
 # Dependency order for the backend that copies the sources: every helper appears after the
 # helpers it calls.
+def rootdet(q1: float, q2: float, k: float) -> float:
+    """sqrt(q1 q2 - k^2) with the snapping of snapped_det; shared by the arc-cosine kernels."""
+    return math.sqrt(snapped_det(q1, q2, k))
+
+
+def angle(q1: float, q2: float, r: float, k: float) -> float:
+    """theta = atan2(r, k) for r = rootdet(q1, q2, k); pi/2 at zero norm (neural-tangents)."""
+    if q1 <= 0.0 or q2 <= 0.0:
+        return 0.5 * math.pi
+    return math.atan2(r, k)
+
+
+def relu_relu_rt(r: float, t: float, k: float) -> float:
+    """relu_relu from r = rootdet and t = angle (computed once a layer, shared with step_step_t)."""
+    return r / (2.0 * math.pi) + 0.5 * k * ((math.pi - t) / math.pi)
+
+
+def step_step_t(t: float) -> float:
+    """step_step from t = angle: (pi - theta) / (2 pi), exact at theta = 0 and pi."""
+    return 0.5 * ((math.pi - t) / math.pi)
+
+
 HELPER_SOURCE_ORDER: tuple[str, ...] = (
     "snapped_det",
     "th",
@@ -149,6 +171,10 @@ HELPER_SOURCE_ORDER: tuple[str, ...] = (
     "gelu_mean",
     "gelu_lin",
     "erf_lin",
+    "rootdet",
+    "angle",
+    "relu_relu_rt",
+    "step_step_t",
 )
 
 HELPERS: dict[str, Callable[..., float]] = {
@@ -166,4 +192,8 @@ HELPERS: dict[str, Callable[..., float]] = {
     "gelu_mean": gelu_mean,
     "gelu_lin": gelu_lin,
     "erf_lin": erf_lin,
+    "rootdet": rootdet,
+    "angle": angle,
+    "relu_relu_rt": relu_relu_rt,
+    "step_step_t": step_step_t,
 }

@@ -23,6 +23,8 @@ MAX_SEQ = 10_000
 PRESETS = ("ntk", "sp", "mup", "mf")
 KINDS = ("input", "hidden", "readout", "bias")
 MAX_POWER = 16  # vector ** p: moments grow like (2p-1)!!; beyond this they are meaningless
+MAX_EXPONENT = 400  # |e| in a literal 1.5e<e>: 10**e is computed exactly, so it must stay small
+MAX_BITS = 4096  # numerator/denominator size of an exact constant (1e-1000 needs 3322 bits)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,12 @@ def _what(v) -> str:
 
 
 def _fraction(text: str, span) -> Fraction:
+    mantissa, _, exponent = text.lower().partition("e")
+    exponent = exponent.lstrip("+-").lstrip("0")
+    if len(mantissa) > MAX_EXPONENT or len(exponent) > 3 or int(exponent or 0) > MAX_EXPONENT:
+        # Fraction("1e-99999999") would build 10**99999999 exactly and never finish
+        raise TPError(f"the number {text[:20]}{'...' if len(text) > 20 else ''} is out of range",
+                      span, "numbers must lie between about 1e-300 and 1e300 in magnitude")
     try:
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
@@ -83,11 +91,15 @@ def _check_finite(value: sp.Expr, span: Span | None) -> sp.Expr:
         try:
             f = float(value)
             bad = not math.isfinite(f) or abs(f) > 1e300
-        except (TypeError, OverflowError):
+        except (TypeError, ValueError, OverflowError):
             bad = True
     if bad:
         raise TPError("this constant expression is not a finite real number", span,
                       "check for a division by zero, an overflow or a root of a negative number")
+    if value.is_Rational and max(abs(int(value.p)), int(value.q)).bit_length() > MAX_BITS:
+        # exact rationals double in size with every product: stop before they become huge
+        raise TPError(f"this constant needs more than {MAX_BITS} bits to be kept exact", span,
+                      "constants must be moderate numbers (roughly 1e-1000 .. 1e300)")
     return value
 
 
@@ -122,15 +134,19 @@ class _Lowerer:
         return names
 
     def _bind(self, name: str, value, span, what: str) -> None:
-        if name in BUILTINS or name in ("dense", "readout"):
-            raise TPError(f"'{name}' is a built-in function and cannot be redefined as {what}",
-                          span, "choose another name")
+        self._not_builtin(name, span, what)
         if name in self.env:
             prev = self.defined_at.get(name)
             where = f" (defined at line {prev.line})" if prev is not None else ""
             raise TPError(f"'{name}' is already defined{where}", span, "choose another name")
         self.env[name] = value
         self.defined_at[name] = span
+
+    @staticmethod
+    def _not_builtin(name: str, span, what: str) -> None:
+        if name in BUILTINS or name in ("dense", "readout"):
+            raise TPError(f"'{name}' is a built-in function and cannot be redefined as {what}",
+                          span, "choose another name")
 
     def _lookup(self, name: str, span):
         if name in self.env:
@@ -201,16 +217,19 @@ class _Lowerer:
     def run(self) -> ir.Program:
         body = self.module.body
         if not body:
-            raise TPError(f"{self.source.path}: the program is empty",
+            raise TPError("the program is empty", Span(self.source, 1, 1, 1, 2),
                           hint="a program needs at least an input, layers and a readout, "
                                "e.g. examples/relu_mlp.tp")
         for stmt in body:
             self.stmt(stmt, top=True)
         if self.readout is None:
-            lines = self.source.text.splitlines() or [""]
-            span = Span(self.source, len(lines), 1, len(lines), max(2, len(lines[-1]) + 1))
+            span = body[-1].span  # the last statement: the readout was expected after it
+            if span is None:
+                lines = self.source.lines()
+                span = Span(self.source, len(lines), 1, len(lines), max(2, len(lines[-1]) + 1))
             raise TPError("the program has no readout", span,
                           "end the program with e.g. y = readout(relu(h), var=1.0)")
+        self._check_param_targets()
         return ir.Program(
             name=self.name,
             parametrization=self.param or ir.Parametrization("ntk"),
@@ -220,6 +239,14 @@ class _Lowerer:
             gvars=tuple(self.gvars),
             readout=self.readout,
         )
+
+    def _check_param_targets(self) -> None:
+        """Each `custom` entry names a weight kind or a declared weight (declared anywhere)."""
+        for e in getattr(self, "_param_entries", None) or ():
+            if e.target not in KINDS and e.target not in self.named:
+                hint = did_you_mean(e.target, (*KINDS, *self.named)) or (
+                    "an entry is a weight kind (" + ", ".join(KINDS) + ") or a declared weight")
+                raise TPError(f"unknown parametrization entry '{e.target}'", e.span, hint)
 
     def stmt(self, s: S.Stmt, top: bool = False) -> None:
         self._tick(s.span)
@@ -301,11 +328,13 @@ class _Lowerer:
                               "bias_g": None, "first_use": None}
 
     def stmt_ActDecl(self, s: S.ActDecl) -> None:
+        self._not_builtin(s.name, s.span, "an activation")
         z = sp.Dummy(s.param, real=True)
         body = _ActBody(self, s.name, s.param, z).expr(s.body)
         self._bind(s.name, Act(s.name, z, body), s.span, "an activation")
 
     def stmt_Assign(self, s: S.Assign) -> None:
+        self._not_builtin(s.name, s.span, "a vector")
         value = self.expr(s.value)
         if isinstance(value, Output):
             pass
@@ -326,6 +355,7 @@ class _Lowerer:
     def stmt_Repeat(self, s: S.Repeat) -> None:
         n = self.integer(s.count, "the repeat count", lo=0, hi=MAX_GVARS)
         for _ in range(n):
+            self._tick(s.span)  # also bounds nested loops with empty bodies
             for b in s.body:
                 self.stmt(b)
 
@@ -335,11 +365,13 @@ class _Lowerer:
         if hi - lo + 1 > MAX_GVARS:
             raise TPError(f"the loop runs {hi - lo + 1} times, more than the limit {MAX_GVARS}",
                           s.span, "the program is unrolled; keep loops small")
+        self._not_builtin(s.var, s.span, "a loop variable")
         if s.var in self.env:
             raise TPError(f"the loop variable '{s.var}' is already defined", s.span,
                           "choose another name")
         try:
             for t in range(lo, hi + 1):
+                self._tick(s.span)
                 self.env[s.var] = Scalar(sp.Integer(t))
                 for b in s.body:
                     self.stmt(b)
@@ -430,11 +462,16 @@ class _Lowerer:
                 bits = max(abs(int(x.p)), abs(int(x.q)), 2).bit_length()
                 if abs(int(y)) * bits > 2048:
                     raise TPError("this constant is too large to be a finite number", e.span)
-            elif abs(float(y)) * abs(math.log2(abs(float(x)) or 1.0)) > 1100:
-                raise TPError("this constant is too large to be a finite number", e.span)
+            else:
+                try:
+                    big = abs(float(y)) * abs(math.log2(abs(float(x)) or 1.0)) > 1100
+                except (TypeError, ValueError, OverflowError):
+                    big = True
+                if big:
+                    raise TPError("this constant is too large to be a finite number", e.span)
         ops = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
                "/": lambda: x / y, "**": lambda: x**y}
-        return _check_finite(sp.nsimplify(ops[op]()) if op == "**" and False else ops[op](), e.span)
+        return _check_finite(ops[op](), e.span)
 
     def _check_unique_kwargs(self, kwargs) -> None:
         seen = set()
@@ -510,6 +547,9 @@ class _Lowerer:
             w = e.args[1]
             if not isinstance(w, S.Name):
                 raise TPError("the second argument of dense() must be a weight name", w.span)
+            if w.id in ("var", "bias") and w.id not in self.env:
+                raise TPError(f"'{w.id}' needs a value", w.span,
+                              f"keyword arguments are written name=value: {w.id}=...")
             wv = self._lookup(w.id, w.span)
             if not isinstance(wv, Weight):
                 raise TPError(f"'{w.id}' is {_what(wv)}, not a weight", w.span,
@@ -642,6 +682,10 @@ class _ActBody:
                 raise TPError(f"{e.func}() takes 1 positional argument, got {len(e.args)}",
                               e.span)
             z = self.expr(e.args[0])
+            if not z.has(self.z):  # relu(1) would stay an unevaluated constant in the IR
+                raise TPError(f"{e.func}() needs an argument that depends on '{self.param}', "
+                              f"got a constant", e.args[0].span,
+                              "functions apply to vectors; fold constants by hand")
             if e.func in BUILTINS:
                 params, build = BUILTINS[e.func]
                 return build(z, **self.outer._keywords(e, params))

@@ -26,20 +26,24 @@ def _parser() -> lark.Lark:
                      maybe_placeholders=True)
 
 
-# Bad snippets and what to say about them; lark's match_examples picks the closest by parser state.
+HINT_UNCLOSED_PAREN = "an unclosed '(': add the missing ')'"
+HINT_UNCLOSED_BLOCK = "a '{' block is not closed: add '}'"
+
+# Bad snippets and what to say about them; _match_hint picks the example that failed in the same
+# LALR state (with the same unexpected token, if one did). Each must be a syntax error.
 HINTS: dict[str, list[str]] = {
-    "an unclosed '(': add the missing ')'": ["h = relu(x\n", "h = dense(relu(x)\n"],
+    HINT_UNCLOSED_PAREN: ["h = relu(x\n", "h = dense(relu(x)\n"],
     "a statement is `name = expression`, or starts with a keyword "
     "(network, parametrization, const, input, weight, act, repeat, for)": ["h relu(x)\n", "h\n"],
     "`repeat` needs a count and a block: repeat 3 { ... }": ["repeat {\n", "repeat 3\n"],
     "a `for` loop reads: for t in 1..4 { ... }": ["for t 1..4 {\n", "for t in 1 {\n", "for in\n"],
     "an expression is missing after '='": ["h =\n", "const C =\n"],
     "an operator needs a value on both sides": ["h = x +\n", "h = * x\n", "h = x * * y\n"],
-    "keyword arguments are written name=value": ["h = dense(x, var)\n", "h = dense(x, var=)\n"],
+    "keyword arguments are written name=value": ["h = dense(x, var=)\n", "h = dense(x, var=,)\n"],
     "`act` defines a function of one variable: act name(z) = expression": [
         "act f = z\n", "act f(z)\n"],
     "an input is `input x` or, for a sequence, `input s[5]`": ["input\n", "input x(3)\n"],
-    "a '{' block is not closed: add '}'": ["repeat 3 {\n"],
+    HINT_UNCLOSED_BLOCK: ["repeat 3 {\n"],
 }
 
 
@@ -79,8 +83,9 @@ class _ToAST(Transformer):
         return S.ParamDecl(str(c[0]), None, self._sp(meta))
 
     @v_args(meta=True)
-    def param_custom(self, meta, c):
-        return S.ParamDecl(str(c[0]), tuple(c[1] or ()), self._sp(meta))
+    def param_custom(self, meta, c):  # `param_entries?` leaves no placeholder when absent
+        entries = c[1] if len(c) > 1 and c[1] is not None else ()
+        return S.ParamDecl(str(c[0]), tuple(entries), self._sp(meta))
 
     def param_entries(self, c):
         return list(c)
@@ -169,42 +174,108 @@ def _describe(token) -> str:
     if token is None or token.type == "$END":
         return "end of file"
     if token.type == "_NL":
-        return "end of line"
+        return "';'" if str(token) == ";" else "end of line"
     return repr(str(token))
+
+
+def _token_type(err: lark.exceptions.UnexpectedInput) -> str:
+    if isinstance(err, lark.exceptions.UnexpectedToken):
+        return err.token.type
+    if isinstance(err, lark.exceptions.UnexpectedCharacters):
+        return "<character>"
+    return "$END"
+
+
+def _lalr_state(err: lark.exceptions.UnexpectedInput):
+    # The LALR state on top of the stack. lark's own match_examples also compares the depth of
+    # the stack, so an example written as a first statement never matched an error further down
+    # the file or inside a block; the state alone is what the error is about.
+    state = getattr(err, "state", None)
+    return getattr(state, "position", None)
+
+
+@functools.lru_cache(maxsize=1)
+def _hint_table() -> tuple[tuple[object, str, str], ...]:
+    """(LALR state, unexpected token type, hint) of every HINTS example, parsed once."""
+    rows = []
+    for hint, examples in HINTS.items():
+        for text in examples:
+            try:
+                _parser().parse(text + "\n")
+            except lark.exceptions.UnexpectedInput as err:
+                rows.append((_lalr_state(err), _token_type(err), hint))
+    return tuple(rows)
+
+
+def _match_hint(err: lark.exceptions.UnexpectedInput) -> str | None:
+    state = _lalr_state(err)
+    if state is None:
+        return None
+    same = [(t, h) for s, t, h in _hint_table() if s == state]
+    token = _token_type(err)
+    for t, h in same:
+        if t == token:
+            return h
+    return same[0][1] if same else None
+
+
+def _expected(err: lark.exceptions.UnexpectedInput) -> set[str]:
+    if isinstance(err, lark.exceptions.UnexpectedToken):
+        # `accepts` is exact (tried against the whole stack); `expected`, the LALR state's
+        # table row, also lists tokens that only fit other contexts of the same state
+        return set(err.accepts or err.expected)
+    return set(getattr(err, "allowed", None) or ())
 
 
 def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> TPError:
     line = getattr(err, "line", 1) or 1
     col = getattr(err, "column", 1) or 1
-    if line < 1:  # lark reports the end of input as line -1
-        lines = source.text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
+    token = _token_type(err)
+    if line < 1 or token == "$END":  # point just after the last non-blank line of the text
+        lines = source.lines()
+        line = len(lines)
+        while line > 1 and not lines[line - 1].strip():
+            line -= 1
+        col = len(lines[line - 1]) + 1
     span = Span(source, line, col, line, col + 1)
-    hint = None
-    try:
-        hint = err.match_examples(_parser().parse, HINTS, use_accepts=True)
-    except Exception:  # match_examples re-parses examples; a failure there must not hide the error
-        hint = None
+    expected = _expected(err)
+    hint = _match_hint(err)
+    if hint is None:
+        if token == "$END" and "RBRACE" in expected:
+            hint = HINT_UNCLOSED_BLOCK
+        elif token == "_NL" and "RPAR" in expected:
+            hint = HINT_UNCLOSED_PAREN
+        elif token == "_NL" and "RSQB" in expected:
+            hint = "an unclosed '[': add the missing ']'"
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         message = f"unexpected character {source.line(line)[col - 1:col]!r}"
     elif isinstance(err, lark.exceptions.UnexpectedToken):
         message = f"unexpected {_describe(err.token)}"
-        expected = sorted(e for e in err.expected if not e.startswith("_") and e != "$END")
-        if not hint and expected:
-            hint = "expected one of: " + ", ".join(_token_names(expected))
     else:
         message = "unexpected end of the file"
+    if not hint and expected:
+        names = _token_names(expected)
+        if names:
+            hint = "expected one of: " + ", ".join(names)
     return TPError(f"syntax error: {message}", span, hint)
 
 
-_TOKEN_NAMES = {"NAME": "a name", "NUMBER": "a number", "LPAR": "'('", "RPAR": "')'",
-                "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "EQUAL": "'='",
-                "COMMA": "','", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
-                "COLON": "':'", "__ANON_0": "'**'", "__ANON_1": "'..'"}
+@functools.lru_cache(maxsize=1)
+def _terminal_display() -> dict[str, str]:
+    """How each terminal is named in 'expected one of': keywords bare, punctuation quoted."""
+    out = {"NAME": "a name", "NUMBER": "a number", "_NL": "end of line"}
+    for t in _parser().terminals:
+        if t.name not in out and isinstance(t.pattern, lark.lexer.PatternStr):
+            value = t.pattern.value
+            out[t.name] = value if value.isalpha() else repr(value)
+    return out
 
 
-def _token_names(names):
-    return [_TOKEN_NAMES.get(n, n.lower().strip("_")) for n in names]
+def _token_names(names) -> list[str]:
+    display = _terminal_display()
+    shown = {display[n] for n in names if n in display}
+    # keywords first, then punctuation, then the classes of tokens and the end of the line
+    return sorted(shown, key=lambda d: (not d.isalpha(), " " in d, d))
 
 
 def parse_source(text: str, path: str = "<string>") -> S.Module:
@@ -227,7 +298,7 @@ def parse_file(path: str | Path) -> S.Module:
     """Parse a .tp file; a missing or unreadable file is a TPError too."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # -sig: drop a byte-order mark
     except FileNotFoundError:
         raise TPError(f"no such file: {p}", hint="check the path") from None
     except IsADirectoryError:

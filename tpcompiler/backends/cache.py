@@ -6,6 +6,7 @@ lives at <cache>/k_<sha256 of its source>.py and is never rewritten in place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -13,6 +14,18 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+
+@functools.lru_cache(maxsize=1)
+def compiler_fingerprint() -> str:
+    """Hash of the package's own source: any change to the compiler invalidates cached kernels
+    (a version string alone would not, between releases)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")) + sorted(root.rglob("*.lark")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def cache_dir() -> Path:

@@ -22,6 +22,12 @@ def helper(name: str, *args) -> sp.Expr:
 ITEM_KINDS = {Relu: "relu", Step: "step", Erf: "erf", Gauss: "gauss", Gelu: "gelu",
               DGelu: "dgelu"}
 
+def _rt(q1, q2, k):
+    """The shared pieces of the arc-cosine kernels, as nodes that CSE computes once a layer."""
+    r = helper("rootdet", q1, q2, k)
+    return r, helper("angle", q1, q2, r, k)
+
+
 #: E[phi(u)], u ~ N(0, q).  Source: direct integration (Cho & Saul 2009 for relu's moments).
 SINGLE = {
     "id": lambda q: sp.S.Zero,
@@ -44,9 +50,9 @@ PAIR = {
     ("gelu", "id"): lambda q1, q2, k: helper("gelu_lin", q1, q2, k),
     ("dgelu", "id"): lambda q1, q2, k: sp.S.Zero,  # dgelu - 1/2 is even: the product is odd
     ("gauss", "id"): lambda q1, q2, k: sp.S.Zero,
-    ("relu", "relu"): lambda q1, q2, k: helper("relu_relu", q1, q2, k),
+    ("relu", "relu"): lambda q1, q2, k: helper("relu_relu_rt", *_rt(q1, q2, k), k),
     ("relu", "step"): lambda q1, q2, k: helper("relu_step", q1, q2, k),
-    ("step", "step"): lambda q1, q2, k: helper("step_step", q1, q2, k),
+    ("step", "step"): lambda q1, q2, k: helper("step_step_t", _rt(q1, q2, k)[1]),
     ("erf", "erf"): lambda q1, q2, k: helper("erf_erf", q1, q2, k),
     ("gauss", "gauss"): lambda q1, q2, k: 1 / sp.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * k**2),
     ("gelu", "gelu"): lambda q1, q2, k: helper("gelu_gelu", q1, q2, k),
@@ -57,6 +63,8 @@ PAIR = {
 LATEX = {
     "relu_relu": r"\frac{\sqrt{q_1 q_2 - k^2} + (\pi - \theta) k}{2\pi}",
     "step_step": r"\frac{\pi - \theta}{2\pi}",
+    "relu_relu_rt": r"\frac{\sqrt{q_1 q_2 - k^2} + (\pi - \theta) k}{2\pi}",
+    "step_step_t": r"\frac{\pi - \theta}{2\pi}",
     "relu_step": r"\frac{\sqrt{q_1}\,(1 + \cos\theta)}{2\sqrt{2\pi}}",
     "lin_step": r"\frac{k}{\sqrt{2\pi q_2}}",
     "relu_mean": r"\sqrt{q/2\pi}",
