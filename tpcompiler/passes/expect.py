@@ -216,6 +216,7 @@ class Expectation:
             return sum(w[i] * zs[i] for i in range(k))
 
         def walk(e: sp.Expr) -> sp.Expr:
+            # decomposes exactly as _forms does, so every piece is in the basis' span
             if e.is_Symbol:
                 return in_basis(e)
             if not e.free_symbols:
@@ -224,6 +225,11 @@ class Expectation:
                 aff = _split_affine(e.args[0])
                 if aff is not None:
                     return e.func(in_basis(aff[0]) + aff[1], *e.args[1:])
+            if e.is_Add:
+                lin, rest = _linear_part(e)
+                const = sum((t for t in rest if not t.free_symbols), sp.S.Zero)
+                out = (in_basis(lin) if lin != 0 else sp.S.Zero) + const
+                return out + sum((walk(t) for t in rest if t.free_symbols), sp.S.Zero)
             return e.func(*[walk(a) for a in e.args])
 
         body = walk(integrand)
@@ -321,14 +327,37 @@ def _item(base: sp.Expr):
     return (kind, aff[0])
 
 
-def _forms(f: sp.Expr) -> list[sp.Expr]:
-    """The linear forms a factor depends on: function arguments if affine, else its symbols."""
-    base, _ = f.as_base_exp()
-    if base.is_Symbol:
-        return [base]
-    if isinstance(base, sp.Function) and len(base.args) >= 1:
-        aff = _split_affine(base.args[0])
-        if aff is not None and all(not a.free_symbols for a in base.args[1:]):
-            return [aff[0]]
-    return sorted(f.free_symbols, key=lambda s: s.name)
+def _linear_part(e: sp.Add) -> tuple[sp.Expr, list[sp.Expr]]:
+    """Split a sum into (its linear terms summed, its other terms)."""
+    lin, rest = sp.S.Zero, []
+    for t in e.args:
+        c, syms = t.as_coeff_mul()
+        if len(syms) == 1 and syms[0].is_Symbol:
+            lin += t
+        else:
+            rest.append(t)
+    return lin, rest
 
+
+def _forms(f: sp.Expr) -> list[sp.Expr]:
+    """The linear forms an expression depends on: the innermost affine function arguments,
+    the linear part of every sum, and bare symbols. relu(relu(g0 + g1)) and
+    relu(2 relu(g0 + g1) - g0 - g1) depend on the one form g0 + g1, not on two."""
+    if f.is_Symbol:
+        return [f]
+    if not f.free_symbols:
+        return []
+    if isinstance(f, sp.Function):
+        aff = _split_affine(f.args[0])
+        if aff is not None and all(not a.free_symbols for a in f.args[1:]):
+            return [aff[0]]
+    if f.is_Add:
+        lin, rest = _linear_part(f)
+        out = [lin] if lin != 0 else []
+        for t in rest:
+            out += _forms(t)
+        return out
+    out = []
+    for a in f.args:
+        out += _forms(a)
+    return out
