@@ -15,7 +15,7 @@ def programs(draw, acts=CLOSED_ACTS + SMOOTH_ACTS, max_depth=3, sequences=True):
     lines = []
     seq = sequences and draw(st.booleans())
     length = draw(st.integers(2, 3)) if seq else None
-    lines.append("input s[%d]" % length if seq else "input x")
+    lines.append(f"input s[{length}]" if seq else "input x")
     w = draw(st.sampled_from(["1.0", "1.5", "2.0"]))
     b = draw(st.sampled_from(["0.0", "0.1"]))
     lines.append(f"weight W(var={w}, bias={b})")

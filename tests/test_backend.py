@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tpcompiler as tp
+
 from programs import CLOSED_ACTS, programs
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import nt_reference as ntr
 import tpcompiler as tp
+
+import nt_reference as ntr
 
 pytestmark = pytest.mark.skipif(not ntr.available(), reason="neural-tangents not installed")
 
