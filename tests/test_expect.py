@@ -133,7 +133,8 @@ def test_smooth_closed_forms_match_high_order_quadrature(expr, cov):
 
 
 @pytest.mark.parametrize("expr", KINKED, ids=str)
-@pytest.mark.parametrize("cov", [(1.0, 1.0, 0.3), (0.5, 2.0, -0.8), (1.5, 0.7, 0.99 * np.sqrt(1.05))])
+@pytest.mark.parametrize("cov", [(1.0, 1.0, 0.3), (0.5, 2.0, -0.8),
+                                 (1.5, 0.7, 0.99 * np.sqrt(1.05))])
 def test_kinked_closed_forms_match_monte_carlo(expr, cov):
     q1, q2, k = cov
     got, quads = engine_value(expr, q1, q2, k)
