@@ -53,7 +53,8 @@ class KernelProgram:
             names |= {s.name for s in e.free_symbols}
         for d, c in self.outputs.values():
             names |= {s.name for s in c.free_symbols}
-        out = [g.symbol for g in self.diag_gram] + [s for s, _ in self.diag]
+        out = [g.symbol for g in self.diag_gram] + [s for s, _ in self.diag
+                                                    if s.name.startswith("d")]
         return tuple(s for s in out if s.name in names or twin(s).name in names)
 
     def text(self) -> str:
@@ -79,6 +80,30 @@ class KernelProgram:
 def _comment(labels, s) -> str:
     label = labels.get(s.name)
     return f"    # {label}" if label else ""
+
+
+def cse_block(assigns, prefix: str) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
+    """Straight-line code with common subexpressions as temporaries (prefix0, prefix1, ...),
+    each placed right before its first use (a temporary may read earlier assignments)."""
+    if not assigns:
+        return ()
+    temps, reduced = sp.cse([e for _, e in assigns], symbols=sp.numbered_symbols(prefix, real=True),
+                            order="none")
+    temp_expr = dict(temps)
+    placed: set = set()
+    out: list = []
+
+    def need(e):
+        for s in sorted(e.free_symbols, key=lambda s: s.name):
+            if s in temp_expr and s not in placed:
+                need(temp_expr[s])
+                placed.add(s)
+                out.append((s, temp_expr[s]))
+
+    for (sym, _), e in zip(assigns, reduced):
+        need(e)
+        out.append((sym, e))
+    return tuple(out)
 
 
 def twin(s: sp.Symbol) -> sp.Symbol:

@@ -17,6 +17,7 @@ def _g(name: str) -> str:
 
 
 def _label_tex(label: str, side: str) -> str:
+    label = label.split("; ")[0]  # a shared value is shown under its first meaning
     pt = {"11": "(x,x)", "22": "(x',x')", "12": "(x,x')"}[side]
     if label.startswith("Cov("):
         a, b = re.findall(r"g\d+", label)
@@ -66,14 +67,21 @@ def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
             names[s] = _label_tex(label, "12")
     pr = _Printer(names)
     rows = []
-    # the per-point block is the same recursion at x' = x, so only the per-pair one is shown
+    # temporaries (shared subexpressions) are inlined: the reader wants the recursion itself
+    temps = {}
     for s, e in kp.cross:
+        if s.name not in kp.labels:
+            temps[s] = e.xreplace(temps)
+    cross = [(s, e.xreplace(temps)) for s, e in kp.cross if s.name in kp.labels]
+    # the per-point block is the same recursion at x' = x, so only the per-pair one is shown
+    for s, e in cross:
         rows.append(f"{names.get(s.name, s.name)} &= {pr.doprint(e)}")
     for kind, (_, c) in kp.outputs.items():
+        c = c.xreplace(temps)
         if not (c.is_Symbol and names.get(c.name, "").startswith(r"\mathrm")):
             rows.append(rf"\mathrm{{{kind.upper()}}}(x,x') &= {pr.doprint(c)}")
     used = set()
-    for _, e in kp.cross:
+    for _, e in cross:
         used |= {type(f).__name__ for f in e.atoms(sp.Function)}
     for name in sorted(used & set(LATEX)):
         rows.append(rf"\operatorname{{{_tex_name(name)}}}(q_1, q_2, k) &= {LATEX[name]}")

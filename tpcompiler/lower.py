@@ -22,6 +22,7 @@ MAX_STEPS = 200_000  # statements executed while unrolling
 MAX_SEQ = 10_000
 PRESETS = ("ntk", "sp", "mup", "mf")
 KINDS = ("input", "hidden", "readout", "bias")
+KEYWORDS = ("network", "parametrization", "const", "input", "weight", "act", "repeat", "for", "in")
 MAX_POWER = 16  # vector ** p: moments grow like (2p-1)!!; beyond this they are meaningless
 MAX_EXPONENT = 400  # |e| in a literal 1.5e<e>: 10**e is computed exactly, so it must stay small
 MAX_BITS = 4096  # numerator/denominator size of an exact constant (1e-1000 needs 3322 bits)
@@ -134,7 +135,7 @@ class _Lowerer:
         return names
 
     def _bind(self, name: str, value, span, what: str) -> None:
-        self._not_builtin(name, span, what)
+        self._check_name(name, span, what)
         if name in self.env:
             prev = self.defined_at.get(name)
             where = f" (defined at line {prev.line})" if prev is not None else ""
@@ -143,7 +144,10 @@ class _Lowerer:
         self.defined_at[name] = span
 
     @staticmethod
-    def _not_builtin(name: str, span, what: str) -> None:
+    def _check_name(name: str, span, what: str) -> None:
+        if name in KEYWORDS:  # the contextual lexer lets `input for` through; `for = ..` can't be
+            raise TPError(f"'{name}' is a keyword and cannot be used as a name", span,
+                          "choose another name")
         if name in BUILTINS or name in ("dense", "readout"):
             raise TPError(f"'{name}' is a built-in function and cannot be redefined as {what}",
                           span, "choose another name")
@@ -241,12 +245,39 @@ class _Lowerer:
         )
 
     def _check_param_targets(self) -> None:
-        """Each `custom` entry names a weight kind or a declared weight (declared anywhere)."""
-        for e in getattr(self, "_param_entries", None) or ():
+        """Each `custom` entry names a weight kind or a declared weight (declared anywhere), and
+        every weight and bias of the program gets its exponents from an entry (passes/abc.py):
+        a matrix from its weight's own entry, else from its kind's; a bias from `bias`. The
+        readout's bias and a readout of an input are finite-dimensional (width-independent,
+        no entry needed)."""
+        entries = getattr(self, "_param_entries", None)
+        if entries is None:
+            return
+        for e in entries:
             if e.target not in KINDS and e.target not in self.named:
                 hint = did_you_mean(e.target, (*KINDS, *self.named)) or (
                     "an entry is a weight kind (" + ", ".join(KINDS) + ") or a declared weight")
                 raise TPError(f"unknown parametrization entry '{e.target}'", e.span, hint)
+            if e.target in KINDS and e.target in self.named:
+                raise TPError(f"'{e.target}' is both a weight kind and a weight name, so this "
+                              f"entry is ambiguous", e.span, f"rename the weight '{e.target}'")
+        given = {e.target for e in entries}
+        need: dict[str, str] = {}  # kind -> the first weight or bias that needs its entry
+        for m in self.matrices:
+            if (m.shared and m.label in given) or (m.kind is ir.Kind.READOUT and m.fan_in):
+                continue
+            need.setdefault(m.kind.value, m.label)
+        readout_bias = self.readout.bias if self.readout is not None else None
+        for b in self.biases:
+            if b.name != readout_bias:
+                need.setdefault("bias", f"the bias of {b.label}")
+        missing = [k for k in KINDS if k in need and k not in given]
+        if missing:
+            what = ", ".join(f"'{k}' (needed by {need[k]})" for k in missing)
+            raise TPError(f"the custom parametrization has no entry for {what}",
+                          self._param_span,
+                          "add e.g.  " + missing[0] + ": a=0, b=0, c=0  (every weight kind the "
+                          "program uses needs an entry; a named weight may have its own)")
 
     def stmt(self, s: S.Stmt, top: bool = False) -> None:
         self._tick(s.span)
@@ -296,6 +327,7 @@ class _Lowerer:
             entries.append(ir.LayerAbc(e.target, vals["a"], vals["b"], vals["c"]))
         self.param = ir.Parametrization("custom", tuple(entries))
         self._param_entries = s.entries
+        self._param_span = s.span
 
     def stmt_ConstDecl(self, s: S.ConstDecl) -> None:
         value = self.scalar(s.value)
@@ -328,13 +360,16 @@ class _Lowerer:
                               "bias_g": None, "first_use": None}
 
     def stmt_ActDecl(self, s: S.ActDecl) -> None:
-        self._not_builtin(s.name, s.span, "an activation")
+        self._check_name(s.name, s.span, "an activation")
+        if s.param in KEYWORDS:
+            raise TPError(f"'{s.param}' is a keyword and cannot be used as a name", s.span,
+                          "write e.g. act name(z) = ...")
         z = sp.Dummy(s.param, real=True)
         body = _ActBody(self, s.name, s.param, z).expr(s.body)
         self._bind(s.name, Act(s.name, z, body), s.span, "an activation")
 
     def stmt_Assign(self, s: S.Assign) -> None:
-        self._not_builtin(s.name, s.span, "a vector")
+        self._check_name(s.name, s.span, "a vector")
         value = self.expr(s.value)
         if isinstance(value, Output):
             pass
@@ -365,7 +400,7 @@ class _Lowerer:
         if hi - lo + 1 > MAX_GVARS:
             raise TPError(f"the loop runs {hi - lo + 1} times, more than the limit {MAX_GVARS}",
                           s.span, "the program is unrolled; keep loops small")
-        self._not_builtin(s.var, s.span, "a loop variable")
+        self._check_name(s.var, s.span, "a loop variable")
         if s.var in self.env:
             raise TPError(f"the loop variable '{s.var}' is already defined", s.span,
                           "choose another name")

@@ -38,7 +38,8 @@ HINTS: dict[str, list[str]] = {
     "`repeat` needs a count and a block: repeat 3 { ... }": ["repeat {\n", "repeat 3\n"],
     "a `for` loop reads: for t in 1..4 { ... }": ["for t 1..4 {\n", "for t in 1 {\n", "for in\n"],
     "an expression is missing after '='": ["h =\n", "const C =\n"],
-    "an operator needs a value on both sides": ["h = x +\n", "h = * x\n", "h = x * * y\n"],
+    "an operator needs a value on both sides": ["h = x +\n", "h = * x\n", "h = x * * y\n",
+                                                "h = x -\n", "h = x /\n", "h = x ** * y\n"],
     "keyword arguments are written name=value": ["h = dense(x, var=)\n", "h = dense(x, var=,)\n"],
     "`act` defines a function of one variable: act name(z) = expression": [
         "act f = z\n", "act f(z)\n"],

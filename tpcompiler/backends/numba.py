@@ -88,7 +88,7 @@ def render(kp: KernelProgram) -> str:
                      f"x{k}.shape[-1]")
     outs = [sp.Symbol(f"out_{k}") for k in kinds]
     lines += emit_block(list(kp.diag) + [(o, kp.outputs[k][0]) for o, k in zip(outs, kinds)],
-                        pr, "    ", "t")
+                        pr, "    ")
     for n, s in enumerate(needed):
         lines.append(f"    D[i, {n}] = {s}")
     for n, o in enumerate(outs):
@@ -115,7 +115,7 @@ def render(kp: KernelProgram) -> str:
         lines.append(f"    {g.symbol} = _dot({vec('x', g.a, 'i')}, {vec('y', g.b, 'j')}) / "
                      f"x{k}.shape[-1]")
     lines += emit_block(list(kp.cross) + [(o, kp.outputs[k][1]) for o, k in zip(outs, kinds)],
-                        pr, "    ", "u")
+                        pr, "    ")
     for n, o in enumerate(outs):
         lines.append(f"    K[{n}, i, j] = {o}")
     lines += ["    return", ""]

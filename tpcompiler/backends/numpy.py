@@ -121,7 +121,8 @@ def diag_values(program: KernelProgram, data: dict) -> dict:
         a, b = _vectors(data, g.a), _vectors(data, g.b)
         env[g.symbol.name] = np.einsum("nd,nd->n", a, b) / a.shape[-1]
     _run(program.diag, env, program)
-    return env
+    n = next(iter(data.values())).shape[0]
+    return {k: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for k, v in env.items()}
 
 
 def evaluate(program: KernelProgram, data1: dict, data2: dict | None = None,
@@ -134,7 +135,8 @@ def evaluate(program: KernelProgram, data1: dict, data2: dict | None = None,
     d2 = d1 if data2 is None else diag_values(program, data2)
     other = data1 if data2 is None else data2
     env = {k: np.asarray(v)[:, None] for k, v in d1.items()}
-    env.update({twin(sp.Symbol(k)).name: np.asarray(v)[None, :] for k, v in d2.items()})
+    env.update({twin(sp.Symbol(k)).name: np.asarray(v)[None, :] for k, v in d2.items()
+                if k.startswith("d")})
     for g in program.cross_gram:
         a, b = _vectors(data1, g.a), _vectors(other, g.b)
         env[g.symbol.name] = a @ b.T / a.shape[-1]

@@ -73,25 +73,6 @@ def helper_sources() -> list[tuple[str, str]]:
     return [(n, inspect.getsource(helpers.HELPERS[n])) for n in helpers.HELPER_SOURCE_ORDER]
 
 
-def emit_block(assigns, printer: KernelPrinter, indent: str, prefix: str) -> list[str]:
-    """Straight-line code with common subexpressions hoisted, each emitted before first use."""
-    if not assigns:
-        return []
-    exprs = [e for _, e in assigns]
-    temps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix), optimizations=None,
-                            order="none")
-    temp_expr = dict(temps)
-    emitted: set = set()
-    lines: list[str] = []
-
-    def need(e):
-        for s in sorted(e.free_symbols, key=lambda s: s.name):
-            if s in temp_expr and s not in emitted:
-                need(temp_expr[s])
-                emitted.add(s)
-                lines.append(f"{indent}{s} = {printer.doprint(temp_expr[s])}")
-
-    for (sym, _), e in zip(assigns, reduced):
-        need(e)
-        lines.append(f"{indent}{sym} = {printer.doprint(e)}")
-    return lines
+def emit_block(assigns, printer: KernelPrinter, indent: str) -> list[str]:
+    """One line per assignment (the kernel program already holds shared subexpressions once)."""
+    return [f"{indent}{sym} = {printer.doprint(e)}" for sym, e in assigns]

@@ -19,7 +19,7 @@ import sympy as sp
 
 from .. import ir
 from ..errors import TPError
-from ..kernel_program import GramEntry, Integrand, KernelProgram, twin
+from ..kernel_program import GramEntry, Integrand, KernelProgram, cse_block, twin
 from .expect import Expectation, Quadrature
 
 
@@ -44,6 +44,7 @@ class _Builder:
         self.diag: list[tuple[sp.Symbol, sp.Expr]] = []
         self.cross: list[tuple[sp.Symbol, sp.Expr]] = []
         self.memo: dict[tuple, sp.Expr] = {}
+        self.values: dict[tuple, sp.Symbol] = {}
         self.integrands: dict[sp.Expr, Integrand] = {}
         self.labels: dict[str, str] = {}
         self.ndiag = 0
@@ -60,6 +61,12 @@ class _Builder:
     def _new(self, block: str, expr: sp.Expr, label: str) -> sp.Expr:
         if expr.is_Number or expr.is_Symbol:
             return expr
+        # value numbering: an expression already assigned in this block reuses its symbol
+        # (e.g. D(g0, g0) == D(g1, g1) for a layer's bias and weight)
+        known = self.values.get((block, expr))
+        if known is not None:
+            self.labels[known.name] += f"; {label}"
+            return known
         if block == "diag":
             s = sp.Symbol(f"d{self.ndiag}", real=True)
             self.ndiag += 1
@@ -69,6 +76,7 @@ class _Builder:
             self.ncross += 1
             self.cross.append((s, expr))
         self.labels[s.name] = label
+        self.values[(block, expr)] = s
         return s
 
     def param(self, s: sp.Symbol) -> str:
@@ -250,9 +258,9 @@ def build_kernel_program(prog: ir.Program) -> KernelProgram:
     return KernelProgram(
         inputs=prog.inputs,
         diag_gram=tuple(b.diag_gram.values()),
-        diag=tuple(b.diag),
+        diag=cse_block(b.diag, "t"),
         cross_gram=tuple(b.cross_gram.values()),
-        cross=tuple(b.cross),
+        cross=cse_block(b.cross, "u"),
         outputs=outputs,
         integrands=tuple(b.integrands.values()),
         labels=b.labels,

@@ -1,0 +1,955 @@
+"""abc-parametrizations: what the width exponents of a program imply (Tensor Programs IV, IVb, V).
+
+Convention (TP4, Yang & Hu 2011.14522, Sec. 3; per-layer c as in TP IVb, 2308.01814, Def. 2.2.1):
+every weight or bias W of the program is W = n^-a w with trainable w ~ N(0, n^-2b) and learning
+rate eta n^-c (eta width-independent), n the width. The program's variances (var=, bias=) are
+width-independent constant multipliers on top (neural-tangents' convention, docs/internals.md);
+only powers of n are tracked here.
+
+Layers are the program's matrices and biases (its "weights"), in four roles:
+  INPUT    finite fan-in -> width n: input matrices and every width-n bias (fan-in 1); TP4's l = 1
+  HIDDEN   width n -> width n; TP4's 2 <= l <= L
+  READOUT  width n -> the output; TP4's l = L + 1 (a program has exactly one readout)
+  FINITE   finite -> finite: the readout's own bias, a readout of an input. No width enters them:
+           their exponents are fixed at a = b = c = 0 (the "scalar parameters" of TP IVb
+           Defs. 2.9.11/2.9.12) and they take no part in the verdicts.
+
+With R the readout, SGD (TP4 Def. 3.2 and Prop. 5.3, c_l the layer's own learning rate):
+  r_l = min(a_R + b_R, 2 a_R + c_R) + c_l - 1 + 2 a_l + [l INPUT],   r = min_l r_l
+and Adam with epsilon -> 0 (TP IVb Def. 2.8.5; faithfulness is automatic for a scale-invariant
+update): r_l = a_l + c_l - 1 + [l INPUT]. The theorems (TP4 Thms 3.3, 3.5, Cor. 3.9; TP IVb
+Lemma 2.8.10, Thms 2.8.12, 2.8.15, Cor. 2.8.20) then read, over the layers that reach the output:
+  stable at init   a+b = 0 (INPUT), a+b = 1/2 (HIDDEN), a_R + b_R >= 1/2
+  stable           that, r >= 0, a_R + b_R + r >= 1, and 2 a_R + c_R >= 1 (SGD) or
+                   a_R + c_R >= 1 and b_R <= c_R (Adam)
+  nontrivial       a_R + b_R + r = 1 or 2 a_R + c_R = 1 (SGD; a_R + c_R = 1 for Adam)
+  regime           r = 0 feature learning; r > 0 kernel regime (SGD) / operator regime (Adam)
+docs/abc.md states the generalisation from TP4's MLP to arbitrary programs and the tables.
+
+`abc_table(program, optimizer)` builds the whole analysis as an immutable `AbcTable` (rows,
+verdicts, notes, the practitioner table, renderers); `kernel_refusals(program)` says which compiled
+kernels are meaningful limits. Pure functions of the IR: importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .. import ir
+from ..errors import TPError
+
+OPTIMIZERS = ("sgd", "adam")
+ZERO = Fraction(0)
+HALF = Fraction(1, 2)
+ONE = Fraction(1)
+
+
+class Role(enum.Enum):
+    INPUT = "input"
+    HIDDEN = "hidden"
+    READOUT = "readout"
+    FINITE = "finite"
+
+
+def _abc(a: str, b: str, c: str) -> tuple[Fraction, Fraction, Fraction]:
+    return Fraction(a), Fraction(b), Fraction(c)
+
+
+# Preset -> optimizer -> entry (weight kind or "bias") -> (a, b, c). For each preset a and b (the
+# network) are the same for both optimizers; only the learning-rate exponents c differ.
+#   sp   TP4 Sec. 3 ("SP": a = 0, b_1 = 0, b_l = 1/2, c = 0) = TP IVb Example 2.2.2.
+#   ntk  TP4 Table 1 (NTP: a_1 = 0, a_l = 1/2 (l >= 2), b = 0, c = 0); Adam: TP IVb Def. 2.4.1
+#        (c = d = 1/2 | 1 | 1/2; d is redundant for Adam, Remark 2.2.6).
+#   mup  TP4 Def. 5.1 (c = 0, b = 1/2, a = -1/2 | 0 | 1/2); Adam: TP IVb Def. 2.5.1
+#        ((0,0,0) | (0,1/2,1) | (1,0,0), d dropped) moved by the Adam symmetry (a+t, b-t, c-t),
+#        t = -1/2, onto the same a, b: c = 1/2 | 1 | 1/2. Equals TP5 Table 9 (and Table 3 with
+#        the multipliers moved into the learning rates).
+#   mf   TP4 Table 1 MFP (one hidden layer: a = 0 | 1, b = 0, c = -1). For hidden layers the
+#        TP4 table has no entry; this package uses muP moved by t = 1/2 on every layer (the
+#        b = 0 gauge), which is TP4's MFP when L = 1: a = 0 | 1/2 | 1, b = 0, c = -1 (SGD).
+# Biases behave like input weights (TP4 Sec. 3, TP5 Table 3 "input weights & all biases").
+PRESETS: dict[str, dict[str, dict[str, tuple[Fraction, Fraction, Fraction]]]] = {
+    "sp": {
+        "sgd": {"input": _abc("0", "0", "0"), "hidden": _abc("0", "1/2", "0"),
+                "readout": _abc("0", "1/2", "0"), "bias": _abc("0", "0", "0")},
+        "adam": {"input": _abc("0", "0", "0"), "hidden": _abc("0", "1/2", "0"),
+                 "readout": _abc("0", "1/2", "0"), "bias": _abc("0", "0", "0")},
+    },
+    "ntk": {
+        "sgd": {"input": _abc("0", "0", "0"), "hidden": _abc("1/2", "0", "0"),
+                "readout": _abc("1/2", "0", "0"), "bias": _abc("0", "0", "0")},
+        "adam": {"input": _abc("0", "0", "1/2"), "hidden": _abc("1/2", "0", "1"),
+                 "readout": _abc("1/2", "0", "1/2"), "bias": _abc("0", "0", "1/2")},
+    },
+    "mup": {
+        "sgd": {"input": _abc("-1/2", "1/2", "0"), "hidden": _abc("0", "1/2", "0"),
+                "readout": _abc("1/2", "1/2", "0"), "bias": _abc("-1/2", "1/2", "0")},
+        "adam": {"input": _abc("-1/2", "1/2", "1/2"), "hidden": _abc("0", "1/2", "1"),
+                 "readout": _abc("1/2", "1/2", "1/2"), "bias": _abc("-1/2", "1/2", "1/2")},
+    },
+    "mf": {
+        "sgd": {"input": _abc("0", "0", "-1"), "hidden": _abc("1/2", "0", "-1"),
+                "readout": _abc("1", "0", "-1"), "bias": _abc("0", "0", "-1")},
+        "adam": {"input": _abc("0", "0", "0"), "hidden": _abc("1/2", "0", "1/2"),
+                 "readout": _abc("1", "0", "0"), "bias": _abc("0", "0", "0")},
+    },
+}
+
+# The per-layer invariants of NTP under the symmetry (a+t, b-t, c-2t) (SGD): (a+b, 2a+c).
+_NTP_INVARIANTS = {Role.INPUT: (ZERO, ZERO), Role.HIDDEN: (HALF, ONE), Role.READOUT: (HALF, ONE)}
+
+VERDICT_TITLES = {
+    "stable_at_init": "stable at init",
+    "stable": "stable",
+    "nontrivial": "nontrivial",
+    "feature_learning": "feature learning",
+    "kernel_regime": "kernel regime",
+    "operator_regime": "operator regime",
+    "gp_at_init": "GP at init (NNGP)",
+}
+
+
+@dataclass(frozen=True)
+class AbcRow:
+    """One weight (matrix) or bias of the program with its exponents and per-layer quantities."""
+
+    name: str  # IR name (A0, B1, ...)
+    label: str  # what the user wrote (weight name, dense@line:col, readout@line:col)
+    param: str  # "weight" | "bias"
+    kind: ir.Kind  # weight kind; a width-n bias is INPUT (fan-in 1), the readout's bias READOUT
+    role: Role
+    fan_in: str  # "n", "dim(x)" or "1"
+    fan_out: str  # "n" or "1"
+    a: Fraction
+    b: Fraction
+    c: Fraction
+    source: str  # where the exponents come from: "preset mup", "custom hidden", "custom W", ...
+    used: bool  # the output depends on it
+    init_required: str  # "= 0", "= 1/2", ">= 1/2" or "" (FINITE)
+    init_ok: bool
+    r: Fraction | None  # r_l (INPUT and HIDDEN rows)
+    update: Fraction | None  # readout: 2a+c (SGD) or a+c (Adam)
+    contributes: bool | None  # its update moves f by Theta(1) (a_R+b_R+r_l = 1; readout: its
+    # update exponent = 1): in a kernel regime, its NTK term is kept. None: FINITE or unused
+
+    @property
+    def a_plus_b(self) -> Fraction:
+        return self.a + self.b
+
+
+@dataclass(frozen=True)
+class Verdict:
+    key: str
+    holds: bool | None  # None: does not apply (e.g. the dichotomy of an unstable parametrization)
+    reason: str  # the condition that decided it
+
+    @property
+    def title(self) -> str:
+        return VERDICT_TITLES[self.key]
+
+
+@dataclass(frozen=True)
+class PracticeRow:
+    """Width scalings of one layer in the practitioner's form (TP5 Tables 3 and 9).
+
+    Exponents k stand for n^k, with n this layer's width dimension (`width`: fan_out for INPUT,
+    fan_in for HIDDEN and READOUT). `multiplier`, `init_var`: W = n^multiplier w,
+    Var(w) = n^init_var as declared; `sgd_lr`, `adam_lr`: the learning-rate scalings of the
+    same abcd-parametrization for each optimizer (TP IVb: c_Adam = c_SGD + d with the faithful
+    d of Lemma 2.8.11). The `*0` fields are the multiplier-free form (TP5 Table 3), obtained by
+    the per-layer symmetry with t = -a."""
+
+    name: str
+    label: str
+    role: Role
+    width: str
+    multiplier: Fraction
+    init_var: Fraction
+    sgd_lr: Fraction
+    adam_lr: Fraction
+    init_var0: Fraction
+    sgd_lr0: Fraction
+    adam_lr0: Fraction
+
+
+@dataclass(frozen=True)
+class AbcTable:
+    program: str | None
+    preset: str
+    optimizer: str
+    rows: tuple[AbcRow, ...]
+    readout_init: Fraction | None  # a_R + b_R
+    readout_update: Fraction | None  # 2a_R + c_R (SGD) or a_R + c_R (Adam)
+    r: Fraction | None
+    regime: str  # unstable | trivial | feature learning | kernel regime | operator regime |
+    # width-independent
+    verdicts: tuple[Verdict, ...]
+    notes: tuple[str, ...]
+    practice: tuple[PracticeRow, ...]
+    refusals: tuple[tuple[str, str | None], ...]  # (("nngp", reason|None), ("ntk", ...))
+
+    def verdict(self, key: str) -> Verdict:
+        for v in self.verdicts:
+            if v.key == key:
+                return v
+        raise KeyError(key)
+
+    def row(self, name_or_label: str) -> AbcRow:
+        for r in self.rows:
+            if name_or_label in (r.name, r.label):
+                return r
+        raise KeyError(name_or_label)
+
+    @property
+    def update_formula(self) -> str:
+        return "2a+c" if self.optimizer == "sgd" else "a+c"
+
+    # --- renderers -------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """Machine-readable: every exponent an exact rational written as a string ("-1/2")."""
+        rows = [{
+            "name": r.name, "label": r.label, "param": r.param, "kind": r.kind.value,
+            "role": r.role.value, "fan_in": r.fan_in, "fan_out": r.fan_out,
+            "a": _q(r.a), "b": _q(r.b), "c": _q(r.c), "source": r.source, "used": r.used,
+            "a_plus_b": _q(r.a_plus_b), "init_required": r.init_required, "init_ok": r.init_ok,
+            "r_l": _q(r.r), "update": _q(r.update), "contributes": r.contributes,
+        } for r in self.rows]
+        practice = [{
+            "name": p.name, "label": p.label, "role": p.role.value, "width": p.width,
+            "exponents": {k: _q(getattr(p, k)) for k in (
+                "multiplier", "init_var", "sgd_lr", "adam_lr", "init_var0", "sgd_lr0",
+                "adam_lr0")},
+            "scaling": {k: _power(p.width, getattr(p, k)) for k in (
+                "multiplier", "init_var", "sgd_lr", "adam_lr", "init_var0", "sgd_lr0",
+                "adam_lr0")},
+        } for p in self.practice]
+        return {
+            "program": self.program,
+            "preset": self.preset,
+            "optimizer": self.optimizer,
+            "convention": "W = n^-a w, w ~ N(0, n^-2b), learning rate eta n^-c",
+            "rows": rows,
+            "readout": {"a_plus_b": _q(self.readout_init), "update": _q(self.readout_update),
+                        "update_formula": self.update_formula},
+            "r": _q(self.r),
+            "regime": self.regime,
+            "verdicts": {v.key: {"holds": v.holds, "reason": v.reason} for v in self.verdicts},
+            "kernels": dict(self.refusals),
+            "notes": list(self.notes),
+            "practice": practice,
+        }
+
+    def json(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+    def text(self) -> str:
+        head = ["param", "label", "kind", "a", "b", "c", "from", "a+b", "init", "r_l",
+                self.update_formula, "moves f"]
+        lines = [self._title(),
+                 "convention (TP4): W = n^-a w,  w ~ N(0, n^-2b),  learning rate eta n^-c;  "
+                 "n = width", ""]
+        lines += _aligned([head] + [self._row_cells(r) for r in self.rows])
+        lines.append("")
+        lines.append(self._summary())
+        lines.append("")
+        lines.append("verdicts:")
+        width = max(len(v.title) for v in self.verdicts)
+        for v in self.verdicts:
+            lines.append(f"  {v.title:<{width}}  {_yes(v.holds):<4} {v.reason}")
+        lines.append("")
+        lines.append("kernels computed by tpcompiler:")
+        for kind, why in self.refusals:
+            lines.append(f"  {kind:<5} {'meaningful' if why is None else 'refused: ' + why}")
+        if self.notes:
+            lines.append("")
+            lines.append("notes:")
+            for n in self.notes:
+                lines.append(f"  - {n}")
+        lines.append("")
+        lines.append("practitioner table (n = the layer's width dimension; TP5 Tables 3/9):")
+        phead = ["param", "label", "width", "multiplier", "init var", "SGD lr", "Adam lr", "|",
+                 "no multiplier: init var", "SGD lr", "Adam lr"]
+        prows = [[p.name, p.label, p.width, *(_power(p.width, getattr(p, k)) for k in (
+            "multiplier", "init_var", "sgd_lr", "adam_lr")), "|",
+            *(_power(p.width, getattr(p, k)) for k in ("init_var0", "sgd_lr0", "adam_lr0"))]
+            for p in self.practice]
+        lines += _aligned([phead] + prows)
+        return "\n".join(lines) + "\n"
+
+    def markdown(self) -> str:
+        head = ["param", "label", "kind", "a", "b", "c", "from", "a+b", "init", "r_l",
+                self.update_formula, "moves f"]
+        out = [f"## {self._title()}", "",
+               "Convention (TP4): $W = n^{-a} w$, $w \\sim N(0, n^{-2b})$, learning rate "
+               "$\\eta n^{-c}$.", ""]
+        out += _md_table(head, [self._row_cells(r) for r in self.rows])
+        out += ["", self._summary(), "", "| verdict | holds | decided by |", "|---|---|---|"]
+        out += [f"| {v.title} | {_yes(v.holds)} | {_md(v.reason)} |" for v in self.verdicts]
+        out += ["", "| kernel | status |", "|---|---|"]
+        out += [f"| {k} | {'meaningful' if w is None else 'refused: ' + _md(w)} |"
+                for k, w in self.refusals]
+        if self.notes:
+            out += ["", "Notes:", ""] + [f"- {n}" for n in self.notes]
+        out += ["", "Practitioner table (n = the layer's width dimension):", ""]
+        phead = ["param", "label", "width", "multiplier", "init var", "SGD lr", "Adam lr",
+                 "init var (no mult.)", "SGD lr (no mult.)", "Adam lr (no mult.)"]
+        out += _md_table(phead, [[p.name, p.label, p.width, *(_power(p.width, getattr(p, k))
+                                                             for k in _PRACTICE_FIELDS)]
+                                 for p in self.practice])
+        return "\n".join(out) + "\n"
+
+    def latex(self) -> str:
+        upd = "2a+c" if self.optimizer == "sgd" else "a+c"
+        out = [f"% {self._title()}",
+               "% convention (TP4): W = n^{-a} w, w ~ N(0, n^{-2b}), learning rate eta n^{-c}",
+               "\\begin{tabular}{lllrrrrlrr}", "\\hline",
+               f"param & label & kind & $a$ & $b$ & $c$ & $a+b$ & init & $r_l$ & ${upd}$ \\\\",
+               "\\hline"]
+        for r in self.rows:
+            cells = [r.name, _tex_text(r.label), _kind_text(r), _tex(r.a), _tex(r.b), _tex(r.c),
+                     _tex(r.a_plus_b), _tex_text(r.init_required + (" ok" if r.init_ok else
+                                                                    " fails")
+                                                 if r.init_required else "--"),
+                     _tex(r.r), _tex(r.update)]
+            out.append(" & ".join(cells) + " \\\\")
+        out += ["\\hline", "\\end{tabular}", "", "\\begin{itemize}"]
+        out.append(f"  \\item $r = {_tex_raw(self.r)}$; regime: {_tex_text(self.regime)}")
+        for v in self.verdicts:
+            out.append(f"  \\item {_tex_text(v.title)}: {_yes(v.holds)} "
+                       f"({_tex_text(v.reason)})")
+        for k, w in self.refusals:
+            out.append(f"  \\item {k.upper()}: "
+                       f"{'meaningful' if w is None else 'refused: ' + _tex_text(w)}")
+        for n in self.notes:
+            out.append(f"  \\item {_tex_text(n)}")
+        out += ["\\end{itemize}", "", "\\begin{tabular}{lllllllll}", "\\hline",
+                "param & width & multiplier & init var & SGD lr & Adam lr & init var$^0$ & "
+                "SGD lr$^0$ & Adam lr$^0$ \\\\", "\\hline"]
+        for p in self.practice:
+            cells = [p.name, _tex_text(p.width)] + [
+                _tex_power(p.width, getattr(p, k)) for k in _PRACTICE_FIELDS]
+            out.append(" & ".join(cells) + " \\\\")
+        out += ["\\hline", "\\end{tabular}",
+                "% ^0: the multiplier-free form (TP5 Table 3), by the per-layer symmetry"]
+        return "\n".join(out) + "\n"
+
+    def _title(self) -> str:
+        name = f"'{self.program}'" if self.program else "the program"
+        return (f"abc-parametrization of {name}: preset {self.preset}, optimizer "
+                f"{self.optimizer}")
+
+    def _summary(self) -> str:
+        if self.readout_init is None:
+            return f"regime: {self.regime}"
+        return (f"readout: a+b = {_q(self.readout_init)}, {self.update_formula} = "
+                f"{_q(self.readout_update)};  r = min r_l = {_q(self.r)};  "
+                f"regime: {self.regime}")
+
+    def _row_cells(self, r: AbcRow) -> list[str]:
+        if r.init_required:
+            init = f"{r.init_required} {'ok' if r.init_ok else 'FAILS'}"
+        else:
+            init = "-"
+        term = "-" if r.contributes is None else ("yes" if r.contributes else "no")
+        src = r.source if r.used else r.source + " (unused)"
+        return [r.name, r.label, _kind_text(r), _q(r.a), _q(r.b), _q(r.c), src,
+                _q(r.a_plus_b), init, _q(r.r) if r.r is not None else "-",
+                _q(r.update) if r.update is not None else "-", term]
+
+
+_PRACTICE_FIELDS = ("multiplier", "init_var", "sgd_lr", "adam_lr", "init_var0", "sgd_lr0",
+                    "adam_lr0")
+
+
+# --- the analysis --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layer:
+    name: str
+    label: str
+    param: str
+    kind: ir.Kind
+    role: Role
+    fan_in: str
+    fan_out: str
+    used: bool
+    span: object
+
+
+def _check_optimizer(optimizer: str) -> str:
+    opt = str(optimizer).lower()
+    if opt not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    return opt
+
+
+def _used_params(program: ir.Program) -> set[str]:
+    """The matrices and biases the output depends on (through G-vars, transitively)."""
+    r = program.readout
+    used = {r.matrix} | ({r.bias} if r.bias else set())
+    if isinstance(r.arg, ir.InputRef):
+        return used
+    gvars = {g.name: g for g in program.gvars}
+    stack, seen = list(ir.gvars_of(r.arg)), set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        g = gvars[name]
+        used.add(g.param)
+        if g.op is ir.Op.MATMUL:
+            stack.extend(ir.gvars_of(g.arg))
+    return used
+
+
+def _layers(program: ir.Program) -> list[_Layer]:
+    used = _used_params(program)
+    first = {}
+    for i, g in enumerate(program.gvars):
+        first.setdefault(g.param, i)
+    r = program.readout
+    out = []
+    for m in program.matrices:
+        if m.kind is ir.Kind.INPUT:
+            role, fan_in, fan_out = Role.INPUT, f"dim({m.fan_in})", "n"
+        elif m.kind is ir.Kind.HIDDEN:
+            role, fan_in, fan_out = Role.HIDDEN, "n", "n"
+        elif m.fan_in:  # a readout of an input: finite -> finite
+            role, fan_in, fan_out = Role.FINITE, f"dim({m.fan_in})", "1"
+        else:
+            role, fan_in, fan_out = Role.READOUT, "n", "1"
+        out.append((first.get(m.name, len(program.gvars)),
+                    _Layer(m.name, m.label, "weight", m.kind, role, fan_in, fan_out,
+                           m.name in used, m.span)))
+    for b in program.biases:
+        if b.name == r.bias:
+            layer = _Layer(b.name, b.label, "bias", ir.Kind.READOUT, Role.FINITE, "1", "1",
+                           True, b.span)
+        else:
+            layer = _Layer(b.name, b.label, "bias", ir.Kind.INPUT, Role.INPUT, "1", "n",
+                           b.name in used, b.span)
+        # a bias's G-var comes just before its matrix's: list it just after
+        out.append((first.get(b.name, len(program.gvars)) + 1.5, layer))
+    out.sort(key=lambda t: t[0])
+    return [t[1] for t in out]
+
+
+def _exponents(program: ir.Program, layer: _Layer, optimizer: str):
+    """(a, b, c, source) of one layer."""
+    par = program.parametrization
+    if layer.role is Role.FINITE:
+        return ZERO, ZERO, ZERO, "finite: fixed 0"
+    entry = "bias" if layer.param == "bias" else layer.kind.value
+    if par.preset != "custom":
+        if par.preset not in PRESETS:
+            raise TPError(f"unknown parametrization '{par.preset}'")
+        a, b, c = PRESETS[par.preset][optimizer][entry]
+        return a, b, c, f"preset {par.preset}"
+    entries = {e.target: e for e in par.entries}
+    # a named weight's own entry applies to its matrix; its bias takes the `bias` entry
+    if layer.param == "weight" and layer.label in entries:
+        e = entries[layer.label]
+        return e.a, e.b, e.c, f"custom {layer.label}"
+    if entry not in entries:
+        raise TPError(f"the custom parametrization has no entry for '{entry}' (needed by "
+                      f"{layer.label})", layer.span,
+                      f"add e.g.  {entry}: a=0, b=0, c=0  to the parametrization block")
+    e = entries[entry]
+    return e.a, e.b, e.c, f"custom {entry}"
+
+
+def _init_requirement(role: Role) -> tuple[str, object]:
+    if role is Role.INPUT:
+        return "= 0", lambda s: s == 0
+    if role is Role.HIDDEN:
+        return "= 1/2", lambda s: s == HALF
+    if role is Role.READOUT:
+        return ">= 1/2", lambda s: s >= HALF
+    return "", lambda s: True
+
+
+def abc_table(program: ir.Program, optimizer: str = "sgd") -> AbcTable:
+    """The abc analysis of a lowered program for SGD or Adam (see the module docstring).
+
+    The program's exponents are read as those of `optimizer`: a preset resolves to its table for
+    that optimizer (`PRESETS`), a custom block's c is that optimizer's learning-rate exponent.
+    Raises TPError only when a custom block lacks an entry (lower() rejects those already) and
+    ValueError for an unknown optimizer."""
+    opt = _check_optimizer(optimizer)
+    layers = _layers(program)
+    exps = {L.name: _exponents(program, L, opt) for L in layers}
+    feats = [L for L in layers if L.used and L.role in (Role.INPUT, Role.HIDDEN)]
+    readout = next((L for L in layers if L.role is Role.READOUT), None)
+    preset = program.parametrization.preset
+    if readout is None or not feats:
+        return _width_independent(program, layers, exps, opt)
+
+    aR, bR, cR, _ = exps[readout.name]
+    sR = aR + bR
+    if opt == "sgd":
+        uR = 2 * aR + cR
+        m = min(sR, uR)
+
+        def r_of(L):
+            a, _, c, _ = exps[L.name]
+            return m + c - 1 + 2 * a + (1 if L.role is Role.INPUT else 0)
+    else:
+        uR = aR + cR
+
+        def r_of(L):
+            a, _, c, _ = exps[L.name]
+            return a + c - 1 + (1 if L.role is Role.INPUT else 0)
+
+    rls = {L.name: r_of(L) for L in layers if L.role in (Role.INPUT, Role.HIDDEN)}
+    r = min(rls[L.name] for L in feats)
+
+    rows = []
+    bad_init = []
+    for L in layers:
+        a, b, c, src = exps[L.name]
+        req, ok_fn = _init_requirement(L.role)
+        ok = ok_fn(a + b)
+        if L.used and not ok:
+            bad_init.append((L, a + b, req))
+        rl = rls.get(L.name)
+        upd = uR if L.role is Role.READOUT else None
+        term = None
+        if L.used and L.role in (Role.INPUT, Role.HIDDEN):
+            term = sR + rl == 1
+        elif L.role is Role.READOUT:
+            term = uR == 1
+        rows.append(AbcRow(L.name, L.label, L.param, L.kind, L.role, L.fan_in, L.fan_out,
+                           a, b, c, src, L.used, req, ok, rl, upd, term))
+    rows = tuple(rows)
+
+    verdicts = _verdicts(opt, rows, feats, readout, sR, uR, bR, cR, r, rls, bad_init)
+    v = {x.key: x for x in verdicts}
+    if not v["stable"].holds:
+        regime = "unstable"
+    elif not v["nontrivial"].holds:
+        regime = "trivial"
+    elif r == 0:
+        regime = "feature learning"
+    else:
+        regime = "kernel regime" if opt == "sgd" else "operator regime"
+    practice = _practice(rows, sR, opt)
+    refusals = _refusals(program, opt, rows, v, regime, sR)
+    notes = _notes(program, opt, rows, v, regime, sR, uR, r, refusals)
+    return AbcTable(program.name, preset, opt, rows, sR, uR, r, regime, verdicts, notes,
+                    practice, refusals)
+
+
+def _rows_text(items) -> str:
+    return ", ".join(items)
+
+
+def _verdicts(opt, rows, feats, readout, sR, uR, bR, cR, r, rls, bad_init):
+    q = _q
+    upd = "2a+c" if opt == "sgd" else "a+c"
+    cite = "TP4 Thm 3.3" if opt == "sgd" else "TP IVb Lemma 2.8.10, Thm 2.8.12"
+    # stable at init
+    if bad_init:
+        parts = []
+        for L, s, req in bad_init:
+            what = {Role.INPUT: "input weight" if L.param == "weight" else "bias",
+                    Role.HIDDEN: "hidden weight", Role.READOUT: "readout"}[L.role]
+            target = Fraction(req.split()[-1])
+            if L.role is Role.READOUT:
+                effect = "the output blows up at init"
+            elif s < target:
+                effect = "its output coordinates blow up at init"
+            else:
+                effect = "its output coordinates vanish at init"
+            parts.append(f"a+b = {q(s)} for {what} {_who(L)}, needs {req} ({effect})")
+        init = Verdict("stable_at_init", False, "; ".join(parts) + f" ({cite}(1))")
+    else:
+        kinds = [k for k in (Role.INPUT, Role.HIDDEN) if any(L.role is k for L in feats)]
+        need = {Role.INPUT: "a+b = 0 for input weights and biases",
+                Role.HIDDEN: "a+b = 1/2 for hidden weights"}
+        init = Verdict("stable_at_init", True,
+                       "; ".join(need[k] for k in kinds)
+                       + f"; a+b = {q(sR)} >= 1/2 for the readout ({cite}(1))")
+    # stable during training
+    fails, holds = [], []
+    worst = [_who(L) for L in feats if rls[L.name] == r]
+    if r < 0:
+        fails.append(f"r = {q(r)} < 0: features blow up during training (r_l = {q(r)} for "
+                     f"{_rows_text(worst)})")
+    else:
+        holds.append(f"r = {q(r)} >= 0")
+    if uR < 1:
+        fails.append(f"{upd} = {q(uR)} < 1 for the readout: its own update blows the output up "
+                     f"(Delta W^(L+1) x^L = Theta({_npow(1 - uR)}))")
+    else:
+        holds.append(f"{upd} = {q(uR)} >= 1 for the readout")
+    if sR + r < 1:
+        fails.append(f"a+b+r = {q(sR + r)} < 1 for the readout: W_0^(L+1) Delta x^L = "
+                     f"Theta({_npow(1 - sR - r)}) blows the output up")
+    else:
+        holds.append(f"a+b+r = {q(sR + r)} >= 1 for the readout")
+    if opt == "adam":
+        if bR > cR:
+            fails.append(f"b = {q(bR)} > c = {q(cR)} for the readout: its updates outgrow its "
+                         f"initialisation (not faithful, TP IVb Thm 2.8.12)")
+        else:
+            holds.append(f"b = {q(bR)} <= c = {q(cR)} for the readout")
+    if not init.holds:
+        fails.insert(0, "not stable at init")
+    if fails:
+        stable = Verdict("stable", False, "; ".join(fails) + f" ({cite})")
+    else:
+        stable = Verdict("stable", True, ", ".join(holds) + f" ({cite})")
+    # nontriviality
+    nt_cite = "TP4 Thm 3.5" if opt == "sgd" else "TP IVb Thm 2.8.15"
+    if not stable.holds:
+        nontrivial = Verdict("nontrivial", None, "defined for stable parametrizations only")
+    else:
+        eqs = []
+        if sR + r == 1:
+            eqs.append("a+b+r = 1 for the readout (W_0^(L+1) Delta x^L = Theta(1))")
+        if uR == 1:
+            eqs.append(f"{upd} = 1 for the readout (its own update is Theta(1))")
+        if eqs:
+            nontrivial = Verdict("nontrivial", True, " and ".join(eqs) + f" ({nt_cite})")
+        else:
+            nontrivial = Verdict("nontrivial", False,
+                                 f"a+b+r = {q(sR + r)} > 1 and {upd} = {q(uR)} > 1: f stays "
+                                 f"at f_0 in the limit ({nt_cite})")
+    # the dichotomy
+    dich = stable.holds and nontrivial.holds
+    d_cite = "TP4 Cor 3.9" if opt == "sgd" else "TP IVb Cor 2.8.20"
+    if not dich:
+        why = "unstable" if not stable.holds else "trivial"
+        fl = Verdict("feature_learning", None, f"{why}: the dichotomy does not apply")
+        kr = Verdict("kernel_regime" if opt == "sgd" else "operator_regime", None,
+                     f"{why}: the dichotomy does not apply")
+    elif r == 0:
+        fl = Verdict("feature_learning", True,
+                     f"r = 0: Delta x^L = Theta(1), the features move ({d_cite})")
+        kr = Verdict("kernel_regime" if opt == "sgd" else "operator_regime", False,
+                     f"r = 0 ({d_cite})")
+    else:
+        fl = Verdict("feature_learning", False,
+                     f"r = {q(r)} > 0: Delta x^L = Theta({_npow(-r)}) -> 0 ({d_cite})")
+        if opt == "sgd":
+            kr = Verdict("kernel_regime", True,
+                         f"r = {q(r)} > 0: f evolves by kernel gradient descent with a fixed "
+                         f"kernel (TP4 Thm 3.8)")
+        else:
+            kr = Verdict("operator_regime", True,
+                         f"r = {q(r)} > 0: f evolves by a fixed nonlinear operator, not a "
+                         f"kernel (TP IVb Def 2.8.16)")
+    # the output at initialisation
+    if not init.holds:
+        gp = Verdict("gp_at_init", False, "not stable at init")
+    elif sR == HALF:
+        gp = Verdict("gp_at_init", True,
+                     "a+b = 1/2 for the readout: f_0 converges to a Gaussian process (the NNGP)")
+    else:
+        gp = Verdict("gp_at_init", False,
+                     f"a+b = {q(sR)} > 1/2 for the readout: f_0 -> 0 (variance "
+                     f"Theta({_npow(1 - 2 * sR)})), no Gaussian-process limit")
+    return (init, stable, nontrivial, fl, kr, gp)
+
+
+def _practice(rows, sR, opt) -> tuple[PracticeRow, ...]:
+    out = []
+    for r in rows:
+        if r.role is Role.FINITE:
+            d = r.a
+            width = "1"
+        else:
+            # faithful d (TP IVb Lemma 2.8.11): the gradient of w has entries n^-d
+            d = r.a if r.role is Role.READOUT else r.a + sR
+            width = "fan_out" if r.role is Role.INPUT else "fan_in"
+        if opt == "sgd":
+            c_sgd, c_adam = r.c, r.c + d
+        else:
+            c_sgd, c_adam = r.c - d, r.c
+        out.append(PracticeRow(
+            r.name, r.label, r.role, width,
+            multiplier=-r.a, init_var=-2 * r.b, sgd_lr=-c_sgd, adam_lr=-c_adam,
+            init_var0=-2 * (r.a + r.b), sgd_lr0=-(c_sgd + 2 * r.a), adam_lr0=-(c_adam + r.a)))
+    return tuple(out)
+
+
+_SP_NTK = ("the NTK of the standard parametrization grows linearly with the width "
+           "(neural-tangents' parameterization='standard' kernel scales with the layer widths), "
+           "and SGD with a width-independent learning rate is unstable (TP4 Thm 4.1); the "
+           "stable choice, learning rate ~ 1/width, has a different limiting kernel (hidden "
+           "and readout terms only) that tpcompiler does not compute. Use `parametrization "
+           "ntk` (same NNGP) for the NTK")
+
+
+def _refusals(program, opt, rows, v, regime, sR):
+    preset = program.parametrization.preset
+    gp = v["gp_at_init"]
+    # NNGP: the law of f_0
+    if gp.holds:
+        nngp = None
+    elif not v["stable_at_init"].holds:
+        nngp = (f"parametrization {preset} is not stable at initialisation "
+                f"({v['stable_at_init'].reason}), so f_0 has no Gaussian-process limit")
+    else:
+        nngp = (f"parametrization {preset}: the output at initialisation vanishes as the width "
+                f"grows (a+b = {_q(sR)} > 1/2 for the readout), so f_0 has no "
+                f"Gaussian-process limit and the NNGP is degenerate (0); the NNGP computed by "
+                f"tpcompiler is that of `parametrization ntk` or `sp`")
+    # NTK: the kernel of SGD training
+    if opt != "sgd":
+        ntk = ("with Adam no kernel describes training: the limit is in the feature-learning "
+               "or the operator regime (TP IVb Cor 2.8.20), f_{t+1} - f_t is not linear in the "
+               "loss derivative")
+    elif preset == "sp":
+        ntk = "parametrization sp: " + _SP_NTK
+    elif regime == "feature learning":
+        ntk = (f"parametrization {preset} is in the feature-learning regime (r = 0, "
+               f"TP4 Cor 3.9): no fixed kernel describes its training")
+    elif regime != "kernel regime":
+        bad = v["stable"] if regime == "unstable" else v["nontrivial"]
+        ntk = f"parametrization {preset} is {regime}: {bad.reason}"
+    elif not gp.holds:
+        ntk = (f"parametrization {preset} is in the kernel regime but f_0 -> 0 "
+               f"({gp.reason}); the NTK computed by tpcompiler assumes the GP output at init "
+               f"of the NTK parametrization")
+    else:
+        off = [r for r in rows if r.used and r.role in _NTP_INVARIANTS
+               and (r.a + r.b, 2 * r.a + r.c) != _NTP_INVARIANTS[r.role]]
+        if not off:
+            ntk = None
+        else:
+            gone = [_who(r) for r in rows if r.contributes is False]
+            ntk = (f"parametrization {preset} is in the kernel regime, but its exponents are "
+                   f"not those of the NTK parametrization up to the symmetry "
+                   f"(a+t, b-t, c-2t) (differs at {', '.join(_who(r) for r in off)}): the "
+                   f"limiting kernel drops the terms of {', '.join(gone) or 'no layer'} and "
+                   f"is not the NTK computed here")
+    return (("nngp", nngp), ("ntk", ntk))
+
+
+def _largest_stable_global_lr(program, opt):
+    """The smallest global c on a 1/4 grid in [-2, 4] that makes the preset's a, b stable."""
+    par = program.parametrization
+    for k in range(-8, 17):
+        c = Fraction(k, 4)
+        base = PRESETS[par.preset][opt]
+        table = {kind: (a, b, c) for kind, (a, b, _) in base.items()}
+        probe = _with_table(program, table)
+        if abc_table(probe, opt).verdict("stable").holds:
+            return c
+    return None
+
+
+def _with_table(program, table):
+    entries = tuple(ir.LayerAbc(k, *v) for k, v in table.items())
+    return ir.Program(program.name, ir.Parametrization("custom", entries), program.inputs,
+                      program.matrices, program.biases, program.gvars, program.readout)
+
+
+def _notes(program, opt, rows, v, regime, sR, uR, r, refusals) -> tuple[str, ...]:
+    preset = program.parametrization.preset
+    notes = []
+    if preset == "sp":
+        if opt == "sgd":
+            notes.append("SP with a width-independent learning rate (c = 0) is unstable: after "
+                         "one SGD step the output moves by Theta(n^(1-c)) (TP4 Sec 4, Thm 4.1). "
+                         "With learning rate ~ 1/width (c = 1, TP4 Table 1 'SP w/ LR 1/n') it "
+                         "is stable and in the kernel regime (r = 1/2, no feature learning); "
+                         "its limiting kernel keeps only the hidden and readout NTK terms "
+                         "(input and bias updates are Theta(n^-1) smaller).")
+        else:
+            c = _largest_stable_global_lr(program, opt)
+            if c is not None:
+                probe = abc_table(_with_table(program, {
+                    k: (a, b, c) for k, (a, b, _) in PRESETS["sp"]["adam"].items()}), opt)
+                notes.append(f"SP with Adam and a width-independent learning rate is unstable; "
+                             f"the largest stable global learning rate is {_npow(-c)}, where it "
+                             f"is {probe.regime} (r = {_q(probe.r)}). TP IVb Remark 2.2.7 says "
+                             f"SP-Adam at learning rate 1/n learns features; by its own Thm "
+                             f"2.8.12 that choice has a+b+r = 1/2 < 1 at the readout (with a "
+                             f"hidden layer between input and readout) and is unstable here.")
+        notes.append("The NNGP of SP is that of the same network under NTP: the forward pass at "
+                     "init is the same (up to where the constants sit).")
+    elif preset == "ntk":
+        if opt == "sgd":
+            notes.append("NTP (TP4 Table 1): kernel regime with every layer's NTK term kept "
+                         "(r = 1/2): f_0 is the NNGP and SGD training is kernel gradient "
+                         "descent with the NTK.")
+        else:
+            notes.append("NTP for Adam (TP IVb Def 2.4.1): operator regime; training follows "
+                         "the nonlinear neural tangent operator K_Q, not the NTK.")
+    elif preset == "mup":
+        notes.append("muP (TP4 Def 5.1; TP5 Tables 3, 8, 9): every layer is updated maximally "
+                     "(all r_l = 0), so the parametrization learns features. The output at "
+                     "init vanishes (a+b = 1 for the readout: variance Theta(1/n)), so there is "
+                     "no GP limit of f_0 and the NNGP is degenerate; in the limit f_t is "
+                     "deterministic (TP4 Thm H.13, TP IVb Thm 2.8.19) and no kernel describes "
+                     "training.")
+    elif preset == "mf":
+        notes.append("MF: TP4's mean-field parametrization (Table 1, one hidden layer: "
+                     "a = 0, 1; b = 0; c = -1). Hidden layers take muP moved by the symmetry "
+                     "with t = 1/2 (a = 1/2, b = 0), so for any depth MF is muP in the b = 0 "
+                     "gauge: feature learning, output 0 at init, no kernel.")
+    # consequences read off the numbers (any parametrization)
+    if regime == "unstable":
+        notes.append("Unstable: " + v["stable"].reason + ".")
+    elif regime == "trivial":
+        notes.append("Trivial: the function does not move in the infinite-width limit.")
+    elif regime in ("kernel regime", "operator regime"):
+        kept = [_who(x) for x in rows if x.contributes]
+        gone = [_who(x) for x in rows if x.contributes is False]
+        if gone:
+            upd = "2a+c" if opt == "sgd" else "a+c"
+            notes.append(f"Only the layers with a+b+r_l = 1 (and the readout if its {upd} = 1) "
+                         f"contribute to the limit: kept {', '.join(kept) or 'none'}; "
+                         f"vanishing {', '.join(gone)} (TP IVb Remark 2.8.21).")
+    if v["stable_at_init"].holds and sR > HALF:
+        notes.append(f"The output at init vanishes (readout a+b = {_q(sR)} > 1/2): every "
+                     f"feature-learning limit has f_0 = 0 (TP4 Cor 3.10).")
+    unused = [_who(x) for x in rows if not x.used]
+    if unused:
+        notes.append(f"Not reaching the output (left out of the verdicts): {', '.join(unused)}.")
+    finite = [_who(x) for x in rows if x.role is Role.FINITE]
+    if finite:
+        notes.append(f"Finite-dimensional parameters ({', '.join(finite)}) do not depend on the "
+                     f"width: a = b = c = 0 in every parametrization (TP IVb scalar parameters); "
+                     f"custom entries do not apply to them.")
+    return tuple(notes)
+
+
+def _width_independent(program, layers, exps, opt) -> AbcTable:
+    rows = []
+    for L in layers:
+        a, b, c, src = exps[L.name]
+        req, ok_fn = _init_requirement(L.role)
+        rows.append(AbcRow(L.name, L.label, L.param, L.kind, L.role, L.fan_in, L.fan_out,
+                           a, b, c, src, False if L.role is not Role.FINITE else L.used,
+                           req, ok_fn(a + b), None, None, None))
+    rows = tuple(rows)
+    why = "no width-n vector reaches the output: the network does not depend on the width"
+    verdicts = (Verdict("stable_at_init", True, why), Verdict("stable", True, why),
+                Verdict("nontrivial", None, why), Verdict("feature_learning", None, why),
+                Verdict("kernel_regime" if opt == "sgd" else "operator_regime", None, why),
+                Verdict("gp_at_init", None, why))
+    notes = ("The output does not depend on any width-n vector, so every parametrization gives "
+             "the same network and the kernels computed are exact at any width.",)
+    return AbcTable(program.name, program.parametrization.preset, opt, rows, None, None, None,
+                    "width-independent", verdicts, notes, _practice(rows, HALF, opt),
+                    (("nngp", None), ("ntk", None)))
+
+
+def kernel_refusals(program: ir.Program, optimizer: str = "sgd") -> dict[str, str | None]:
+    """Which kernels tpcompiler computes are meaningful limits under this program's
+    parametrization.
+
+    Returns {"nngp": reason or None, "ntk": reason or None}. None means the compiled kernel
+    (neural-tangents' 'ntk' conventions, docs/internals.md) is the infinite-width limit for the
+    declared parametrization: for "nngp" the law of the output at initialisation, for "ntk" the
+    kernel of (S)GD training (kernel gradient descent). A string is a complete sentence for a
+    user, fit for TPError or KernelProgram.ntk_refused. Policy (docs/abc.md):
+      ntk        both None.
+      sp         NNGP None (same forward pass at init); NTK refused (it grows like the width
+                 and SGD at a width-independent learning rate is unstable).
+      mup, mf    both refused: the output at init tends to 0 (no GP limit), and feature learning
+                 has no fixed kernel.
+      custom     NNGP None iff stable at init and the readout has a+b = 1/2; NTK None iff
+                 moreover the exponents equal NTP's up to the per-layer symmetry
+                 (a+t, b-t, c-2t), i.e. stable, nontrivial, kernel regime with every NTK term.
+      any program whose output depends on no width-n vector: both None (width-independent).
+    With optimizer="adam" the NTK is always refused (no kernel describes Adam training).
+    Only the parametrization is judged: other reasons to refuse the NTK (exp() is not
+    polynomially bounded, ...) stay in passes/kernels.py. A pure function of the IR: no I/O,
+    no caching, no side effects on import; it raises TPError only for a custom block without
+    the entry a weight needs (lower() rejects those first) and ValueError for an unknown
+    optimizer."""
+    return dict(abc_table(program, optimizer).refusals)
+
+
+# --- formatting helpers ---------------------------------------------------------------------
+
+
+def _q(x: Fraction | None) -> str | None:
+    return None if x is None else str(x)
+
+
+def _who(x) -> str:
+    """A layer (_Layer or AbcRow) for messages: its label, or 'bias of <label>'."""
+    return f"bias of {x.label}" if x.param == "bias" else x.label
+
+
+def _npow(k: Fraction) -> str:
+    return f"n^{k}" if k.denominator == 1 else f"n^({k})"
+
+
+def _yes(h: bool | None) -> str:
+    return "n/a" if h is None else ("yes" if h else "no")
+
+
+def _kind_text(r: AbcRow) -> str:
+    if r.param == "bias":
+        return "bias" if r.role is Role.INPUT else "bias (out)"
+    return r.kind.value if r.role is not Role.FINITE else "readout (finite)"
+
+
+def _power(width: str, k: Fraction) -> str:
+    """n^k written with the layer's width name: 1, fan_in, 1/fan_in^2, sqrt(fan_out), ..."""
+    if k == 0 or width == "1":
+        return "1"
+    mag = abs(k)
+    if mag == 1:
+        base = width
+    elif mag == HALF:
+        base = f"sqrt({width})"
+    else:
+        base = f"{width}^{mag}" if mag.denominator == 1 else f"{width}^({mag})"
+    return base if k > 0 else f"1/{base}"
+
+
+def _aligned(table: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+
+
+def _md(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def _md_table(head, rows) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _tex_raw(x: Fraction | None) -> str:
+    if x is None:
+        return "\\text{--}"
+    if x.denominator == 1:
+        return str(x.numerator)
+    sign = "-" if x < 0 else ""
+    return f"{sign}\\tfrac{{{abs(x.numerator)}}}{{{x.denominator}}}"
+
+
+def _tex(x: Fraction | None) -> str:
+    return "--" if x is None else f"${_tex_raw(x)}$"
+
+
+_TEX_ESCAPE = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#",
+               "_": "\\_", "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}",
+               "^": "\\textasciicircum{}"}
+
+
+def _tex_text(s: str) -> str:
+    return "".join(_TEX_ESCAPE.get(ch, ch) for ch in s)
+
+
+def _tex_power(width: str, k: Fraction) -> str:
+    if k == 0 or width == "1":
+        return "$1$"
+    w = "\\mathrm{" + width.replace("_", "\\_") + "}"
+    return f"${w}^{{{_tex_raw(k)}}}$"
