@@ -158,7 +158,8 @@ def call(name: str, q1: float, q2: float, k: float) -> float:
 def _full(q1: float, q2: float, k: float) -> dict:
     """Every argument a helper may take; r and t are the shared arc-cosine pieces."""
     r = H.rootdet(q1, q2, k)
-    return {"q1": q1, "q2": q2, "k": k, "q": q1, "r": r, "t": H.angle(q1, q2, r, k)}
+    x = min(1.0, abs(k) / math.sqrt(q1 * q2)) if q1 > 0 and q2 > 0 else 0.0
+    return {"q1": q1, "q2": q2, "k": k, "q": q1, "r": r, "t": H.angle(q1, q2, r, k), "x": x}
 
 
 def sin_theta(rho: float) -> float:
@@ -322,6 +323,25 @@ def test_shared_angle_forms_equal_the_direct_ones(rho):
     assert H.step_step_t(t) == H.step_step(q1, q2, k)
 
 
+def test_branch_free_atan2_matches_math_atan2():
+    rng = np.random.default_rng(0)
+    theta = np.concatenate([rng.uniform(0, np.pi, 200_000), [0.0, np.pi, np.pi / 2, np.pi / 4,
+                                                             3 * np.pi / 4, 1e-300, np.pi - 1e-9]])
+    scale = 10.0 ** rng.uniform(-150, 150, theta.size)
+    r, k = np.sin(theta) * scale, np.cos(theta) * scale
+    r[-6] = 0.0
+    k[-6] = 1.0
+    r[-5] = 0.0
+    k[-5] = -2.0
+    for ri, ki in zip(r.tolist(), k.tolist()):
+        got, want = H.atan2_pos(ri, ki), math.atan2(ri, ki)
+        assert abs(got - want) <= 4.5e-16 * max(1.0, abs(want)), (ri, ki, got, want)
+    assert H.atan2_pos(0.0, 3.0) == 0.0
+    assert H.atan2_pos(0.0, -3.0) == math.pi
+    assert H.atan2_pos(1.0, 0.0) == math.pi / 2
+    assert H.atan2_pos(0.0, 0.0) == 0.0
+
+
 def test_closed_form_constants():
     # hand-checkable values: at rho = 0 the product factorises into the means
     assert H.relu_relu(2.0, 3.0, 0.0) == pytest.approx(H.relu_mean(2.0) * H.relu_mean(3.0))
@@ -343,7 +363,7 @@ def test_registry():
 
 def test_sources_are_self_contained():
     """Bodies may name only math, min/max and helpers defined earlier in the order."""
-    allowed = set(dir(math)) | {"math", "min", "max"}
+    allowed = set(dir(math)) | {"math", "min", "max", "abs"}
     for name in H.HELPER_SOURCE_ORDER:
         fn = H.HELPERS[name]
         assert not fn.__code__.co_freevars, name

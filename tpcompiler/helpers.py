@@ -36,7 +36,7 @@ def th(q1: float, q2: float, k: float) -> float:
         # neural-tangents' convention: a zero-norm input is orthogonal to everything
         return 0.5 * math.pi
     # atan2 rather than acos: acos loses half the digits near |cos| = 1
-    return math.atan2(math.sqrt(snapped_det(q1, q2, k)), k)
+    return atan2_pos(math.sqrt(snapped_det(q1, q2, k)), k)
 
 
 def relu_relu(q1: float, q2: float, k: float) -> float:
@@ -134,6 +134,33 @@ def erf_lin(q1: float, q2: float, k: float) -> float:
 
 # Dependency order for the backend that copies the sources: every helper appears after the
 # helpers it calls.
+def atan_unit(x: float) -> float:
+    """atan(x) for x in [0, 1], branch-free (Cephes' rational approximation, ~1 ulp)."""
+    # one range reduction at tan(3 pi / 16) ~ 0.66: atan(x) = pi/4 + atan((x - 1) / (x + 1));
+    # the conditional expressions compile to selects, so a loop over pairs can vectorise
+    big = x > 0.66
+    y = (x - 1.0) / (x + 1.0) if big else x
+    z = y * y
+    num = (((-8.750608600031904122785e-01 * z - 1.615753718733365076637e01) * z
+            - 7.500855792314704667340e01) * z - 1.228866684490136173410e02) * z \
+        - 6.485021904942025371773e01
+    den = ((((z + 2.485846490142306297962e01) * z + 1.650270098316988542046e02) * z
+            + 4.328810604912902668951e02) * z + 4.853903996359136964868e02) * z \
+        + 1.945506571482613964425e02
+    r = y + y * z * num / den
+    return (r + 3.061616997868383e-17) + 0.7853981633974483 if big else r
+
+
+def atan2_pos(r: float, k: float) -> float:
+    """atan2(r, k) for r >= 0 without a libm call: within 4.5e-16, exact at 0 and pi."""
+    ak = abs(k)
+    hi = max(r, ak)
+    lo = min(r, ak)
+    t = atan_unit(lo / hi if hi > 0.0 else 0.0)
+    t = (1.5707963267948966 - t) + 6.123233995736766e-17 if r > ak else t
+    return (3.141592653589793 - t) + 1.2246467991473532e-16 if k < 0.0 else t
+
+
 def rootdet(q1: float, q2: float, k: float) -> float:
     """sqrt(q1 q2 - k^2) with the snapping of snapped_det; shared by the arc-cosine kernels."""
     return math.sqrt(snapped_det(q1, q2, k))
@@ -141,9 +168,8 @@ def rootdet(q1: float, q2: float, k: float) -> float:
 
 def angle(q1: float, q2: float, r: float, k: float) -> float:
     """theta = atan2(r, k) for r = rootdet(q1, q2, k); pi/2 at zero norm (neural-tangents)."""
-    if q1 <= 0.0 or q2 <= 0.0:
-        return 0.5 * math.pi
-    return math.atan2(r, k)
+    t = atan2_pos(r, k)
+    return 0.5 * math.pi if q1 <= 0.0 or q2 <= 0.0 else t
 
 
 def relu_relu_rt(r: float, t: float, k: float) -> float:
@@ -157,6 +183,8 @@ def step_step_t(t: float) -> float:
 
 
 HELPER_SOURCE_ORDER: tuple[str, ...] = (
+    "atan_unit",
+    "atan2_pos",
     "snapped_det",
     "th",
     "relu_relu",
@@ -178,6 +206,8 @@ HELPER_SOURCE_ORDER: tuple[str, ...] = (
 )
 
 HELPERS: dict[str, Callable[..., float]] = {
+    "atan_unit": atan_unit,
+    "atan2_pos": atan2_pos,
     "snapped_det": snapped_det,
     "th": th,
     "relu_relu": relu_relu,

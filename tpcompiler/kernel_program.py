@@ -40,7 +40,7 @@ class KernelProgram:
     outputs: dict  # {"nngp": (diag expr, cross expr), "ntk": (...)}: only the kinds available
     integrands: tuple[Integrand, ...]
     labels: dict = field(default_factory=dict, compare=False)  # symbol name -> meaning
-    ntk_refused: str | None = None  # why the NTK is not available, if it is not
+    refused: dict = field(default_factory=dict)  # kind -> why it is not available
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -72,8 +72,8 @@ class KernelProgram:
             lines.append(f"{kind}: diagonal {sp.sstr(d)}, off-diagonal {sp.sstr(c)}")
         for q in self.integrands:
             lines.append(f"integrand {q.name}(z0..z{q.dim - 1}) = {sp.sstr(q.expr)}")
-        if self.ntk_refused:
-            lines.append(f"# ntk not available: {self.ntk_refused}")
+        for kind, why in self.refused.items():
+            lines.append(f"# {kind} not available: {why}")
         return "\n".join(lines) + "\n"
 
 

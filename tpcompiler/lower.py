@@ -79,7 +79,7 @@ def _fraction(text: str, span) -> Fraction:
     if len(mantissa) > MAX_EXPONENT or len(exponent) > 3 or int(exponent or 0) > MAX_EXPONENT:
         # Fraction("1e-99999999") would build 10**99999999 exactly and never finish
         raise TPError(f"the number {text[:20]}{'...' if len(text) > 20 else ''} is out of range",
-                      span, "numbers must lie between about 1e-300 and 1e300 in magnitude")
+                      span, "numbers must lie between about 1e-400 and 1e300 in magnitude, or be 0")
     try:
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
@@ -297,6 +297,9 @@ class _Lowerer:
         if self.param is not None:
             raise TPError("the parametrization is set twice", s.span)
         if s.entries is None:
+            if s.name == "custom":
+                raise TPError("`parametrization custom` needs a block of entries", s.span,
+                              "write e.g.  parametrization custom { hidden: a=1/2, b=0, c=0 }")
             if s.name not in PRESETS:
                 hint = did_you_mean(s.name, PRESETS + ("custom",)) or (
                     "use one of: " + ", ".join(PRESETS) + ", or custom { ... }")
@@ -311,6 +314,7 @@ class _Lowerer:
             if e.target in seen:
                 raise TPError(f"'{e.target}' appears twice in the parametrization", e.span)
             seen.add(e.target)
+            self._check_unique_kwargs(e.kwargs)
             vals = {}
             for kw in e.kwargs:
                 if kw.name not in ("a", "b", "c"):
@@ -723,6 +727,10 @@ class _ActBody:
                               "functions apply to vectors; fold constants by hand")
             if e.func in BUILTINS:
                 params, build = BUILTINS[e.func]
+                for kw in e.kwargs:  # evaluated as constants outside the act: no variable here
+                    if kw.name in params and self.expr(kw.value).has(self.z):
+                        raise TPError(f"{kw.name}= must be a constant, not an expression in "
+                                      f"'{self.param}'", kw.value.span)
                 return build(z, **self.outer._keywords(e, params))
             f = self.outer.env.get(e.func)
             if isinstance(f, Act):

@@ -177,6 +177,14 @@ class PracticeRow:
 
 @dataclass(frozen=True)
 class AbcTable:
+    """The abc analysis of one program for one optimizer (built by `abc_table`).
+
+    `rows`: one per weight and bias, in program order; `verdicts`: stable_at_init, stable,
+    nontrivial, feature_learning, kernel_regime (SGD) or operator_regime (Adam), gp_at_init,
+    each with the condition that decided it (holds None: does not apply); `notes`: the
+    consequences in words; `practice`: the practitioner's scalings; `refusals`: what
+    `kernel_refusals` returns. Renderers: text(), markdown(), latex(), json(), to_json()."""
+
     program: str | None
     preset: str
     optimizer: str
@@ -746,6 +754,11 @@ def _largest_stable_global_lr(program, opt):
     return None
 
 
+_REGIME_PHRASE = {"kernel regime": "in the kernel regime",
+                  "operator regime": "in the operator regime",
+                  "feature learning": "in the feature-learning regime"}
+
+
 def _with_table(program, table):
     entries = tuple(ir.LayerAbc(k, *v) for k, v in table.items())
     return ir.Program(program.name, ir.Parametrization("custom", entries), program.inputs,
@@ -768,12 +781,15 @@ def _notes(program, opt, rows, v, regime, sR, uR, r, refusals) -> tuple[str, ...
             if c is not None:
                 probe = abc_table(_with_table(program, {
                     k: (a, b, c) for k, (a, b, _) in PRESETS["sp"]["adam"].items()}), opt)
-                notes.append(f"SP with Adam and a width-independent learning rate is unstable; "
-                             f"the largest stable global learning rate is {_npow(-c)}, where it "
-                             f"is {probe.regime} (r = {_q(probe.r)}). TP IVb Remark 2.2.7 says "
-                             f"SP-Adam at learning rate 1/n learns features; by its own Thm "
-                             f"2.8.12 that choice has a+b+r = 1/2 < 1 at the readout (with a "
-                             f"hidden layer between input and readout) and is unstable here.")
+                text = (f"SP with Adam and a width-independent learning rate is unstable; the "
+                        f"largest stable global learning rate is {_npow(-c)}, where it is "
+                        f"{_REGIME_PHRASE.get(probe.regime, probe.regime)} (r = {_q(probe.r)}).")
+                if any(x.used and x.role is Role.HIDDEN for x in rows):
+                    text += (" TP IVb Remark 2.2.7 says SP-Adam at learning rate 1/n learns "
+                             "features; by its own Thm 2.8.12 that choice has a+b+r = 1/2 < 1 "
+                             "at the readout when a hidden layer sits between input and readout, "
+                             "so it is unstable here.")
+                notes.append(text)
         notes.append("The NNGP of SP is that of the same network under NTP: the forward pass at "
                      "init is the same (up to where the constants sit).")
     elif preset == "ntk":
@@ -852,7 +868,7 @@ def kernel_refusals(program: ir.Program, optimizer: str = "sgd") -> dict[str, st
     (neural-tangents' 'ntk' conventions, docs/internals.md) is the infinite-width limit for the
     declared parametrization: for "nngp" the law of the output at initialisation, for "ntk" the
     kernel of (S)GD training (kernel gradient descent). A string is a complete sentence for a
-    user, fit for TPError or KernelProgram.ntk_refused. Policy (docs/abc.md):
+    user, fit for TPError or KernelProgram.refused. Policy (docs/abc.md):
       ntk        both None.
       sp         NNGP None (same forward pass at init); NTK refused (it grows like the width
                  and SGD at a width-independent learning rate is unstable).
@@ -941,7 +957,8 @@ def _tex(x: Fraction | None) -> str:
 
 _TEX_ESCAPE = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#",
                "_": "\\_", "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}",
-               "^": "\\textasciicircum{}"}
+               "^": "\\textasciicircum{}", "<": "\\textless{}", ">": "\\textgreater{}",
+               "|": "\\textbar{}"}
 
 
 def _tex_text(s: str) -> str:

@@ -20,6 +20,7 @@ import sympy as sp
 from .. import ir
 from ..errors import TPError
 from ..kernel_program import GramEntry, Integrand, KernelProgram, cse_block, twin
+from .abc import kernel_refusals
 from .expect import Expectation, Quadrature
 
 
@@ -222,19 +223,17 @@ class _Builder:
         return self._new(block, total, "NTK")
 
 
-def ntk_refusal(prog: ir.Program) -> str | None:
-    """Why the NTK theorem (TP2, Cor. 7.3) does not cover this program, or None."""
+def refusals(prog: ir.Program) -> dict[str, str]:
+    """kind -> why that kernel is not the limit of this program (absent: it is)."""
+    out = {k: v for k, v in kernel_refusals(prog).items() if v is not None}
     exprs = [g.arg for g in prog.gvars if g.op is ir.Op.MATMUL]
     if not isinstance(prog.readout.arg, ir.InputRef):
         exprs.append(prog.readout.arg)
-    for e in exprs:
-        if e.has(sp.exp):
-            return ("exp() is not polynomially bounded; the NTK theorem of Tensor Programs II "
-                    "needs polynomially bounded nonlinearities and derivatives (the NNGP is fine)")
-    if prog.parametrization.preset != "ntk":
-        return (f"parametrization {prog.parametrization.preset}: the limit NTK computed here is "
-                f"the NTK parametrization's (see `tpc abc` for what this parametrization implies)")
-    return None
+    if "ntk" not in out and any(e.has(sp.exp) for e in exprs):
+        out["ntk"] = ("exp() is not polynomially bounded; the NTK theorem of Tensor Programs II "
+                      "needs polynomially bounded nonlinearities and derivatives (the NNGP is "
+                      "fine)")
+    return out
 
 
 def build_kernel_program(prog: ir.Program) -> KernelProgram:
@@ -243,13 +242,14 @@ def build_kernel_program(prog: ir.Program) -> KernelProgram:
     sys.setrecursionlimit(max(limit, 20_000))
     try:
         b = _Builder(prog)
+        refused = refusals(prog)
         outputs = {}
-        nd = b.nngp("diag")
-        nc = b.nngp("cross")
-        outputs["nngp"] = (nd, nc)
-        refusal = ntk_refusal(prog)
-        if refusal is None:
-            outputs["ntk"] = (b.ntk("diag", nd), b.ntk("cross", nc))
+        if len(refused) < 2:
+            nd, nc = b.nngp("diag"), b.nngp("cross")  # the NTK sums on top of the NNGP
+            if "nngp" not in refused:
+                outputs["nngp"] = (nd, nc)
+            if "ntk" not in refused:
+                outputs["ntk"] = (b.ntk("diag", nd), b.ntk("cross", nc))
     except RecursionError:
         raise TPError("the program is too deep to derive its kernels",
                       hint="reduce the loop counts") from None
@@ -264,5 +264,5 @@ def build_kernel_program(prog: ir.Program) -> KernelProgram:
         outputs=outputs,
         integrands=tuple(b.integrands.values()),
         labels=b.labels,
-        ntk_refused=refusal,
+        refused=refused,
     )
