@@ -13,7 +13,7 @@ from .backends import numba as numba_backend
 from .backends import numpy as numpy_backend
 from .data import check_pair, prepare
 from .errors import TPError
-from .kernel_program import KernelProgram
+from .kernel_program import GramLayout, KernelProgram
 from .lower import lower
 from .parse import parse_file, parse_source
 from .passes import PIPELINE
@@ -49,15 +49,19 @@ class CompiledNetwork:
     def _module(self):
         entry = cache.read_index(self._cache_key)
         if entry is not None:
-            self._kinds, self._refusal = tuple(entry["kinds"]), entry["ntk_refused"]
+            self._kinds, self._refused = tuple(entry["kinds"]), dict(entry["refused"])
+            self._meta = GramLayout.from_json(entry["layout"])
             return cache.load_module(entry["source"])
         kp = self.kernel_program
+        self._kinds, self._refused = kp.kinds, dict(kp.refused)
+        self._meta = GramLayout.of(kp)
+        if not kp.kinds:
+            return None  # nothing to compute: every request is refused with its reason
         source = numba_backend.render(kp)
         module = cache.load_module(source)
         cache.write_index(self._cache_key, {"module": str(cache.module_path(source)),
-                                            "kinds": list(kp.kinds),
-                                            "ntk_refused": kp.ntk_refused})
-        self._kinds, self._refusal = kp.kinds, kp.ntk_refused
+                                            "kinds": list(kp.kinds), "refused": kp.refused,
+                                            "layout": self._meta.to_json()})
         return module
 
     def prepare(self) -> CompiledNetwork:
@@ -90,26 +94,24 @@ class CompiledNetwork:
         if x2 is not None:
             b = prepare(self.ir, x2, "X2")
             check_pair(self.ir, a, b)
-        out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float64)
+        out_dtype = _out_dtype(dtype)
         if backend == "numpy":
             kp = self.kernel_program
-            self._check_kinds(get, kp.kinds, kp.ntk_refused)
+            self._check_kinds(get, kp.kinds, kp.refused)
             res = numpy_backend.evaluate(kp, a, b, get)
             return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
         if backend != "numba":
             raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
         module = self._module
-        self._check_kinds(get, self._kinds, self._refusal)
-        names = [i.name for i in self.ir.inputs]
-        arrays1 = [a[n] for n in names]
-        arrays2 = None if b is None else [b[n] for n in names]
-        k = numba_backend.run(module, arrays1, arrays2, progress=progress)
-        return {kind: k[self._kinds.index(kind)].astype(out_dtype, copy=False) for kind in get}
+        self._check_kinds(get, self._kinds, self._refused)
+        res = numba_backend.run(module, self._meta, a, b, progress=progress)
+        return {kind: res[kind].astype(out_dtype, copy=False) for kind in get}
 
-    def _check_kinds(self, get, kinds, refusal) -> None:
+    def _check_kinds(self, get, kinds, refused) -> None:
         for k in get:
             if k not in kinds:
-                raise TPError(f"the {k.upper()} of this network is not available: {refusal}")
+                raise TPError(f"the {k.upper()} of this network is not available: "
+                              f"{refused.get(k, 'not computed')}")
 
     def nngp(self, x1, x2=None, **kw) -> np.ndarray:
         """The NNGP kernel (output covariance of the infinite-width network)."""
@@ -118,6 +120,27 @@ class CompiledNetwork:
     def ntk(self, x1, x2=None, **kw) -> np.ndarray:
         """The neural tangent kernel (neural-tangents' 'ntk' parameterization)."""
         return self.kernels(x1, x2, ("ntk",), **kw)["ntk"]
+
+    # --- finite width (tpcompiler/simulate.py) ---------------------------------------
+
+    def simulate(self, width: int, seed=0, **kw):
+        """The network instantiated at width n: a `simulate.FiniteNetwork` (call it on data;
+        .ntk(X), .gradients(X), .nngp_hidden(X), .params). kw: dims=, weights=."""
+        from .simulate import FiniteNetwork
+
+        return FiniteNetwork(self.ir, width, seed, **kw)
+
+    def empirical_nngp(self, x, width: int, samples: int, seed=0, **kw) -> np.ndarray:
+        """Monte Carlo mean of f(x) f(x)^T over `samples` random networks of width n."""
+        from .simulate import empirical_nngp
+
+        return empirical_nngp(self.ir, x, width, samples, seed, **kw)
+
+    def empirical_ntk(self, x, width: int, seed=0, x2=None) -> np.ndarray:
+        """The exact NTK of one random network of width n."""
+        from .simulate import empirical_ntk
+
+        return empirical_ntk(self.ir, x, width, seed, x2)
 
     # --- views -----------------------------------------------------------------------
 
@@ -134,6 +157,21 @@ class CompiledNetwork:
         ins = ", ".join(i.name if i.length is None else f"{i.name}[{i.length}]"
                         for i in self.ir.inputs)
         return f"<CompiledNetwork {self.name or '<unnamed>'}({ins}), {len(self.ir.gvars)} G-vars>"
+
+
+def _out_dtype(dtype) -> np.dtype:
+    """The requested output dtype, checked before any work: an integer dtype would silently
+    truncate the kernels."""
+    if dtype is None:
+        return np.dtype(np.float64)
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        raise TPError(f"dtype={dtype!r} is not a NumPy dtype") from None
+    if out.kind != "f":
+        raise TPError(f"dtype={out} is not a floating-point type",
+                      hint="use np.float64 (the default) or np.float32")
+    return out
 
 
 def compile(path: str | Path) -> CompiledNetwork:  # noqa: A001 - the public name the docs use

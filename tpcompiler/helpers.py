@@ -25,9 +25,7 @@ def snapped_det(q1: float, q2: float, k: float) -> float:
     # The rounding noise of s is a few eps * q1 q2, so below 8 eps it carries no information;
     # snapping it makes k == q1 == q2 give theta = 0 and k == -q1 == -q2 give theta = pi
     # exactly, and a |k| that rounding pushed past sqrt(q1 q2) cannot reach sqrt(negative).
-    if s <= 8.0 * 2.220446049250313e-16 * p:
-        return 0.0
-    return s
+    return 0.0 if s <= 8.0 * 2.220446049250313e-16 * p else s
 
 
 def th(q1: float, q2: float, k: float) -> float:
@@ -169,7 +167,8 @@ def rootdet(q1: float, q2: float, k: float) -> float:
 def angle(q1: float, q2: float, r: float, k: float) -> float:
     """theta = atan2(r, k) for r = rootdet(q1, q2, k); pi/2 at zero norm (neural-tangents)."""
     t = atan2_pos(r, k)
-    return 0.5 * math.pi if q1 <= 0.0 or q2 <= 0.0 else t
+    # `|` not `or`: no short-circuit branch, so a loop over pairs still vectorises
+    return 0.5 * math.pi if (q1 <= 0.0) | (q2 <= 0.0) else t
 
 
 def relu_relu_rt(r: float, t: float, k: float) -> float:

@@ -82,6 +82,35 @@ def _comment(labels, s) -> str:
     return f"    # {label}" if label else ""
 
 
+@dataclass(frozen=True)
+class GramLayout:
+    """What a backend needs besides its generated module: the inputs and Gram entries (kept in
+    the compile cache, so that a warm start needs no KernelProgram)."""
+
+    inputs: tuple[Input, ...]
+    diag_gram: tuple[GramEntry, ...]
+    cross_gram: tuple[GramEntry, ...]
+
+    @staticmethod
+    def of(kp: KernelProgram) -> GramLayout:
+        return GramLayout(kp.inputs, kp.diag_gram, kp.cross_gram)
+
+    def to_json(self) -> dict:
+        def entry(g):
+            return [g.symbol.name, [g.a.input, g.a.index], [g.b.input, g.b.index]]
+        return {"inputs": [[i.name, i.length] for i in self.inputs],
+                "diag_gram": [entry(g) for g in self.diag_gram],
+                "cross_gram": [entry(g) for g in self.cross_gram]}
+
+    @staticmethod
+    def from_json(data: dict) -> GramLayout:
+        def entry(e):
+            return GramEntry(sp.Symbol(e[0], real=True), InputRef(*e[1]), InputRef(*e[2]))
+        return GramLayout(tuple(Input(n, ln) for n, ln in data["inputs"]),
+                          tuple(entry(e) for e in data["diag_gram"]),
+                          tuple(entry(e) for e in data["cross_gram"]))
+
+
 def cse_block(assigns, prefix: str) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
     """Straight-line code with common subexpressions as temporaries (prefix0, prefix1, ...),
     each placed right before its first use (a temporary may read earlier assignments)."""
