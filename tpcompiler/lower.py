@@ -720,6 +720,13 @@ class _ActBody:
             if len(e.args) != 1:
                 raise TPError(f"{e.func}() takes 1 positional argument, got {len(e.args)}",
                               e.span)
+            f = self.outer.env.get(e.func)
+            if e.func not in BUILTINS and not isinstance(f, Act):
+                hint = did_you_mean(e.func, [*BUILTINS, *(n for n, v in self.outer.env.items()
+                                                          if isinstance(v, Act))])
+                raise TPError(f"unknown function '{e.func}' in act '{self.name}'", e.span,
+                              hint or "acts may call built-in functions and earlier acts")
+            self.outer._check_unique_kwargs(e.kwargs)
             z = self.expr(e.args[0])
             if not z.has(self.z):  # relu(1) would stay an unevaluated constant in the IR
                 raise TPError(f"{e.func}() needs an argument that depends on '{self.param}', "
@@ -732,15 +739,9 @@ class _ActBody:
                         raise TPError(f"{kw.name}= must be a constant, not an expression in "
                                       f"'{self.param}'", kw.value.span)
                 return build(z, **self.outer._keywords(e, params))
-            f = self.outer.env.get(e.func)
-            if isinstance(f, Act):
-                if e.kwargs:
-                    raise TPError(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
-                return f.body.xreplace({f.param: z})
-            hint = did_you_mean(e.func, [*BUILTINS, *(n for n, v in self.outer.env.items()
-                                                      if isinstance(v, Act))])
-            raise TPError(f"unknown function '{e.func}' in act '{self.name}'", e.span,
-                          hint or "acts may call built-in functions and earlier acts")
+            if e.kwargs:
+                raise TPError(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
+            return f.body.xreplace({f.param: z})
         if isinstance(e, S.Index):
             raise TPError(f"act '{self.name}' cannot index '{e.name}'", e.span)
         raise AssertionError(e)
