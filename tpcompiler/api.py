@@ -9,6 +9,7 @@ import numpy as np
 
 from . import __version__, ir
 from .backends import cache
+from .backends import cuda as cuda_backend
 from .backends import numba as numba_backend
 from .backends import numpy as numpy_backend
 from .data import check_pair, prepare
@@ -72,7 +73,8 @@ class CompiledNetwork:
     # --- kernels ---------------------------------------------------------------------
 
     def kernels(self, x1, x2=None, get=KINDS, *, dtype=None, backend: str = "numba",
-                progress=None) -> dict[str, np.ndarray]:
+                progress=None, device: str = "cpu", max_gpu_bytes: int | None = None,
+                out: dict | None = None) -> dict[str, np.ndarray]:
         """Kernels between the points of x1 and x2 (x2=None: x1 with itself).
 
         Arguments:
@@ -82,6 +84,13 @@ class CompiledNetwork:
             dtype: the output dtype (computation is always float64).
             backend: "numba" (fast) or "numpy" (the reference evaluator).
             progress: callable(done, total) between row blocks.
+            device: "cpu" (default), "cuda" (a TPError says what is missing without a usable
+                GPU; the numba-cuda simulator, NUMBA_ENABLE_CUDASIM=1, counts as one) or
+                "auto" (CUDA when usable, else the CPU). Applies to backend="numba".
+            max_gpu_bytes: device-memory budget for one row tile on the GPU (default: half the
+                free memory); a smaller value computes in more tiles.
+            out: kind -> preallocated (N1, N2) float64 array to write into (e.g. a
+                memory-mapped .npy); the GPU writes each row tile into it as it finishes.
         Returns:
             dict kind -> (N1, N2) array.
         """
@@ -104,7 +113,16 @@ class CompiledNetwork:
             raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
         module = self._module
         self._check_kinds(get, self._kinds, self._refused)
-        res = numba_backend.run(module, self._meta, a, b, progress=progress)
+        if cuda_backend.resolve(device) == "cuda":
+            cmod = cuda_backend.load(self._cache_key, lambda: self.kernel_program)
+            res = cuda_backend.run(cmod, self._meta, a, b, progress=progress,
+                                   max_gpu_bytes=max_gpu_bytes, out=out, get=get)
+        else:
+            res = numba_backend.run(module, self._meta, a, b, progress=progress)
+            if out is not None:
+                for kind in get:
+                    out[kind][...] = res[kind]
+                    res[kind] = out[kind]
         return {kind: res[kind].astype(out_dtype, copy=False) for kind in get}
 
     def _check_kinds(self, get, kinds, refused) -> None:

@@ -6,11 +6,17 @@ import argparse
 import os
 import sys
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .errors import TPError
+
+# what np.load raises for a file that is not a sound .npy/.npz: an empty file (EOFError), a
+# damaged archive (BadZipFile, zlib.error), a truncated array or a pickle (ValueError)
+_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def _load_data(path: str, net, flag: str):
@@ -18,19 +24,30 @@ def _load_data(path: str, net, flag: str):
     if not p.exists():
         raise TPError(f"{flag}: no such file: {path}")
     try:
-        obj = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as err:
+        # our own handle: np.load leaks the one it opens when a zip archive is damaged
+        with open(p, "rb") as f:
+            obj = np.load(f, allow_pickle=False)
+            if isinstance(obj, np.lib.npyio.NpzFile):
+                with obj:  # members are read lazily: a damaged member fails here
+                    return {k: obj[k] for k in obj.files}
+            return obj
+    except _UNREADABLE as err:
         raise TPError(f"{flag}: cannot read {path} as .npy/.npz: {err}") from None
-    if isinstance(obj, np.lib.npyio.NpzFile):
-        with obj:
-            return {k: obj[k] for k in obj.files}
-    return obj
 
 
 def _atomic_save(path: Path, arrays: dict, npz: bool) -> None:
+    try:
+        _write_then_rename(path, arrays, npz)
+    except OSError as err:  # a full disk, a folder that is a file, a directory named like --out
+        raise TPError(f"--out: cannot write {path}: {err.strerror or err}") from None
+
+
+def _write_then_rename(path: Path, arrays: dict, npz: bool) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=".tpc-", suffix=path.suffix)
     os.close(fd)
     try:
+        # mkstemp makes the file private (0600); the output gets the mode a plain open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "wb") as f:
             if npz:
                 np.savez(f, **arrays)
@@ -41,6 +58,12 @@ def _atomic_save(path: Path, arrays: dict, npz: bool) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def cmd_ir(args) -> int:
@@ -79,6 +102,8 @@ def cmd_kernel(args) -> int:
         raise TPError(f"{out} exists", hint="pass --force to overwrite it")
     if not out.parent.exists():
         raise TPError(f"--out: the folder {out.parent} does not exist")
+    if not out.parent.is_dir():  # checked now, not after computing the kernels
+        raise TPError(f"--out: {out.parent} is not a folder")
     net = compile(args.file)
     x1 = _load_data(args.data, net, "--data")
     x2 = _load_data(args.data2, net, "--data2") if args.data2 else None
@@ -93,16 +118,52 @@ def cmd_kernel(args) -> int:
             bar.n = int(100 * done / total)
             bar.refresh()
 
+    from .backends import cuda as cuda_backend
+
+    # before any work: a missing GPU fails now
+    device = cuda_backend.resolve(getattr(args, "device", "cpu"))
     try:
-        res = net.kernels(x1, x2, kinds, progress=progress)
+        if device == "cuda" and not npz:
+            shape = _kernel_to_memmap(net, x1, x2, kinds[0], out, progress)
+        else:
+            res = net.kernels(x1, x2, kinds, progress=progress, device=device)
+            shape = next(iter(res.values())).shape
     finally:
         if bar is not None:
             bar.close()
-    _atomic_save(out, res, npz)
-    shape = next(iter(res.values())).shape
+    if device != "cuda" or npz:
+        _atomic_save(out, res, npz)
     if not args.quiet:
         print(f"wrote {', '.join(kinds)} {shape[0]}x{shape[1]} to {out}", file=sys.stderr)
     return 0
+
+
+def _kernel_to_memmap(net, x1, x2, kind: str, out: Path, progress) -> tuple[int, int]:
+    """The GPU path for one kernel: row tiles are written into a memory-mapped .npy in a temp
+    file next to `out`, renamed over it at the end (atomic, and no full copy in memory)."""
+    from .data import prepare
+
+    n1 = len(next(iter(prepare(net.ir, x1, "X1" if x2 is not None else "X").values())))
+    n2 = n1 if x2 is None else len(next(iter(prepare(net.ir, x2, "X2").values())))
+    fd, tmp = tempfile.mkstemp(dir=out.parent or ".", prefix=".tpc-", suffix=".npy")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(n1, n2))
+        res = net.kernels(x1, x2, (kind,), progress=progress, device="cuda", out={kind: mm})
+        mm.flush()
+        shape = mm.shape
+        del mm, res
+        os.replace(tmp, out)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise TPError(f"--out: cannot write {out}: {err.strerror or err}") from None
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return shape
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .npy (.npz for --kind both)")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    s.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="where to compute: cpu (default), cuda (an error without a usable GPU) "
+                        "or auto (CUDA when usable, else the CPU)")
     s.set_defaults(fn=cmd_kernel)
 
     for name, register in _extra_commands():

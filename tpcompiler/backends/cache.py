@@ -42,7 +42,8 @@ def cache_dir() -> Path:
 def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        # newline="": the bytes on disk are exactly `text`, whose hash names a module file
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -59,11 +60,13 @@ def module_path(source: str) -> Path:
 def load_module(source: str):
     """Import the generated module for `source`, writing it first if needed."""
     path = module_path(source)
+    # before the sys.modules shortcut: the index written next must point to a sound file even
+    # when this process imported the module earlier (from another cache folder, or before the
+    # file was damaged)
+    _ensure_file(path, source)
     name = "tpcompiler_gen_" + path.stem
     if name in sys.modules:
         return sys.modules[name]
-    if not path.exists() or path.read_text(encoding="utf-8") != source:
-        atomic_write_text(path, source)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -73,6 +76,17 @@ def load_module(source: str):
         del sys.modules[name]
         raise
     return module
+
+
+def _ensure_file(path: Path, source: str) -> None:
+    """Write `source` to `path` unless the file holds exactly it: a truncated or garbled module
+    is replaced, never imported. Compared as bytes, since a garbled file need not be UTF-8."""
+    try:
+        if path.read_bytes() == source.encode():
+            return
+    except OSError:
+        pass  # missing or unreadable: write it
+    atomic_write_text(path, source)
 
 
 def index_path(key: str) -> Path:
