@@ -1,4 +1,5 @@
-"""`tpc abc FILE`: the abc-parametrization table of a .tp program (tpcompiler.passes.abc).
+"""`tpc abc FILE`: the abc-parametrization table of a .tp program (tpcompiler.passes.abc), and
+`tpc coordcheck FILE`: the coordinate check (tpcompiler.coordcheck), registered alongside.
 
 Registered by tpcompiler.cli (`_extra_commands`); TPErrors propagate to cli.main, which prints
 them and exits 2.
@@ -40,3 +41,7 @@ def register(subparsers) -> None:
                         "(default sgd)")
     s.add_argument("--format", choices=FORMATS, default="text", help="output format")
     s.set_defaults(fn=cmd_abc)
+
+    from .coordcheck import register as register_coordcheck
+
+    register_coordcheck(subparsers)
