@@ -25,9 +25,36 @@ class GramEntry:
 
 @dataclass(frozen=True)
 class Integrand:
+    """E[expr(z)], z ~ N(0, C), and its quadrature rule (chosen by quadrature.plan).
+
+    z = L w with L the Cholesky factor of C in the coordinate order kinked + pivot. kinked: ()
+    or the two coordinates (s0, s1) whose whitened pair (w0, w1) is integrated by the polar
+    wedge rule, split at the lines kink_forms (rows (a0, a1): {a0 s0 + a1 s1 = 0}); the other
+    whitened coordinates by the tensor rule. The defaults are the tensor rule in order."""
+
     name: str
     dim: int
     expr: sp.Expr  # in z0 .. z{dim-1}
+    pivot: tuple[int, ...] | None = None
+    kinked: tuple[int, ...] = ()
+    kink_forms: tuple[tuple[float, ...], ...] = ()
+
+    def __post_init__(self):
+        if self.pivot is None:
+            object.__setattr__(self, "pivot", tuple(range(self.dim)))
+        assert sorted(self.pivot + self.kinked) == list(range(self.dim))
+        assert len(self.kinked) in (0, 2) and (not self.kinked) == (not self.kink_forms)
+
+    @property
+    def rule(self) -> str:
+        """The rule in words (for listings)."""
+        tensor = "tensor" + ("" if self.pivot == tuple(range(self.dim)) else
+                             " over " + ", ".join(f"z{i}" for i in self.pivot))
+        if not self.kinked:
+            return tensor
+        s0, s1 = self.kinked
+        return (f"polar over z{s0}, z{s1} ({len(self.kink_forms)} kink lines)"
+                + (f" x {tensor}" if self.pivot else ""))
 
 
 @dataclass(frozen=True)

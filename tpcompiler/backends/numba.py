@@ -20,8 +20,8 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__
-from ..kernel_program import KernelProgram, twin
-from ..quadrature import grid
+from ..kernel_program import Integrand, KernelProgram, twin
+from ..quadrature import legendre_rule, polar_order, rayleigh_rule, rule, tensor_order
 from .printer import RUNTIME, KernelPrinter, emit_block, helper_sources
 
 JIT = "@njit(cache=True, error_model='numpy')"
@@ -37,28 +37,170 @@ def _array_literal(a: np.ndarray) -> str:
     return "np.array([" + ", ".join(repr(float(v)) for v in a.ravel()) + f"]).reshape({a.shape})"
 
 
-def _quad_source(name: str, dim: int, itg_name: str, printer: KernelPrinter, expr) -> list[str]:
-    nodes, weights = grid(dim)
-    zs = ", ".join(f"z{i}" for i in range(dim))
-    lines = [JIT, f"def _{itg_name}({zs}):", f"    return {printer.doprint(expr)}", ""]
+def _cholesky_lines(prefix: str, coords, cov: str = "c") -> list[str]:
+    """PSD Cholesky of C[coords][coords] into scalars {prefix}{a}{b} (a >= b positions in
+    coords), zero columns where singular (the same rule as quadrature.cholesky_psd)."""
+    def entry(i, j):
+        i, j = coords[i], coords[j]
+        return f"{cov}{max(i, j)}{min(i, j)}"
+
+    out = []
+    for j in range(len(coords)):
+        s = entry(j, j) + "".join(f" - {prefix}{j}{m} * {prefix}{j}{m}" for m in range(j))
+        out.append(f"    {prefix}{j}{j} = math.sqrt(max({s}, 0.0))")
+        for i in range(j + 1, len(coords)):
+            t = entry(i, j) + "".join(f" - {prefix}{i}{m} * {prefix}{j}{m}" for m in range(j))
+            out.append(f"    {prefix}{i}{j} = ({t}) / {prefix}{j}{j} if {prefix}{j}{j} > 0.0 "
+                       f"else 0.0")
+    return out
+
+
+def _integrand_cse(expr: sp.Expr):
+    """Temporaries and the final expression of an integrand: common subexpressions once, every
+    function call its own temporary (so that _quad_source can hoist it out of the loops that do
+    not change its arguments), and every non-atomic base of a small integer power (printed as
+    repeated multiplication)."""
+    names = sp.numbered_symbols("v", real=True)
+    temps, (body,) = sp.cse([expr], symbols=names, order="none")
+    out: list = []
+    calls: dict = {}
+
+    def hoist(e: sp.Expr) -> sp.Expr:
+        for f in sorted(e.atoms(sp.Function), key=sp.count_ops):  # inner calls first
+            if f not in calls:
+                t = next(names)
+                out.append((t, f.xreplace(calls)))
+                calls[f] = t
+        e = e.xreplace(calls)
+        pows = {p.base for p in e.atoms(sp.Pow)
+                if p.exp.is_Integer and 2 <= int(p.exp) <= 4 and not p.base.is_Atom}
+        for base in sorted(pows, key=sp.count_ops):
+            t = next(names)
+            out.append((t, base))
+            e = e.xreplace({base: t})
+        return e
+
+    for sym, e in temps:
+        e = hoist(e)
+        out.append((sym, e))
+    return out, hoist(body)
+
+
+def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[str]:
+    """Source of quad<dim>_<name>(lower triangle of C) for one integrand, by its rule
+    (quadrature.py): z = L w with L the Cholesky factor in the order q.kinked + q.pivot; the
+    tensor rule over the pivot's whitened coordinates as nested loops, one per axis, inside the
+    polar wedge rule over the kinked pair when there is one (its rays computed and sorted per
+    call). The integrand is inlined: each of its common subexpressions is computed in the
+    outermost loop where its coordinates are known (tanh(z2 + relu(z0)) once per (polar node,
+    first tensor axis), not once per node). Scalar code and module-level constant arrays only
+    (no allocation), so that any numba target can compile it; `jit` is the decorator."""
+    name, dim, itg = f"quad{q.dim}_{q.name}", q.dim, q.name
+    order = list(q.kinked) + list(q.pivot)
+    npol = len(q.kinked)  # the pair's whitened coordinates are w0, w1 (positions 0, 1)
+    ntens = len(q.pivot)
+    temps, body = _integrand_cse(q.expr)
+    # loop level of each coordinate: -1 set in the polar loop (or before the tensor loops),
+    # a: in the tensor loop over axis a
+    level = {f"z{i}": -1 for i in q.kinked}
+    level.update({f"z{i}": a for a, i in enumerate(q.pivot)})
+    placed: dict[int, list[str]] = {}
+    for sym, e in temps:
+        lev = max([level[x.name] for x in e.free_symbols] or [-1])
+        level[sym.name] = lev
+        placed.setdefault(lev, []).append(f"{sym} = {printer.doprint(e)}")
+    value = printer.doprint(body)
+    lines: list[str] = []
+    if ntens:
+        x, w = rule(tensor_order(ntens, bool(npol)))
+        lines += [f"RULEX_{itg} = {_array_literal(x)}", f"RULEW_{itg} = {_array_literal(w)}"]
+
+    def coord(a: int) -> str:
+        """z of the coordinate at position a of the order, from w0, w1 (polar) and n.. (tensor)."""
+        terms = [f"l{a}{b} * w{b}" for b in range(min(npol, a + 1))]
+        if a >= npol:
+            terms = ([f"m{a}"] if npol else []) + \
+                [f"l{a}{b} * n{b - npol}" for b in range(npol, a + 1)]
+        return " + ".join(terms)
+
+    def nest(t: int, ind: str) -> list[str]:
+        """Sum over tensor axes t.. into s{t}."""
+        a = npol + t
+        out = [f"{ind}s{t} = 0.0", f"{ind}for i{t} in range({len(x)}):",
+               f"{ind}    n{t} = RULEX_{itg}[i{t}]", f"{ind}    z{order[a]} = {coord(a)}"]
+        out += [f"{ind}    {line}" for line in placed.get(t, [])]
+        if t == ntens - 1:
+            out.append(f"{ind}    s{t} += RULEW_{itg}[i{t}] * ({value})")
+        else:
+            out += nest(t + 1, ind + "    ")
+            out.append(f"{ind}    s{t} += RULEW_{itg}[i{t}] * s{t + 1}")
+        return out
+
+    def inner(ind: str, target: str) -> list[str]:
+        """target = the tensor rule's sum, the pair (if any) being set."""
+        out = [f"{ind}{line}" for line in placed.get(-1, [])]
+        if ntens:
+            out += nest(0, ind) + [f"{ind}{target} = s0"]
+        else:
+            out.append(f"{ind}{target} = {value}")
+        return out
+
     tri = [f"c{i}{j}" for i in range(dim) for j in range(i + 1)]
-    lines += [f"NODES_{itg_name} = {_array_literal(nodes)}",
-              f"WEIGHTS_{itg_name} = {_array_literal(weights)}", JIT,
-              f"def {name}({', '.join(tri)}):"]
-    # PSD Cholesky with zero columns where singular (same rule as quadrature.cholesky_psd)
-    for j in range(dim):
-        s = f"c{j}{j}" + "".join(f" - l{j}{m} * l{j}{m}" for m in range(j))
-        lines.append(f"    l{j}{j} = math.sqrt(max({s}, 0.0))")
-        for i in range(j + 1, dim):
-            t = f"c{i}{j}" + "".join(f" - l{i}{m} * l{j}{m}" for m in range(j))
-            lines.append(f"    l{i}{j} = ({t}) / l{j}{j} if l{j}{j} > 0.0 else 0.0")
-    lines += ["    acc = 0.0", f"    for m in range(WEIGHTS_{itg_name}.shape[0]):"]
-    for i in range(dim):
-        lines.append(f"        n{i} = NODES_{itg_name}[m, {i}]")
-    for i in range(dim):
-        terms = " + ".join(f"l{i}{m} * n{m}" for m in range(i + 1))
-        lines.append(f"        z{i} = {terms}")
-    lines += [f"        acc += WEIGHTS_{itg_name}[m] * _{itg_name}({zs})", "    return acc", ""]
+    if not npol:
+        lines += [jit, f"def {name}({', '.join(tri)}):"]
+        lines += _cholesky_lines("l", order) + inner("    ", "acc") + ["    return acc", ""]
+        return lines
+
+    nleg, nrad = polar_order(ntens)
+    xl, wl = legendre_rule(nleg)
+    r, wr = rayleigh_rule(nrad)
+    lines += [f"LEGX_{itg} = {_array_literal(xl)}", f"LEGW_{itg} = {_array_literal(wl)}",
+              f"RADX_{itg} = {_array_literal(r)}", f"RADW_{itg} = {_array_literal(wr)}"]
+    low = [f"l{a}{b}" for a in range(dim) for b in range(a + 1)]
+    # one arc [lo, hi) of the polar pair: Legendre in t, the radial rule in rho, the tensor
+    # loops inside (the pair's part m.. of the later coordinates computed once per polar node)
+    lines += [jit, f"def _arc_{itg}({', '.join(['lo', 'hi'] + low)}):",
+              "    half = 0.5 * (hi - lo)",
+              "    mid = 0.5 * (hi + lo)",
+              "    acc = 0.0",
+              f"    for j in range({nleg}):",
+              f"        t = mid + half * LEGX_{itg}[j]",
+              "        ct = math.cos(t)",
+              "        st = math.sin(t)",
+              f"        wa = half * LEGW_{itg}[j] / (2.0 * math.pi)",
+              f"        for k in range({nrad}):",
+              f"            w0 = ct * RADX_{itg}[k]",
+              f"            w1 = st * RADX_{itg}[k]",
+              f"            z{order[0]} = {coord(0)}",
+              f"            z{order[1]} = {coord(1)}"]
+    lines += [f"            m{a} = l{a}0 * w0 + l{a}1 * w1" for a in range(2, dim)]
+    lines += inner("            ", "val")
+    lines += [f"            acc += wa * RADW_{itg}[k] * val", "    return acc", ""]
+
+    lines += [jit, f"def {name}({', '.join(tri)}):"]
+    lines += _cholesky_lines("l", order)
+    # the rays of the lines {a . s = 0}: t = atan2(b0, -b1) and t + pi, b = L_ss^T a
+    angles = []
+    for k, (a0, a1) in enumerate(q.kink_forms):
+        lines += [f"    b0 = {float(a0)!r} * l00 + {float(a1)!r} * l10",
+                  f"    b1 = {float(a1)!r} * l11",
+                  f"    r{2 * k} = math.atan2(b0, -b1)",
+                  f"    if r{2 * k} < 0.0:",
+                  f"        r{2 * k} += 2.0 * math.pi",
+                  f"    r{2 * k + 1} = r{2 * k} + math.pi if r{2 * k} < math.pi "
+                  f"else r{2 * k} - math.pi"]
+        angles += [f"r{2 * k}", f"r{2 * k + 1}"]
+    # sorted by an odd-even transposition network (no arrays)
+    for rnd in range(len(angles)):
+        for i in range(rnd % 2, len(angles) - 1, 2):
+            a, b = angles[i], angles[i + 1]
+            lines += [f"    if {b} < {a}:", f"        {a}, {b} = {b}, {a}"]
+    args = ", ".join(low)
+    lines.append("    acc = 0.0")
+    for i in range(len(angles)):
+        hi = angles[i + 1] if i + 1 < len(angles) else f"{angles[0]} + 2.0 * math.pi"
+        lines.append(f"    acc += _arc_{itg}({angles[i]}, {hi}, {args})")
+    lines += ["    return acc", ""]
     return lines
 
 
@@ -74,7 +216,7 @@ def render(kp: KernelProgram) -> str:
     for _, src in helper_sources():
         lines += [JIT, src]
     for q in kp.integrands:
-        lines += _quad_source(f"quad{q.dim}_{q.name}", q.dim, q.name, pr, q.expr)
+        lines += _quad_source(q, pr)
 
     outs = [sp.Symbol(f"out_{k}") for k in kinds]
     gd = [f"G{n}" for n in range(len(kp.diag_gram))]

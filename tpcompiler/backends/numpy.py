@@ -14,7 +14,7 @@ import sympy as sp
 from .. import functions as F
 from .. import helpers
 from ..kernel_program import KernelProgram, twin
-from ..quadrature import cholesky_psd, grid
+from ..quadrature import cholesky_psd, grid, polar_nodes, polar_order, tensor_order
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -86,6 +86,8 @@ def evaluate_expr(e: sp.Expr, env: dict, program: KernelProgram | None = None):
 
 
 def _quadrature(program: KernelProgram, name: str, tri: list):
+    """quad<k>_<name>(lower triangle of C) elementwise over the broadcast pairs, by the
+    integrand's rule (quadrature.py), in chunks of pairs that keep the node arrays small."""
     qname = name.split("_", 1)[1]
     itg = next(q for q in program.integrands if q.name == qname)
     k = itg.dim
@@ -96,13 +98,58 @@ def _quadrature(program: KernelProgram, name: str, tri: list):
         for j in range(i + 1):
             c[..., i, j] = c[..., j, i] = tri[pos]
             pos += 1
-    low = cholesky_psd(c)  # (..., k, k)
-    nodes, weights = grid(k)  # (M, k), (M,)
-    z = np.einsum("...ij,mj->...mi", low, nodes)  # (..., M, k)
-    env = {f"z{i}": z[..., i] for i in range(k)}
-    vals = evaluate_expr(itg.expr, env)
-    vals = np.broadcast_to(vals, shape + (len(weights),))
-    return vals @ weights
+    return expectation(itg, c)
+
+
+def expectation(itg, c: np.ndarray) -> np.ndarray:
+    """E[itg.expr(z)], z ~ N(0, C), for covariances c (..., k, k), by the integrand's rule."""
+    shape = c.shape[:-2]
+    k = itg.dim
+    c = np.asarray(c, dtype=np.float64).reshape(-1, k, k)
+    polar = bool(itg.kinked)
+    tnodes, tweights = grid(len(itg.pivot), tensor_order(len(itg.pivot), polar)) \
+        if itg.pivot else (np.zeros((1, 0)), np.ones(1))
+    per_pair = len(tweights) * (_polar_size(itg) if polar else 1)
+    step = max(1, _CHUNK // per_pair)
+    out = np.empty(c.shape[0])
+    for lo in range(0, c.shape[0], step):
+        out[lo:lo + step] = _quad_chunk(itg, c[lo:lo + step], tnodes, tweights)
+    return out.reshape(shape)
+
+
+#: node values evaluated at once (per temporary array of the tree-walk)
+_CHUNK = 1 << 21
+
+
+def _polar_size(itg) -> int:
+    nleg, nrad = polar_order(len(itg.pivot))
+    return 2 * len(itg.kink_forms) * nleg * nrad
+
+
+def _quad_chunk(itg, c: np.ndarray, tnodes: np.ndarray, tweights: np.ndarray) -> np.ndarray:
+    """E[f(z)] for covariances c (n, k, k): z = L w, L the Cholesky factor in the order
+    kinked + pivot; pairs on axis 0, then polar nodes (if any), then tensor nodes."""
+    n = c.shape[0]
+    order = list(itg.kinked) + list(itg.pivot)
+    low = cholesky_psd(c[:, order][:, :, order])  # (n, k, k)
+    env = {}
+    if itg.kinked:
+        w, wp = polar_nodes(low[:, :2, :2], np.array(itg.kink_forms), polar_order(len(itg.pivot)))
+        zs = np.einsum("nij,npj->npi", low[:, :, :2], w)  # (n, P, k): the pair's part of z
+        zt = np.einsum("nij,mj->nmi", low[:, 2:, 2:], tnodes)  # (n, M, t)
+        for a, i in enumerate(order):
+            if a < 2:
+                env[f"z{i}"] = zs[:, :, None, a]  # (n, P, 1)
+            else:
+                env[f"z{i}"] = zs[:, :, None, a] + zt[:, None, :, a - 2]  # (n, P, M)
+        weights = wp[:, :, None] * tweights  # (n, P, M)
+    else:
+        zt = np.einsum("nij,mj->nmi", low, tnodes)  # (n, M, k)
+        for a, i in enumerate(order):
+            env[f"z{i}"] = zt[:, :, a]
+        weights = np.broadcast_to(tweights, (n, len(tweights)))
+    vals = np.broadcast_to(evaluate_expr(itg.expr, env), weights.shape)
+    return np.sum((vals * weights).reshape(n, -1), axis=-1)
 
 
 def _vectors(data: dict, ref):

@@ -67,7 +67,7 @@ class Expectation:
         expr = canonical(expr)
         total = sp.S.Zero
         pending: dict[tuple, sp.Expr] = {}  # basis -> summed integrand (in sided symbols)
-        for term in sp.Add.make_args(sp.expand(expr, deep=False, power_base=False,
+        for term in sp.Add.make_args(sp.expand(expr, deep=True, power_base=False,
                                                 power_exp=False, log=False)):
             coeff, factors = _factors(term)
             value = coeff
@@ -203,6 +203,7 @@ class Expectation:
         k = len(basis)
         if k == 0:
             return integrand
+        basis = _kinks_first(basis, integrand)
         symbols = sorted({s for f in basis for s in f.free_symbols}, key=lambda s: s.name)
         m = sp.Matrix([[_coeffs(f).get(s, 0) for s in symbols] for f in basis])  # k x nsym
         zs = [zsym(i) for i in range(k)]
@@ -235,6 +236,38 @@ class Expectation:
         body = walk(integrand)
         cov = tuple(tuple(self.lin_cov(basis[i], basis[j]) for j in range(k)) for i in range(k))
         return self.quad(Quadrature(body, cov))
+
+
+def _kinks_first(basis: tuple, integrand: sp.Expr) -> tuple:
+    """A basis of the same span that starts with the integrand's kink arguments (relu, step,
+    sign, abs, abrelu of linear forms), so that kinks lie on coordinate axes: the quadrature
+    rules (quadrature.plan) are exact-split there, and slow on oblique kinks."""
+    from ..quadrature import KINKED
+
+    kinks = set()
+    for f in integrand.atoms(*KINKED):
+        aff = _split_affine(f.args[0])
+        if aff is not None and aff[1] == 0:
+            kinks.add(aff[0])
+    if not kinks:
+        return basis
+    symbols = sorted({s for f in basis for s in f.free_symbols}, key=lambda s: s.name)
+
+    def row(f):
+        c = _coeffs(f)
+        return [c.get(s, 0) for s in symbols]
+
+    chosen: list = []
+    rows: list = []
+    for f in sorted(kinks, key=sp.default_sort_key) + list(basis):
+        if set(f.free_symbols) - set(symbols):
+            continue
+        if sp.Matrix(rows + [row(f)]).rank() > len(rows):
+            rows.append(row(f))
+            chosen.append(f)
+        if len(chosen) == len(basis):
+            break
+    return tuple(chosen)
 
 
 def _solve_in_span(a: sp.Matrix, e: sp.Matrix):
@@ -296,9 +329,17 @@ def _split_affine(e: sp.Expr):
     return lin, const
 
 
+def _is_form(e: sp.Expr) -> bool:
+    """A homogeneous linear form in the symbols (a G-var, or a sum like g2 + g3)."""
+    if e.is_Symbol:
+        return True
+    aff = _split_affine(e)
+    return aff is not None and aff[1] == 0
+
+
 def _is_poly(f: sp.Expr) -> bool:
     base, power = f.as_base_exp()
-    return base.is_Symbol and power.is_Integer and int(power) >= 1
+    return _is_form(base) and power.is_Integer and int(power) >= 1
 
 
 def _symbol_list(f: sp.Expr) -> list:
@@ -316,7 +357,7 @@ def _is_trig(f: sp.Expr) -> bool:
 
 def _item(base: sp.Expr):
     """(kind, linear form) if base is a table function of a linear form, or a bare symbol."""
-    if base.is_Symbol:
+    if _is_form(base):
         return ("id", base)
     kind = ITEM_KINDS.get(type(base))
     if kind is None:

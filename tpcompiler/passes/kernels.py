@@ -17,7 +17,7 @@ import sys
 
 import sympy as sp
 
-from .. import ir
+from .. import ir, quadrature
 from ..errors import TPError
 from ..kernel_program import GramEntry, Integrand, KernelProgram, cse_block, twin
 from .abc import kernel_refusals
@@ -89,10 +89,14 @@ class _Builder:
         return f"{g.name}{loc}"
 
     def quad(self, q: Quadrature) -> sp.Expr:
-        key = (len(q.cov), q.integrand)
+        # the rule depends on the integrand's kinks and on which covariances are structural
+        # zeros (G-vars of different matrices/biases): decided here, at compile time
+        pivot, kinked, forms = quadrature.plan(q.integrand, q.cov)
+        key = (len(q.cov), q.integrand, pivot, kinked, forms)
         itg = self.integrands.get(key)
         if itg is None:
-            itg = Integrand(f"Q{len(self.integrands)}", len(q.cov), q.integrand)
+            itg = Integrand(f"Q{len(self.integrands)}", len(q.cov), q.integrand, pivot, kinked,
+                            forms)
             self.integrands[key] = itg
         args = [q.cov[i][j] for i in range(len(q.cov)) for j in range(i + 1)]
         return sp.Function(f"quad{itg.dim}_{itg.name}")(*args)
