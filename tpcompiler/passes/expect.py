@@ -85,18 +85,23 @@ class Expectation:
             if not quad_parts:
                 total += value
                 continue
-            # all quadrature groups of one term share one integral: their product
+            # all quadrature groups of one term share one integral: their product. The closed-
+            # form factors stay outside it: they hold kernel symbols (d1, c3, ...), constants of
+            # the integral, and only their numeric part may move inside.
             product = sp.Mul(*(f for g in quad_parts for f in g))
             basis = self._basis([f for g in quad_parts for f in g])
-            pending[basis] = pending.get(basis, sp.S.Zero) + value * product
+            number, outside = value.as_coeff_Mul()
+            key = (basis, outside)
+            pending[key] = pending.get(key, sp.S.Zero) + number * product
         # an integral over a sub-basis is the same integral over a larger one: one call, not two
-        for basis in sorted(pending, key=len):
-            wider = [b for b in pending if len(b) > len(basis) and set(basis) <= set(b)]
+        for basis, outside in sorted(pending, key=lambda k: len(k[0])):
+            wider = [b for b, o in pending
+                     if o == outside and len(b) > len(basis) and set(basis) <= set(b)]
             if wider:
-                target = max(wider, key=len)
-                pending[target] = pending[target] + pending.pop(basis)
-        for basis, integrand in pending.items():
-            total += self._quadrature(basis, integrand)
+                target = (max(wider, key=len), outside)
+                pending[target] = pending[target] + pending.pop((basis, outside))
+        for (basis, outside), integrand in pending.items():
+            total += outside * self._quadrature(basis, integrand)
         return total
 
     # --- structure ---------------------------------------------------------------------
@@ -210,6 +215,8 @@ class Expectation:
 
         def in_basis(form: sp.Expr) -> sp.Expr:
             c = _coeffs(form)
+            if not set(c) <= set(symbols):  # a constant of the integral must not get here
+                raise AssertionError(f"{form} is not a form of the integration variables")
             target = sp.Matrix([c.get(s, 0) for s in symbols])
             w = _solve_in_span(m.T, target)
             if w is None:  # cannot happen: the basis spans every form it was built from
