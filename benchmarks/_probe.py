@@ -120,7 +120,6 @@ def _make_data(spec: dict):
 
 def memory_probe(peer: str, spec: dict) -> dict:
     sys.path.insert(0, HERE)
-    import numpy as np
     import peers
 
     x = _make_data(spec)
@@ -169,6 +168,7 @@ def scale_probe(act: str, depth: int, n: int, reps: int) -> dict:
     import floor
     import numpy as np
     import peers
+
     import tpcompiler as tp
 
     x = np.random.default_rng(0).normal(size=(n, 64))
@@ -204,6 +204,7 @@ def call_probe(act: str, depth: int, n: int, reps: int) -> dict:
     sys.path.insert(0, HERE)
     import numpy as np
     import peers
+
     import tpcompiler as tp
 
     x = np.random.default_rng(0).normal(size=(n, 64))

@@ -40,12 +40,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
-
 import floor  # noqa: E402
+import numpy as np  # noqa: E402
 import peers  # noqa: E402
-
+from numba import njit  # noqa: E402
 
 REPEAT = 3  # every profile timing is the best of REPEAT runs (the machine may be shared)
 
@@ -392,8 +390,95 @@ def relu_markdown(p: dict) -> str:
     return "\n".join(L)
 
 
+def depth_profile(depths=(3, 10, 20, 30), n: int = 1000, log=print) -> dict:
+    """Per depth: the per-pair driver's time per pair and layer (1 thread), whether its loop
+    is vectorised (SIMD counts of an uncached copy), and the hand-written row kernel's time."""
+    import tpcompiler as tp
+
+    x = np.ascontiguousarray(np.random.default_rng(0).normal(size=(n, 64)))
+    pairs = n * (n - 1) // 2
+    out = {"n": n, "rows": []}
+    w, b = peers.HYPER["relu"]
+    rw, rb = peers.READOUT
+    for depth in depths:
+        net = tp.compile_source(peers.mlp_source("relu", depth))
+        net.kernels(x[:3])
+        best = min((_timed_call(net, x, 1) for _ in range(REPEAT)), key=lambda r: r[0])
+        drv = next((k for k in ("rows", "square", "cross") if k in best[1]), None)
+        row = {"depth": depth, "wall": best[0], "driver": drv,
+               "driver_s": best[1][drv][0] if drv else None}
+        try:
+            nocache = _uncached_copy(net)
+            types_simple(net, nocache).kernels(x[:20])
+            row["simd"] = simd_counts(getattr(nocache, drv)) if drv else {}
+        except Exception as e:
+            row["simd_error"] = str(e)[:200]
+        try:
+            rk = _make_row_kernel(net._module)
+            q = _relu_q(x, depth)
+            xt = np.ascontiguousarray(x.T)
+            K2 = np.empty((2, n, n))
+            rk(xt[:, :4].copy(), q[:, :4].copy(), np.empty((2, 4, 4)), w, b, rw, rb, 0, 2)
+            row["row_kernel_s"] = _t(rk, xt, q, K2, w, b, rw, rb, 0, (n + 1) // 2)
+        except Exception as e:
+            row["row_error"] = str(e)[:200]
+        out["rows"].append(row)
+        log(f"  profile depth {depth}: {drv} {row['driver_s']:.3f} s "
+            f"({row['driver_s'] / (pairs * depth) * 1e9:.1f} ns/pair-layer), SIMD "
+            f"{row.get('simd')}, row kernel {row.get('row_kernel_s', float('nan')):.3f} s")
+    out["pairs"] = pairs
+    return out
+
+
+def depth_markdown(p: dict) -> str:
+    n, pairs = p["n"], p["pairs"]
+    L = [f"### Depth: per-layer cost and vectorisation (relu MLP, N = {n}, 1 thread)\n"]
+    L.append("| depth | call | per-pair driver | ns / (pair layer) | packed / scalar double ops "
+             "in the driver | stack stores | hand-written row kernel | ns / (pair layer) |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for r in p["rows"]:
+        sd = r.get("simd", {})
+        packed = sum(v for k, v in sd.items() if k.startswith("packed"))
+        rk = r.get("row_kernel_s")
+        L.append(f"| {r['depth']} | {r['wall']:.3f} s | `{r['driver']}` {r['driver_s']:.3f} s | "
+                 f"{r['driver_s'] / (pairs * r['depth']) * 1e9:.1f} | {packed} / "
+                 f"{sd.get('scalar', 0)} | {sd.get('stack stores', '-')} | "
+                 + (f"{rk:.3f} s | {rk / (pairs * r['depth']) * 1e9:.1f} |" if rk else "- | - |"))
+    L.append("")
+    return "\n".join(L)
+
+
 # ------------------------------------------------------------------------------------------
 # tanh
+
+
+def _tanh_count(func, module, seen=None) -> int:
+    """tanh evaluations of one call of a generated Numba function, read off its source: every
+    line's distinct math.tanh(...) arguments (LLVM merges repeated calls with the same
+    argument), times the trip counts of the `for ... in range(...)` loops around it; calls to
+    other generated functions (integrands) are followed."""
+    src = inspect.getsource(func.py_func)
+    ns = vars(module)
+    total = 0
+    stack = []  # (indent, trip count)
+    for line in src.splitlines():
+        body = line.strip()
+        if not body or body.startswith(("#", "@", "def ")):
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        mult = math.prod(c for _, c in stack)
+        m = re.match(r"for \w+ in range\((.+)\):$", body)
+        if m:
+            stack.append((indent, int(eval(m.group(1), dict(ns)))))  # noqa: S307 - own code
+            continue
+        total += mult * len(set(re.findall(r"math\.tanh\(([^()]*)\)", body)))
+        for callee in set(re.findall(r"\b(_Q\w+)\(", body)):
+            f = ns.get(callee)
+            if f is not None and hasattr(f, "py_func"):
+                total += mult * _tanh_count(f, module)
+    return total
 
 
 def tanh_profile(n: int = 100, log=print) -> dict:
@@ -413,34 +498,20 @@ def tanh_profile(n: int = 100, log=print) -> dict:
             break
     rules = []
     per_pair = 0
-    for name in sorted(set(re.findall(r"\b(quad(\d)_(\w+?))\(", pair_src))):
-        full, dim, q = name
-        calls = len(re.findall(rf"\b{full}\(", pair_src))
-        nodes = getattr(module, f"WEIGHTS_{q}").shape[0]
-        wts = getattr(module, f"WEIGHTS_{q}")
-        itg = inspect.getsource(getattr(module, f"_{q}").py_func)
-        # LLVM merges repeated calls with the same argument (tanh(z0) ** 2 written out
-        # several times is one call), so count distinct arguments
-        tanh_calls = len(set(re.findall(r"math\.tanh\(([^()]*)\)", itg)))
-        negligible = int((wts < 1e-17 * wts.max()).sum())
-        args = sorted(set(re.findall(rf"\b{full}\(([^()]*)\)", pair_src)))
-        axis = int(round(nodes ** (1 / int(dim)))) if negligible == 0 else \
-            int(round(len(np.unique(getattr(module, f"NODES_{q}")[:, 0]))))
-        rules.append({"rule": full, "dim": int(dim), "calls_per_pair": calls, "nodes": nodes,
-                      "tanh_per_node": tanh_calls, "negligible_nodes": negligible,
-                      "args": args, "axis_nodes": axis})
-        per_pair += calls * nodes * tanh_calls
+    by_args = collections.defaultdict(list)
+    for full in sorted(set(re.findall(r"\b(quad\d_\w+?)\(", pair_src))):
+        f = getattr(module, full)
+        calls = re.findall(rf"\b{full}\(([^()]*)\)", pair_src)
+        per_call = _tanh_count(f, module)
+        rules.append({"rule": full, "calls_per_pair": len(calls), "tanh_per_call": per_call})
+        per_pair += len(calls) * per_call
+        for a in calls:
+            by_args[a].append(per_call)
     out["rules"] = rules
     out["tanh_per_pair"] = per_pair
-    # the same covariances fed to several rules (NNGP and NTK integrands of one layer) could
-    # share nodes and tanh values: what a fused evaluation would need
-    two = [r for r in rules if r["dim"] == 2]
-    if two and all(r["args"] == two[0]["args"] for r in two):
-        layers = two[0]["calls_per_pair"]
-        nodes, axis, negl = two[0]["nodes"], two[0]["axis_nodes"], two[0]["negligible_nodes"]
-        out["fused"] = {"layers": layers, "shared_nodes": layers * nodes * 2,
-                        "first_axis_reuse": layers * (axis + nodes),
-                        "pruned": layers * (axis + nodes - negl)}
+    # rules called with the same covariance (a layer's NNGP and NTK integrands) evaluate tanh
+    # at the same nodes when their node sets agree: one evaluation could serve both
+    out["tanh_per_pair_shared"] = sum(max(v) for v in by_args.values())
     pairs = n * (n - 1) // 2
     best = min((_timed_call(net, x, 1) for _ in range(REPEAT)), key=lambda r: r[0])
     out["call_1t"] = best[0]
@@ -513,30 +584,26 @@ def _perf_tanh(n: int) -> dict | None:
 
 def tanh_markdown(p: dict) -> str:
     L = ["### tanh MLP: where the time goes\n"]
-    L.append(f"Quadrature rules called per pair by the generated `{p.get('pair_function')}` "
-             "(tensor Gauss-Hermite "
-             "grids; *negligible* = weight below 1e-17 of the largest):\n")
-    L.append("| rule | dim | calls per pair | nodes | tanh per node | negligible nodes |")
-    L.append("|---|---|---|---|---|---|")
+    L.append(f"Quadrature rules called per pair by the generated `{p.get('pair_function')}` and "
+             "the tanh evaluations of one call (read off the generated source: distinct "
+             "`math.tanh` arguments per line times the trip counts of the loops around it):\n")
+    L.append("| rule | calls per pair | tanh per call |")
+    L.append("|---|---|---|")
     for r in p["rules"]:
-        L.append(f"| `{r['rule']}` | {r['dim']} | {r['calls_per_pair']} | {r['nodes']} | "
-                 f"{r['tanh_per_node']} | {r['negligible_nodes']} |")
+        L.append(f"| `{r['rule']}` | {r['calls_per_pair']} | {r['tanh_per_call']:,} |")
     L.append("")
     frac = p["predicted_tanh_s"] / p["square_1t"]
-    L.append(f"{p['tanh_per_pair']:,} `math.tanh` evaluations per pair (distinct arguments per "
-             f"node; LLVM merges repeated calls); one costs {p['tanh_ns']:.1f} ns "
-             "in a Numba loop (libm, scalar: Numba has no SIMD tanh without SVML), so tanh "
-             f"alone predicts {p['predicted_tanh_s']:.2f} s of the measured {p['square_1t']:.2f} s "
-             f"(`{p.get('pair_function', 'rows')}`, 1 thread, N = {p['n']}, {p['pairs']:,} pairs; "
-             f"the whole call took {p['call_1t']:.2f} s): {frac:.0%}.")
-    f = p.get("fused")
-    if f:
-        L.append(f" The NNGP and NTK rules of a layer are called with the same covariances "
-                 f"({f['layers']} layers): evaluating them on one set of nodes needs "
-                 f"{f['shared_nodes']:,} tanh per pair; reusing tanh(z0), which depends on the "
-                 f"first axis only, {f['first_axis_reuse']:,}; also dropping the negligible "
-                 f"nodes, {f['pruned']:,} ({p['tanh_per_pair'] / f['pruned']:.1f}x fewer than "
-                 "now).")
+    L.append(f"{p['tanh_per_pair']:,} `math.tanh` evaluations per pair; one costs "
+             f"{p['tanh_ns']:.1f} ns in a Numba loop (libm, scalar: Numba has no SIMD tanh "
+             f"without SVML), so tanh alone predicts {p['predicted_tanh_s']:.2f} s of the "
+             f"measured {p['square_1t']:.2f} s (`{p.get('pair_function', 'rows')}`, 1 thread, "
+             f"N = {p['n']}, {p['pairs']:,} pairs; the whole call took {p['call_1t']:.2f} s): "
+             f"{frac:.0%}.")
+    if p.get("tanh_per_pair_shared") and p["tanh_per_pair_shared"] < p["tanh_per_pair"]:
+        L.append(f" Rules called with the same covariance (a layer's NNGP and NTK integrands) "
+                 f"evaluate tanh at the same points; sharing them would need "
+                 f"{p['tanh_per_pair_shared']:,} per pair "
+                 f"({p['tanh_per_pair'] / p['tanh_per_pair_shared']:.1f}x fewer).")
     if p.get("perf"):
         tot = sum(p["perf"].values())
         kern = {k: v for k, v in p["perf"].items() if not k.startswith("other")}
@@ -787,6 +854,11 @@ def run_all(results: dict, log=print, relu_n: int = 4000, tanh_n: int = 100) -> 
     except Exception as e:  # a profile must not lose the benchmark
         parts.append(f"(relu profile failed: {type(e).__name__}: {e})\n")
     try:
+        prof["depth"] = depth_profile(log=log)
+        parts.append(depth_markdown(prof["depth"]))
+    except Exception as e:
+        parts.append(f"(depth profile failed: {type(e).__name__}: {e})\n")
+    try:
         prof["tanh"] = tanh_profile(tanh_n, log)
         parts.append(tanh_markdown(prof["tanh"]))
         qa = quad_accuracy()
@@ -818,6 +890,8 @@ if __name__ == "__main__":
         print(relu_markdown(relu_profile(int(os.environ.get("PROFILE_N", 2000)), 10)))
     if "tanh" in what:
         print(tanh_markdown(tanh_profile(int(os.environ.get("PROFILE_TANH_N", 60)))))
+    if "depth" in what:
+        print(depth_markdown(depth_profile(n=int(os.environ.get("PROFILE_N", 1000)))))
     if "quad" in what:
         print(quad_markdown(quad_accuracy()))
     if "blas" in what:

@@ -1,70 +1,80 @@
 """Quadrature rules for E[f(z)], z ~ N(0, C), shared by every backend, and the compile-time
 choice between them (`plan`).
 
-Rules (z = L w, L the PSD Cholesky factor of C, w ~ N(0, I)):
+Rules (z = L w, L the PSD Cholesky factor of C in an order chosen by `plan`, w ~ N(0, I)):
 
 * tensor: every coordinate of w is split at 0 and integrated by the half-range rule
   E[g(w)] = sum_i W_i (g(r_i) + g(-r_i)), (r_i, W_i) the Gauss rule of the weight
   phi(r) = exp(-r^2/2)/sqrt(2 pi) on [0, inf) (half-range Hermite, `half_rule`), on a tensor grid.
-  It replaces full-line Gauss-Hermite: at the same number of nodes it is several orders of
-  magnitude more accurate on the integrands that reach quadrature (tanh, sigmoid, softplus:
-  their complex poles sit near the origin, where half-range nodes cluster), and it is exact
-  for a kink or jump at w_i = 0.  `plan` orders the factorisation so that a coordinate
-  carrying all of its block's kinks comes first (z_p = L_pp w_0): the rule is then smooth on
-  each piece.
-* polar: two coordinates s with kinks on several lines {a . s = 0} (relu(u) relu(v),
-  Step(u) Step(v) tanh(u)^2 ...).  s = L w, w = rho (cos t, sin t):
-      E = (1/2pi) int_0^2pi int_0^inf rho exp(-rho^2/2) f(L w) d rho dt,
-  the kink lines are the rays t = atan2(b_0, -b_1) (and + pi), b = L^T a; [0, 2pi) is split
-  at the sorted rays (computed per call: they depend on the covariance) into arcs, each
+  It replaces full-line Gauss-Hermite (GH) for smooth integrands too: at the same number of
+  nodes it is orders of magnitude more accurate on what reaches quadrature (tanh, sigmoid,
+  softplus: complex poles near the origin, where half-range nodes cluster; GH converges only
+  root-exponentially there), and it is exact-split at w_i = 0, so a kink of a coordinate that
+  `plan` puts first (z_p = L_pp w_0) costs nothing.
+* polar: a pair s of coordinates with kinks on several lines {a . s = 0} (relu(u) relu(v),
+  Step(u) Step(v) tanh(u)^2 ...), first in the factorisation: s = L_ss w_s,
+  w_s = rho (cos t, sin t),
+      E = (1/2pi) int_0^2pi int_0^inf rho exp(-rho^2/2) E[f | w_s] d rho dt;
+  the lines are the rays t = atan2(b_0, -b_1) (and + pi), b = L_ss^T a; [0, 2pi) is split at
+  the sorted rays (computed per call: they depend on the covariance) into arcs, each
   integrated by Gauss-Legendre in t, and rho by the Gauss rule of rho exp(-rho^2/2) on
-  [0, inf) (`rayleigh_rule`).  f is smooth on each wedge.  The other coordinates come after s
-  in the factorisation (z = L w, w = (w_s, w_t)): given s they are Gaussian with a mean linear
-  in w_s, and a tensor rule in w_t multiplies the polar one (a conditional product rule: no
-  independence needed; for coordinates independent of s it is the plain product).
-* a block of 3 or more coordinates with kinks in several directions falls back to the tensor
-  rule (kinks not on the axes: slow, algebraic convergence).
+  [0, inf) (`rayleigh_rule`): f is smooth on each wedge, so both converge fast.  The other
+  coordinates follow in the factorisation: given w_s they are Gaussian with a mean linear in
+  w_s, and the tensor rule in their w multiplies the polar one (a conditional product rule; for
+  coordinates independent of s, structural zeros in C, it is the plain product).  Arcs of
+  wedges on which the integrand vanishes identically (Step(u) Step(v) ...: three of four) are
+  skipped (`vanishing_arcs`, `arc_keep`).
+* 3 or more correlated kinked coordinates: the tensor rule (fallback; kinks off the axes
+  converge slowly).
+Pivots of rounding-noise size are snapped to 0 in the factorisation (`SNAP`): identical points
+give coinciding rays, not sqrt(1e-16)-size noise.
 
 The half-range and Rayleigh rules come from their moments by Golub-Welsch (Hankel Cholesky in
 mpmath at 30 + 2n digits, float64 nodes refined by Newton's method at 40 digits): ~0.2 s for the
 largest, once per process (cached).
 
-Orders (`DEFAULT_ORDER`: half-range nodes n per axis, each used at +-r_i: 2n points per axis;
-the tensor grids have the node counts of the former Gauss-Hermite rules, 64, 64^2 (was 48^2),
-20^3, 12^4):
-  tensor alone            1-D 32, 2-D 32, 3-D 10, 4-D 6
-  polar alone             20 Legendre nodes per arc x 20 radial nodes (two kink lines: 4 arcs,
-                          1600 points)
-  polar x tensor block    10 x 12 per arc (two lines: 480 points) times the tensor block at
-                          `PRODUCT_ORDER` 1-D 16, 2-D 8 (32, 256 points): 123k points in 4-D.
-1-D and 2-D share their order so that identical points (a rank-1 2-D covariance) give the
-diagonal's value to rounding.
+Orders, chosen by the measurements below (`DEFAULT_ORDER` is n half-range nodes per axis, each
+used at +-r_i: 2n points per axis):
+  tensor alone          1-D 32, 2-D 32, 3-D 12, 4-D 7: 64, 4096, 13824, 38416 points (the
+                        former GH: 64, 2304, 8000, 20736). 1-D and 2-D share their order, so
+                        identical points (a rank-1 2-D covariance) give the diagonal's value to
+                        rounding.
+  polar alone           20 Legendre nodes per arc x 20 radial nodes (two lines: 4 arcs, 1600
+                        points)
+  polar x tensor        10 x 12 per arc (two lines: 480 points) times the tensor block at
+                        `PRODUCT_ORDER` 1-D 16, 2-D 8 (32, 256 points): 123k points in 4-D,
+                        31k per arc.
 
-Measured absolute errors (tests/test_quadrature.py checks them; the former Gauss-Hermite rule in
-brackets). Smooth: tanh^2, tanh(z+1), sigmoid^2, softplus^2, sin*tanh, tanh^4-2tanh^2;
-"variance" is that of the coordinates.
+Measured absolute errors (tests/test_quadrature.py checks them against mpmath / scipy / Monte
+Carlo / the rules at doubled orders; the former GH rule in brackets). Smooth set: tanh^2,
+tanh(z+1), sigmoid^2, softplus^2, sin*tanh, tanh^4-2tanh^2; "variance" is the coordinates'.
   1-D, variance <= 1: <= 3e-15 [GH-64: 1e-7]; 3: <= 1.4e-11 [2e-4]; 10: <= 1.5e-8 [1e-2].
       A shifted tanh(z + 3)^2 (poles far from 0) is the hard case: 3e-12 / 5e-8 / 2e-5 at
-      variance 1 / 3 / 10 [4e-11 / 2e-6 / 1e-3].  Kinked (tanh(relu), Step*tanh^2,
-      sin*tanh(relu)) as smooth: <= 2e-13 at variance 3, 3e-10 at 10 [9e-6, 2e-3].
-  2-D tensor (tanh*tanh, shifted tanh^2 products, sigmoid*softplus, tanh(u+v)^2; also one kink
-      coordinate, tanh(v + relu(u)) tanh(v)): correlation 0.5-0.6 at unit scale <= 3e-12
+      variance 1 / 3 / 10 [4e-11 / 2e-6 / 1e-3]. Kinked (tanh(relu), Step*tanh^2,
+      sin*tanh(relu)) like smooth: <= 2e-13 at variance 3, 3e-10 at 10 [9e-6, 2e-3].
+  2-D tensor (tanh*tanh, shifted tanh^2 products, sigmoid*softplus, tanh(u+v)^2, and one kink
+      coordinate: tanh(v + relu(u)) tanh(v)): correlation 0.5-0.6 at unit scale <= 3e-12
       [2e-8]; correlation 0.999 <= 3e-10 [4e-3]; variances 5/4, correlation -0.67 <= 1e-10
       [2e-4]; variance 10, correlation 0.9 <= 2e-8 [4e-3].
   2-D polar (tanh(relu(u)) tanh(relu(v)), Step(u)Step(v)tanh(u)^2 tanh(v)^2,
       erf(relu(u)) erf(relu(v))): unit scale <= 3e-12 [1e-3]; correlation 0.999 <= 2e-10
       [7e-5]; variances 5/4 <= 4e-13 [3e-3]; variance 10, correlation 0.9 <= 3e-7 [6e-3].
-  3-D tensor (tanh z0 tanh z1 tanh(z2 + 1/2), variances 0.6-1.4 x scale, correlation rho,
-      against the rule at doubled orders): scale 1 rho 0.5 1e-10 [1e-7]; rho 0.9 9e-8 [7e-6];
-      scale 3: 6e-8 [2e-5]; scale 10: 2e-6 [8e-4].
-  4-D tensor (tanh(z0+z2) tanh(z1+z3), sigmoid/tanh products): scale 1 rho 0.5 <= 5e-7
-      [2e-6]; rho 0.9 <= 2e-4 [5e-3]; scale 3 <= 5e-5 [2e-4]; scale 10 <= 5e-4 [2e-3].
+      Identical points (rank 1) against the 1-D rule: 1e-12 / 2e-10 / 6e-9 at variance
+      0.5 / 2 / 6.
+  3-D tensor (tanh z0 tanh z1 tanh(z2 + 1/2); variances 0.6-1.4 x scale, correlations rho):
+      scale 1, rho 0.5: 6e-11 [1e-7]; rho 0.9: 5e-9 [7e-6]; scale 3: 1.4e-9 [2e-5];
+      scale 10: 3e-7 [8e-4].
+  4-D tensor (tanh(z0+z2) tanh(z1+z3); sigmoid(z0+z2) sigmoid(z1+z3) tanh z2 tanh z3):
+      scale 1, rho 0.5: <= 3e-7 [2e-6]; rho 0.9: <= 9e-5 [5e-3]; scale 3: <= 2e-5 [2e-4];
+      scale 10: <= 3e-4 [2e-3]. The half-range rule is not monotone in n: at n = 7,
+      tanh(z + 1/2)^2 (variance 1.2) alone is off by 7e-5 (n = 6: 3e-5, n = 8: 7e-7).
   3-D polar x 1-D (tanh(relu(z0) + z2) tanh(relu(z1) + z2), z2 independent): scale 1 <= 3e-9
-      [1e-3]; scale 3 2e-7 [6e-3]; scale 10 2e-5 [3e-2].
+      [1e-3]; scale 3: 2e-7 [6e-3]; scale 10: 2e-5 [3e-2].
   4-D polar x 2-D (tanh(relu(z0) + z2) tanh(relu(z1) + z3) and the NTK's
-      Step Step (tanh^2 tanh^2 - tanh^2 - tanh^2)): scale 1 <= 1.3e-6 [2e-2]; scale 3 <= 7e-6
-      [2e-2]; scale 10 <= 1.2e-4 [3e-2]; the program tanh(relu(g) + dense(relu(g))) at the
-      points of tests/test_kernels.py: <= 5e-7 [4e-3].
+      Step Step (tanh^2 tanh^2 - tanh^2 - tanh^2), z2, z3 independent of or correlated with
+      z0, z1): scale 1 <= 1.3e-6 [2e-2]; scale 3 <= 3e-5 [2e-2]; scale 10 <= 4e-4 [3e-2];
+      the program tanh(relu(g) + dense(relu(g))) at the points of tests/test_kernels.py:
+      <= 5e-7 [4e-3].
 Every error grows with the variance: tanh's poles (+-i pi/2) come closer to the origin in
 standardised coordinates, and no polynomial rule resolves tanh(s z) well for large s.
 """
@@ -80,7 +90,7 @@ import sympy as sp
 
 from . import functions as F
 
-DEFAULT_ORDER = {1: 32, 2: 32, 3: 10, 4: 6}
+DEFAULT_ORDER = {1: 32, 2: 32, 3: 12, 4: 7}
 #: (Gauss-Legendre nodes per arc, radial nodes) of the polar wedge rule, by the dimension of
 #: the tensor block multiplying it (lower in products: their cost is the product of the two)
 POLAR_ORDER = {0: (20, 20), 1: (10, 12), 2: (10, 12)}
@@ -193,17 +203,28 @@ def polar_order(tensor_dim: int) -> tuple[int, int]:
     return POLAR_ORDER[tensor_dim]
 
 
+#: a pivot c_jj - sum_m l_jm^2 at most SNAP * c_jj is rounding noise: taken as 0 (the rule of
+#: helpers.snapped_det): identical points give exactly coinciding kink rays, and the kernel
+#: does not pick up the sqrt(noise) that a kink turns a pivot of 1e-16 into
+SNAP = 8.0 * 2.220446049250313e-16
+
+
 def cholesky_psd(c: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of a PSD matrix (..., k, k), zero columns where it is singular."""
+    """Lower Cholesky factor of a PSD matrix (..., k, k), zero columns where it is singular
+    (pivots of rounding-noise size snapped to 0)."""
     k = c.shape[-1]
     low = np.zeros_like(c)
     for j in range(k):
-        s = c[..., j, j] - np.sum(low[..., j, :j] ** 2, axis=-1)
-        ljj = np.sqrt(np.maximum(s, 0.0))
+        s = c[..., j, j]
+        for m in range(j):
+            s = s - low[..., j, m] * low[..., j, m]
+        ljj = np.where(s > SNAP * c[..., j, j], np.sqrt(np.maximum(s, 0.0)), 0.0)
         low[..., j, j] = ljj
         safe = np.where(ljj > 0, ljj, 1.0)
         for i in range(j + 1, k):
-            t = c[..., i, j] - np.sum(low[..., i, :j] * low[..., j, :j], axis=-1)
+            t = c[..., i, j]
+            for m in range(j):
+                t = t - low[..., i, m] * low[..., j, m]
             low[..., i, j] = np.where(ljj > 0, t / safe, 0.0)
     return low
 
@@ -242,6 +263,67 @@ def polar_nodes(low: np.ndarray, forms: np.ndarray, order: tuple[int, int]):
     wts = wt[..., None] * wr
     shape = wts.shape[:-3] + (-1,)
     return np.stack([w0.reshape(shape), w1.reshape(shape)], axis=-1), wts.reshape(shape)
+
+
+def arc_keep(low: np.ndarray, forms: np.ndarray, vanishing) -> np.ndarray:
+    """(..., A) booleans: False for the arcs of polar_nodes on which the integrand vanishes
+    (their sign code, taken at the arc's midpoint, is in `vanishing`; an arc with a form exactly
+    0 there is kept)."""
+    ang = ray_angles(low, forms)
+    hi = np.concatenate([ang[..., 1:], ang[..., :1] + 2.0 * math.pi], axis=-1)
+    mid = 0.5 * (hi + ang)
+    c, s = np.cos(mid), np.sin(mid)
+    x0 = low[..., 0, 0, None] * c
+    x1 = low[..., 1, 0, None] * c + low[..., 1, 1, None] * s
+    code = np.zeros(ang.shape, dtype=np.int64)
+    exact = np.zeros(ang.shape, dtype=bool)
+    for i, (a0, a1) in enumerate(forms):
+        v = a0 * x0 + a1 * x1
+        code += (v > 0.0).astype(np.int64) << i
+        exact |= v == 0.0
+    return exact | ~np.isin(code, list(vanishing))
+
+
+def _branch(f, sign: int) -> sp.Expr:
+    """A kink function on the side of 0 where its argument has this sign."""
+    x = f.args[0]
+    if isinstance(f, F.Relu):
+        return x if sign > 0 else sp.S.Zero
+    if isinstance(f, F.Step):
+        return sp.S.One if sign > 0 else sp.S.Zero
+    if isinstance(f, F.Sign):
+        return sp.Integer(sign)
+    if isinstance(f, F.AbsF):
+        return x if sign > 0 else -x
+    return f.args[2] * x if sign > 0 else f.args[1] * x  # ABRelu(x, a, b)
+
+
+@functools.cache
+def vanishing_arcs(expr: sp.Expr, kinked: tuple, forms: tuple) -> tuple[int, ...]:
+    """Sign codes (bit i set: the form of line i is positive) of the wedges of the polar pair on
+    which expr is identically 0 (Step(u) Step(v) ... on three wedges of four): their arcs are
+    skipped. Found by replacing every kink function of the pair by its branch there."""
+    if not kinked or len(forms) > 6:
+        return ()
+    pair = [sp.Symbol(f"z{i}", real=True) for i in kinked]
+    branches = []  # (atom, line index, sign of its argument's scale)
+    for f in expr.atoms(*KINKED):
+        row = _linear_row(f.args[0], pair)
+        if row is None or all(c == 0 for c in row):
+            continue
+        d = _direction(row)
+        if d not in forms:
+            return ()
+        lead = next(c for c in row if c != 0)
+        branches.append((f, forms.index(d), 1 if lead > 0 else -1))
+    if not branches:
+        return ()
+    out = []
+    for code in range(2 ** len(forms)):
+        sub = {f: _branch(f, scale * (1 if code >> i & 1 else -1)) for f, i, scale in branches}
+        if expr.xreplace(sub) == 0:
+            out.append(code)
+    return tuple(out)
 
 
 # --- the compile-time choice -----------------------------------------------------------------

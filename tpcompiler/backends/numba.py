@@ -21,7 +21,15 @@ import sympy as sp
 
 from .. import __version__
 from ..kernel_program import Integrand, KernelProgram, twin
-from ..quadrature import legendre_rule, polar_order, rayleigh_rule, rule, tensor_order
+from ..quadrature import (
+    SNAP,
+    legendre_rule,
+    polar_order,
+    rayleigh_rule,
+    rule,
+    tensor_order,
+    vanishing_arcs,
+)
 from .printer import RUNTIME, KernelPrinter, emit_block, helper_sources
 
 JIT = "@njit(cache=True, error_model='numpy')"
@@ -39,7 +47,8 @@ def _array_literal(a: np.ndarray) -> str:
 
 def _cholesky_lines(prefix: str, coords, cov: str = "c") -> list[str]:
     """PSD Cholesky of C[coords][coords] into scalars {prefix}{a}{b} (a >= b positions in
-    coords), zero columns where singular (the same rule as quadrature.cholesky_psd)."""
+    coords), zero columns where singular, noise-size pivots snapped to 0 (the same arithmetic
+    as quadrature.cholesky_psd)."""
     def entry(i, j):
         i, j = coords[i], coords[j]
         return f"{cov}{max(i, j)}{min(i, j)}"
@@ -47,7 +56,9 @@ def _cholesky_lines(prefix: str, coords, cov: str = "c") -> list[str]:
     out = []
     for j in range(len(coords)):
         s = entry(j, j) + "".join(f" - {prefix}{j}{m} * {prefix}{j}{m}" for m in range(j))
-        out.append(f"    {prefix}{j}{j} = math.sqrt(max({s}, 0.0))")
+        out.append(f"    {prefix}{j}{j} = {s}")
+        out.append(f"    {prefix}{j}{j} = math.sqrt({prefix}{j}{j}) if {prefix}{j}{j} > "
+                   f"{SNAP!r} * {entry(j, j)} else 0.0")
         for i in range(j + 1, len(coords)):
             t = entry(i, j) + "".join(f" - {prefix}{i}{m} * {prefix}{j}{m}" for m in range(j))
             out.append(f"    {prefix}{i}{j} = ({t}) / {prefix}{j}{j} if {prefix}{j}{j} > 0.0 "
@@ -177,6 +188,19 @@ def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[s
     lines += inner("            ", "val")
     lines += [f"            acc += wa * RADW_{itg}[k] * val", "    return acc", ""]
 
+    vanishing = vanishing_arcs(q.expr, q.kinked, q.kink_forms)
+    if vanishing:
+        # the arc's sign code at its midpoint (quadrature.arc_keep): the wedges on which the
+        # integrand is identically 0 are skipped
+        lines += [jit, f"def _keep_{itg}(lo, hi, l00, l10, l11):",
+                  "    mid = 0.5 * (hi + lo)", "    c = math.cos(mid)", "    s = math.sin(mid)",
+                  "    x0 = l00 * c", "    x1 = l10 * c + l11 * s", "    code = 0"]
+        for i, (a0, a1) in enumerate(q.kink_forms):
+            lines += [f"    v = {float(a0)!r} * x0 + {float(a1)!r} * x1",
+                      "    if v == 0.0:", "        return True",
+                      "    if v > 0.0:", f"        code += {1 << i}"]
+        lines += ["    return not (" + " or ".join(f"code == {c}" for c in vanishing) + ")", ""]
+
     lines += [jit, f"def {name}({', '.join(tri)}):"]
     lines += _cholesky_lines("l", order)
     # the rays of the lines {a . s = 0}: t = atan2(b0, -b1) and t + pi, b = L_ss^T a
@@ -199,7 +223,11 @@ def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[s
     lines.append("    acc = 0.0")
     for i in range(len(angles)):
         hi = angles[i + 1] if i + 1 < len(angles) else f"{angles[0]} + 2.0 * math.pi"
-        lines.append(f"    acc += _arc_{itg}({angles[i]}, {hi}, {args})")
+        call = f"acc += _arc_{itg}({angles[i]}, {hi}, {args})"
+        if vanishing:
+            lines += [f"    if _keep_{itg}({angles[i]}, {hi}, l00, l10, l11):", f"        {call}"]
+        else:
+            lines.append(f"    {call}")
     lines += ["    return acc", ""]
     return lines
 

@@ -14,7 +14,15 @@ import sympy as sp
 from .. import functions as F
 from .. import helpers
 from ..kernel_program import KernelProgram, twin
-from ..quadrature import cholesky_psd, grid, polar_nodes, polar_order, tensor_order
+from ..quadrature import (
+    arc_keep,
+    cholesky_psd,
+    grid,
+    polar_nodes,
+    polar_order,
+    tensor_order,
+    vanishing_arcs,
+)
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -143,6 +151,13 @@ def _quad_chunk(itg, c: np.ndarray, tnodes: np.ndarray, tweights: np.ndarray) ->
             else:
                 env[f"z{i}"] = zs[:, :, None, a] + zt[:, None, :, a - 2]  # (n, P, M)
         weights = wp[:, :, None] * tweights  # (n, P, M)
+        vanishing = vanishing_arcs(itg.expr, itg.kinked, itg.kink_forms)
+        if vanishing:  # arcs on which the integrand is 0: no contribution (not even 0 * inf)
+            keep = arc_keep(low[:, :2, :2], np.array(itg.kink_forms), vanishing)  # (n, A)
+            per_arc = weights.shape[1] // keep.shape[1]
+            weights = np.where(np.repeat(keep, per_arc, axis=1)[:, :, None], weights, 0.0)
+            env = {name: np.where(np.repeat(keep, per_arc, axis=1)[:, :, None], v, 0.0)
+                   for name, v in env.items()}
     else:
         zt = np.einsum("nij,mj->nmi", low, tnodes)  # (n, M, k)
         for a, i in enumerate(order):
