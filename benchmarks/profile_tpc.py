@@ -68,6 +68,12 @@ def simd_counts(dispatcher) -> dict:
     # register spills: vector registers stored to / loaded from the stack
     c["stack stores"] = len(re.findall(r"^\s+vmov\w+\s+%[xyz]mm\d+, -?\d*\(%rsp\)", asm, re.M))
     c["stack loads"] = len(re.findall(r"^\s+v\w+\s+-?\d*\(%rsp\), %[xyz]mm", asm, re.M))
+    # scalar libm functions the loop calls (their address is loaded, then called): a call
+    # inside the column loop keeps those lanes scalar
+    libm = sorted(set(re.findall(r"movabsq\s+\$(atan2|atan|acos|asin|tanh|exp|expm1|log|log1p|erf|"
+                                 r"erfc|sin|cos|pow|cosh|sinh),", asm)))
+    if libm:
+        c["libm calls"] = ",".join(libm)
     return dict(c)
 
 
@@ -390,9 +396,11 @@ def relu_markdown(p: dict) -> str:
     return "\n".join(L)
 
 
-def depth_profile(depths=(3, 10, 20, 30), n: int = 1000, log=print) -> dict:
-    """Per depth: the per-pair driver's time per pair and layer (1 thread), whether its loop
-    is vectorised (SIMD counts of an uncached copy), and the hand-written row kernel's time."""
+def depth_profile(cases=(("relu", 3), ("relu", 10), ("relu", 20), ("relu", 30), ("erf", 3),
+                         ("erf", 10)), n: int = 1000, log=print) -> dict:
+    """Per (act, depth): the per-pair driver's time per pair and layer (1 thread), whether its
+    loop is vectorised (SIMD counts of an uncached copy), and (relu) the hand-written row
+    kernel's time."""
     import tpcompiler as tp
 
     x = np.ascontiguousarray(np.random.default_rng(0).normal(size=(n, 64)))
@@ -400,12 +408,12 @@ def depth_profile(depths=(3, 10, 20, 30), n: int = 1000, log=print) -> dict:
     out = {"n": n, "rows": []}
     w, b = peers.HYPER["relu"]
     rw, rb = peers.READOUT
-    for depth in depths:
-        net = tp.compile_source(peers.mlp_source("relu", depth))
+    for act, depth in cases:
+        net = tp.compile_source(peers.mlp_source(act, depth))
         net.kernels(x[:3])
         best = min((_timed_call(net, x, 1) for _ in range(REPEAT)), key=lambda r: r[0])
         drv = next((k for k in ("rows", "square", "cross") if k in best[1]), None)
-        row = {"depth": depth, "wall": best[0], "driver": drv,
+        row = {"act": act, "depth": depth, "wall": best[0], "driver": drv,
                "driver_s": best[1][drv][0] if drv else None}
         try:
             nocache = _uncached_copy(net)
@@ -414,6 +422,8 @@ def depth_profile(depths=(3, 10, 20, 30), n: int = 1000, log=print) -> dict:
         except Exception as e:
             row["simd_error"] = str(e)[:200]
         try:
+            if act != "relu":
+                raise ValueError("the hand-written row kernel is the relu recursion")
             rk = _make_row_kernel(net._module)
             q = _relu_q(x, depth)
             xt = np.ascontiguousarray(x.T)
@@ -423,7 +433,7 @@ def depth_profile(depths=(3, 10, 20, 30), n: int = 1000, log=print) -> dict:
         except Exception as e:
             row["row_error"] = str(e)[:200]
         out["rows"].append(row)
-        log(f"  profile depth {depth}: {drv} {row['driver_s']:.3f} s "
+        log(f"  profile {act} depth {depth}: {drv} {row['driver_s']:.3f} s "
             f"({row['driver_s'] / (pairs * depth) * 1e9:.1f} ns/pair-layer), SIMD "
             f"{row.get('simd')}, row kernel {row.get('row_kernel_s', float('nan')):.3f} s")
     out["pairs"] = pairs
@@ -432,17 +442,20 @@ def depth_profile(depths=(3, 10, 20, 30), n: int = 1000, log=print) -> dict:
 
 def depth_markdown(p: dict) -> str:
     n, pairs = p["n"], p["pairs"]
-    L = [f"### Depth: per-layer cost and vectorisation (relu MLP, N = {n}, 1 thread)\n"]
-    L.append("| depth | call | per-pair driver | ns / (pair layer) | packed / scalar double ops "
-             "in the driver | stack stores | hand-written row kernel | ns / (pair layer) |")
-    L.append("|---|---|---|---|---|---|---|---|")
+    L = [f"### Depth: per-layer cost and vectorisation (N = {n}, 1 thread)\n"]
+    L.append("| net | depth | call | per-pair driver | ns / (pair layer) | packed / scalar "
+             "double ops in the driver | stack stores | libm calls in the driver | "
+             "hand-written row kernel | ns / (pair layer) |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in p["rows"]:
         sd = r.get("simd", {})
         packed = sum(v for k, v in sd.items() if k.startswith("packed"))
         rk = r.get("row_kernel_s")
-        L.append(f"| {r['depth']} | {r['wall']:.3f} s | `{r['driver']}` {r['driver_s']:.3f} s | "
+        L.append(f"| {r.get('act', 'relu')} | {r['depth']} | {r['wall']:.3f} s | "
+                 f"`{r['driver']}` {r['driver_s']:.3f} s | "
                  f"{r['driver_s'] / (pairs * r['depth']) * 1e9:.1f} | {packed} / "
                  f"{sd.get('scalar', 0)} | {sd.get('stack stores', '-')} | "
+                 f"{sd.get('libm calls', '-')} | "
                  + (f"{rk:.3f} s | {rk / (pairs * r['depth']) * 1e9:.1f} |" if rk else "- | - |"))
     L.append("")
     return "\n".join(L)
@@ -665,10 +678,11 @@ def quad_accuracy(orders=(25, 48, 100, 200)) -> dict | None:
 
 def quad_markdown(p: dict) -> str:
     o = p["orders"]
-    L = ["Accuracy of a d x d Gauss-Hermite tensor rule for one layer's expectations (absolute "
-         "error against nested adaptive quadrature, scipy; u, v with variances q and "
-         "covariance k; tpcompiler's 2-D default is 48, neural-tangents' deg is the d here). "
-         "The benchmark's tanh MLP has q <= 1.55:\n"]
+    L = ["Why ElementwiseNumerical needs a high degree: the error of its d x d Gauss-Hermite "
+         "tensor rule for one layer's expectations (absolute, against nested adaptive "
+         "quadrature, scipy; u, v with variances q and covariance k; d is NT's deg). tanh has "
+         "complex poles at +-i pi/2, which limit full-line Gauss-Hermite convergence; the "
+         "benchmark's tanh MLP has q <= 1.55:\n"]
     L.append("| q, k | E[tanh tanh]: " + " | ".join(f"d = {d}" for d in o)
              + " | E[tanh' tanh']: " + " | ".join(f"d = {d}" for d in o) + " |")
     L.append("|---|" + "---|" * (2 * len(o)))

@@ -53,7 +53,7 @@ class Integrand:
         if not self.kinked:
             return tensor
         s0, s1 = self.kinked
-        return (f"polar over z{s0}, z{s1} ({len(self.kink_forms)} kink lines)"
+        return (f"polar over z{s0}, z{s1} ({len(self.kink_forms)} lines)"
                 + (f" x {tensor}" if self.pivot else ""))
 
 

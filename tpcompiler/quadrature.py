@@ -148,7 +148,7 @@ def _gauss_from_moments(moment, n: int) -> tuple[np.ndarray, np.ndarray]:
                 x -= p / dp
             xs.append(float(x))
             ws.append(float(1 / total))
-    return np.array(xs), np.array(ws)
+    return _frozen(np.array(xs), np.array(ws))
 
 
 @functools.cache
@@ -166,7 +166,7 @@ def rayleigh_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
 @functools.cache
 def legendre_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre on [-1, 1]."""
-    return np.polynomial.legendre.leggauss(n)
+    return _frozen(*np.polynomial.legendre.leggauss(n))
 
 
 @functools.cache
@@ -174,23 +174,34 @@ def rule(order: int) -> tuple[np.ndarray, np.ndarray]:
     """The split rule on the line for N(0, 1): nodes -r_n..-r_1, r_1..r_n, weights summing to
     one (2 * order points)."""
     r, w = half_rule(order)
-    return np.concatenate([-r[::-1], r]), np.concatenate([w[::-1], w])
+    return _frozen(np.concatenate([-r[::-1], r]), np.concatenate([w[::-1], w]))
+
+
+def grid(dim: int, order: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Tensor grid of `rule(order)` (default DEFAULT_ORDER[dim]) for N(0, I_dim): nodes
+    ((2 order)**dim, dim) and weights, weights below 1e-300 dropped since they cannot change a
+    float64 sum."""
+    if dim == 0:
+        return np.zeros((1, 0)), np.ones(1)
+    return _grid(dim, order or DEFAULT_ORDER[dim])
 
 
 @functools.cache
-def grid(dim: int, order: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Tensor grid of `rule(order)` for N(0, I_dim): nodes ((2 order)**dim, dim) and weights,
-    weights below 1e-300 dropped since they cannot change a float64 sum."""
-    if dim == 0:
-        return np.zeros((1, 0)), np.ones(1)
-    order = order or DEFAULT_ORDER[dim]
+def _grid(dim: int, order: int) -> tuple[np.ndarray, np.ndarray]:
     x, w = rule(order)
     mesh = np.stack(np.meshgrid(*([x] * dim), indexing="ij"), axis=-1).reshape(-1, dim)
     wts = np.ones(1)
     for _ in range(dim):
         wts = np.multiply.outer(wts, w).reshape(-1)
     keep = wts > 1e-300
-    return np.ascontiguousarray(mesh[keep]), np.ascontiguousarray(wts[keep])
+    return _frozen(np.ascontiguousarray(mesh[keep]), np.ascontiguousarray(wts[keep]))
+
+
+def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Read-only arrays (they are cached and shared)."""
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
 
 
 def tensor_order(dim: int, polar: bool) -> int:
