@@ -2,9 +2,9 @@
 
 * neural-tangents (JAX, CPU, float64): ``nt_mlp_fn`` builds a *fresh* stax network and a fresh
   ``jax.jit`` every call, so that its first call is a true cold start (trace + XLA compile).
-  neural-tangents is imported the way ``tests/nt_reference._nt()`` does it: when tensorflow is
-  not installed an empty ``neural_tangents.experimental`` module is put in ``sys.modules`` first
-  (NT's ``__init__`` imports that TF-interop sub-package unconditionally).
+  neural-tangents is imported by ``tests/nt_reference._nt()`` (on JAX's CPU platform): when
+  tensorflow is not installed it puts an empty ``neural_tangents.experimental`` module in
+  ``sys.modules`` first (NT's ``__init__`` imports that TF-interop sub-package unconditionally).
 * naive NumPy: the textbook layer-by-layer recursion, one set of N x N arrays per layer
   (``naive_mlp``), and a Gauss-Hermite version for smooth nonlinearities (``naive_mlp_quad``,
   used as the high-order accuracy reference for tanh). ``naive_rnn`` is the GP4A / NTK4A
@@ -17,13 +17,18 @@ the readout uses (readout_w, readout_b).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
-import types
 import warnings
+from pathlib import Path
 
 import numpy as np
+
+_TESTS = str(Path(__file__).resolve().parent.parent / "tests")
+if _TESTS not in sys.path:
+    sys.path.append(_TESTS)  # for nt_reference (importable without jax / neural-tangents)
+
+import nt_reference  # noqa: E402
 
 NT_INSTALL = ('pip install "jax[cpu]==0.5.3" "jaxlib==0.5.3" "frozendict>=2.3.8" && '
               'pip install --no-deps neural-tangents==0.6.5')
@@ -65,41 +70,11 @@ def rnn_source(steps: int = RNN["T"], act: str = RNN["act"]) -> str:
 # ------------------------------------------------------------------------------------------
 # neural-tangents
 
-_NT = None
-_NT_ERROR: str | None = None
-
 
 def nt_import():
-    """(jax, jnp, stax) with x64 enabled; raises ImportError (message kept) when unusable."""
-    global _NT, _NT_ERROR
-    if _NT is not None:
-        return _NT
-    if _NT_ERROR is not None:
-        raise ImportError(_NT_ERROR)
-    stub = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if importlib.util.find_spec("jax") is None:
-                raise ImportError("jax is not installed")
-            if ("neural_tangents" not in sys.modules
-                    and importlib.util.find_spec("tensorflow") is None):
-                stub = types.ModuleType("neural_tangents.experimental")
-                stub.__path__ = []
-                sys.modules.setdefault("neural_tangents.experimental", stub)
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
-            jax.config.update("jax_platforms", "cpu")
-            import jax.numpy as jnp
-            from neural_tangents import stax
-    except Exception as e:  # ImportError, or an incompatible jax
-        if stub is not None and sys.modules.get("neural_tangents.experimental") is stub:
-            del sys.modules["neural_tangents.experimental"]
-        _NT_ERROR = f"{type(e).__name__}: {e}"
-        raise ImportError(_NT_ERROR) from e
-    _NT = (jax, jnp, stax)
-    return _NT
+    """(jax, jnp, stax) on the CPU with x64 enabled; raises ImportError (message kept) when
+    unusable."""
+    return nt_reference._nt(platforms="cpu")
 
 
 def nt_versions() -> dict:

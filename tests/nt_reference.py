@@ -69,8 +69,12 @@ _AVAILABLE: bool | None = None
 # lazy import
 
 
-def _nt():
-    """Import (jax, jax.numpy, neural_tangents.stax) in-process with x64 on; raise ImportError."""
+def _nt(platforms: str | None = None):
+    """Import (jax, jax.numpy, neural_tangents.stax) in-process with x64 on; raise ImportError.
+
+    Also the importer of benchmarks/peers.py. `platforms` (e.g. "cpu": jax's ``jax_platforms``)
+    takes effect on the call that imports NT, before any jax backend starts; later calls return
+    the modules imported then."""
     global _NT, _NT_ERROR
     if _NT is not None:
         return _NT
@@ -95,6 +99,8 @@ def _nt():
             import jax
 
             jax.config.update("jax_enable_x64", True)
+            if platforms:
+                jax.config.update("jax_platforms", platforms)
             import jax.numpy as jnp
             from neural_tangents import stax
     except Exception as e:  # ImportError, or AttributeError etc. from an incompatible jax

@@ -83,7 +83,9 @@ def erf_erf(q1: float, q2: float, k: float) -> float:
     # Evaluated as (2/pi) atan2(2k, sqrt(det(I + 2 Sigma))), the same angle: it needs no clamp
     # and, with the determinant expanded around snapped_det, stays accurate near |rho| = 1.
     det = 1.0 + 2.0 * (q1 + q2) + 4.0 * snapped_det(q1, q2, k)
-    return (2.0 / math.pi) * math.atan2(2.0 * k, math.sqrt(max(det, 2.2250738585072014e-308)))
+    # atan2(y, x) for x > 0 as sign(y) atan2_pos(|y|, x): no libm call, so loops vectorise
+    a = atan2_pos(abs(2.0 * k), math.sqrt(max(det, 2.2250738585072014e-308)))
+    return (2.0 / math.pi) * (a if k >= 0.0 else -a)
 
 
 def derf_derf(q1: float, q2: float, k: float) -> float:
@@ -100,7 +102,8 @@ def gelu_gelu(q1: float, q2: float, k: float) -> float:
     p = (1.0 + q1) * (1.0 + q2)
     d = max(1.0 + q1 + q2 + snapped_det(q1, q2, k), 2.2250738585072014e-308)
     sd = math.sqrt(d)
-    a = math.atan2(k, sd)
+    a = atan2_pos(abs(k), sd)  # atan2(k, sd), sd > 0, without libm (as in erf_erf)
+    a = a if k >= 0.0 else -a
     return 0.25 * k + (k * a + (k * k + q1 * q2 * d) / (p * sd)) / (2.0 * math.pi)
 
 
@@ -110,7 +113,8 @@ def dgelu_dgelu(q1: float, q2: float, k: float) -> float:
     p = (1.0 + q1) * (1.0 + q2)
     d = max(1.0 + q1 + q2 + snapped_det(q1, q2, k), 2.2250738585072014e-308)
     sd = math.sqrt(d)
-    a = math.atan2(k, sd)
+    a = atan2_pos(abs(k), sd)
+    a = a if k >= 0.0 else -a
     return 0.25 + (a + k / sd * (1.0 / d + (1.0 - q1 * q2) / p + 1.0)) / (2.0 * math.pi)
 
 

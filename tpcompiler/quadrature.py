@@ -1,16 +1,18 @@
-"""Quadrature rules for E[f(z)], z ~ N(0, C), shared by every backend, and the compile-time
-choice between them (`plan`).
+"""Quadrature rules for E[f(z)], z ~ N(0, C), shared by the backends, and the compile-time
+choice between them (`plan`). backends/numpy.py and backends/numba.py follow the plan;
+backends/cuda.py integrates every integrand by the tensor rule at DEFAULT_ORDER in its own
+coordinate order (`grid`).
 
 Rules (z = L w, L the PSD Cholesky factor of C in an order chosen by `plan`, w ~ N(0, I)):
 
 * tensor: every coordinate of w is split at 0 and integrated by the half-range rule
   E[g(w)] = sum_i W_i (g(r_i) + g(-r_i)), (r_i, W_i) the Gauss rule of the weight
   phi(r) = exp(-r^2/2)/sqrt(2 pi) on [0, inf) (half-range Hermite, `half_rule`), on a tensor grid.
-  It replaces full-line Gauss-Hermite (GH) for smooth integrands too: at the same number of
-  nodes it is orders of magnitude more accurate on what reaches quadrature (tanh, sigmoid,
-  softplus: complex poles near the origin, where half-range nodes cluster; GH converges only
-  root-exponentially there), and it is exact-split at w_i = 0, so a kink of a coordinate that
-  `plan` puts first (z_p = L_pp w_0) costs nothing.
+  It is used for smooth integrands too, in place of the former full-line Gauss-Hermite rule
+  (GH): at the same number of nodes it is orders of magnitude more accurate on what reaches
+  quadrature (tanh, sigmoid, softplus: complex poles near the origin, where half-range nodes
+  cluster; GH converges only root-exponentially there), and it is exact-split at w_i = 0, so a
+  kink of a coordinate that `plan` puts first (z_p = L_pp w_0) costs nothing.
 * polar: a pair s of coordinates with kinks on several lines {a . s = 0} (relu(u) relu(v),
   Step(u) Step(v) tanh(u)^2 ...), first in the factorisation: s = L_ss w_s,
   w_s = rho (cos t, sin t),
@@ -24,8 +26,9 @@ Rules (z = L w, L the PSD Cholesky factor of C in an order chosen by `plan`, w ~
   coordinates independent of s, structural zeros in C, it is the plain product).  Arcs of
   wedges on which the integrand vanishes identically (Step(u) Step(v) ...: three of four) are
   skipped (`vanishing_arcs`, `arc_keep`).
-* 3 or more correlated kinked coordinates: the tensor rule (fallback; kinks off the axes
-  converge slowly).
+* 3 or more correlated kinked coordinates (and a second kinked pair): the tensor rule
+  (fallback; kinks off the axes converge slowly). A kink not on a hyperplane through the origin
+  (relu(z0 + 1), relu(z1 + relu(z0))) makes the whole integral a tensor rule in natural order.
 Pivots of rounding-noise size are snapped to 0 in the factorisation (`SNAP`): identical points
 give coinciding rays, not sqrt(1e-16)-size noise.
 
@@ -35,18 +38,25 @@ largest, once per process (cached).
 
 Orders, chosen by the measurements below (`DEFAULT_ORDER` is n half-range nodes per axis, each
 used at +-r_i: 2n points per axis):
-  tensor alone          1-D 32, 2-D 32, 3-D 12, 4-D 7: 64, 4096, 13824, 38416 points (the
-                        former GH: 64, 2304, 8000, 20736). 1-D and 2-D share their order, so
-                        identical points (a rank-1 2-D covariance) give the diagonal's value to
-                        rounding.
+  tensor alone          1-D 96, 2-D 32, 3-D 12, 4-D 7: 192, 4096, 13824, 38416 points (the
+                        former GH: 64, 2304, 8000, 20736). 1-D integrals are per point (O(N)),
+                        so their order is set for full accuracy: tanh(s z)^2 and
+                        tanh(s z + 1)^2 within 4e-16 of mpmath up to variance 10 (order 32:
+                        6e-10 / 3e-8 there). Identical points through a 2-D rule (rank-1
+                        covariance: the 1-D rule at order 32) then differ from the diagonal by
+                        that order's error, and smooth separable 2-D integrals per pair take
+                        the Mehler series of series.py instead, in the Numba backend.
   polar alone           20 Legendre nodes per arc x 20 radial nodes (two lines: 4 arcs, 1600
                         points)
   polar x tensor        10 x 12 per arc (two lines: 480 points) times the tensor block at
                         `PRODUCT_ORDER` 1-D 16, 2-D 8 (32, 256 points): 123k points in 4-D,
                         31k per arc.
 
-Measured absolute errors (tests/test_quadrature.py checks them against mpmath / scipy / Monte
-Carlo / the rules at doubled orders; the former GH rule in brackets). Smooth set: tanh^2,
+Measured absolute errors (the former GH rule at the former orders in brackets).
+tests/test_quadrature.py checks most cases at looser tolerances (its own, stated per case there,
+up to ~25x these) against mpmath (1-D), scipy in polar coordinates (2-D), Monte Carlo (4-D
+product rule) and, in 3-D and 4-D, the rules at doubled orders (self-consistency); the 2-D
+sigmoid*softplus case and the program case are measured only. Smooth set: tanh^2,
 tanh(z+1), sigmoid^2, softplus^2, sin*tanh, tanh^4-2tanh^2; "variance" is the coordinates'.
   1-D, variance <= 1: <= 3e-15 [GH-64: 1e-7]; 3: <= 1.4e-11 [2e-4]; 10: <= 1.5e-8 [1e-2].
       A shifted tanh(z + 3)^2 (poles far from 0) is the hard case: 3e-12 / 5e-8 / 2e-5 at
@@ -90,7 +100,7 @@ import sympy as sp
 
 from . import functions as F
 
-DEFAULT_ORDER = {1: 32, 2: 32, 3: 12, 4: 7}
+DEFAULT_ORDER = {1: 96, 2: 32, 3: 12, 4: 7}
 #: (Gauss-Legendre nodes per arc, radial nodes) of the polar wedge rule, by the dimension of
 #: the tensor block multiplying it (lower in products: their cost is the product of the two)
 POLAR_ORDER = {0: (20, 20), 1: (10, 12), 2: (10, 12)}

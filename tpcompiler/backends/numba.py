@@ -13,13 +13,14 @@ column loop vectorises (measured 7x on a depth-10 relu MLP: 66 against 470 ns a 
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import os
 
 import numba
 import numpy as np
 import sympy as sp
 
-from .. import __version__
+from .. import __version__, series
 from ..kernel_program import Integrand, KernelProgram, twin
 from ..quadrature import (
     SNAP,
@@ -30,7 +31,7 @@ from ..quadrature import (
     tensor_order,
     vanishing_arcs,
 )
-from .printer import RUNTIME, KernelPrinter, emit_block, helper_sources
+from .printer import KernelPrinter, emit_block, runtime_lines
 
 JIT = "@njit(cache=True, error_model='numpy')"
 # helpers are inlined into the per-pair code: LLVM does not inline across numba functions, and a
@@ -232,19 +233,87 @@ def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[s
     return lines
 
 
-def render(kp: KernelProgram) -> str:
-    """The generated module's source. Names come from the kernel program, never user text."""
+#: what a generated series function reads besides the covariance: the per-point tables and the
+#: pair (names of the rows driver's locals)
+_SERIES_ARGS = tuple(sp.Symbol(n) for n in ("D1", "D2", "i", "j"))
+
+
+def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = JIT,
+                   inline: str = INLINE) -> list[str]:
+    """The Mehler-series path (series.py): its node arrays and fixed functions, one coefficient
+    function _hc<m>(var, D, i, off) per distinct factor function, and one ser<n>(c00, c10, c11,
+    D1, D2, i, j) per rewritten quad2 call, which falls back to that quadrature when the series
+    is not accurate enough at this pair. The per-pair functions are inlined into the driver (a
+    call passing arrays costs reference counting, more than the short series itself)."""
+    if not plan.calls:
+        return []
+    lines = [f"SER_{n} = {_array_literal(getattr(series, f'SER_{n}'))}" for n in "XWPQ"]
+    # each factor's first column, read from an array: numba would compile a specialisation
+    # of the callee for every distinct integer literal argument (measured: 16 s for 18 calls)
+    cols = np.array([f.column for f in plan.factors], dtype=np.int64)
+    lines.append(f"SER_COL = np.array({cols.tolist()!r}, dtype=np.int64)")
+    for fn in series.SOURCES:
+        # reassociation lets the node sums vectorise (a reordered sum, not a less accurate one)
+        deco = jit.replace(")", ", fastmath={'reassoc'})") if fn is series.hermite_project \
+            else inline
+        lines += [deco, inspect.getsource(fn)]
+    for m, fn in enumerate(dict.fromkeys(f.fn for f in plan.factors)):
+        lines += [jit, f"def _hc{m}(var, D, i, off):",
+                  "    s = math.sqrt(var) if var > 0.0 else 0.0",
+                  "    fw = np.empty(SER_X.shape[0])",
+                  "    for m in range(SER_X.shape[0]):",
+                  "        z0 = s * SER_X[m]",
+                  f"        fw[m] = SER_W[m] * ({printer.doprint(fn)})",
+                  "    hermite_project(fw, D, i, off)", ""]
+    z0, z1 = series.Z0, series.Z1
+    for c in plan.calls:
+        quad = printer.doprint(type(c.call)(*sp.symbols("c00 c10 c11")))
+        expr = printer.doprint(c.integrand)
+        # |rho| = 1 (identical points, antipodal ones without a bias; within series.UNIT, the
+        # rounding of a deep recursion's c and d for one point): v = +-sqrt(c11 / c00) u,
+        # a 1-D integral, by the rule of the diagonal's quad1 (the series converges slowest
+        # there, and the 2-D fallback would be the 1-D rule at the 2-D order)
+        lines += [jit, f"def _r1{c.name}(c00, c11, sg):",
+                  "    sa = math.sqrt(c00) if c00 > 0.0 else 0.0",
+                  "    sb = sg * (math.sqrt(c11) if c11 > 0.0 else 0.0)",
+                  "    acc = 0.0",
+                  "    for m in range(SER_X.shape[0]):",
+                  f"        {z0} = sa * SER_X[m]",
+                  f"        {z1} = sb * SER_X[m]",
+                  f"        acc += SER_W[m] * ({expr})",
+                  "    return acc", ""]
+        lines += [inline, f"def {c.name}(c00, c10, c11, D1, D2, i, j):",
+                  "    rho = correlation(c00, c10, c11)",
+                  f"    if abs(rho) >= {1.0 - series.UNIT!r}:",
+                  f"        return _r1{c.name}(c00, c11, 1.0 if rho > 0.0 else -1.0)",
+                  "    v = 0.0"]
+        for t in c.terms:
+            oa = plan.factors[t.a].column if t.a is not None else None
+            ob = plan.factors[t.b].column if t.b is not None else None
+            if oa is not None and ob is not None:
+                val = f"hdot(D1, i, SER_COL[{t.a}], D2, j, SER_COL[{t.b}], rho)"
+            elif oa is not None:
+                val = f"D1[i, {oa + series.HEAD}]"  # alpha_0 = E[f(u)]
+            elif ob is not None:
+                val = f"D2[j, {ob + series.HEAD}]"
+            else:
+                val = "1.0"
+            lines.append(f"    v += {t.coef!r} * {val}")
+        lines += ["    if math.isnan(v):", f"        return {quad}", "    return v", ""]
+    return lines
+
+
+def render(kp: KernelProgram, use_series: bool = True) -> str:
+    """The generated module's source. Names come from the kernel program, never user text.
+    use_series=False keeps every quadrature (the NumPy reference's algorithm, for tests)."""
     pr = KernelPrinter()
     kinds = list(kp.outputs)
     needed = kp.diag_needed()
-    lines = [f"# generated by tpcompiler {__version__}; do not edit",
-             "import math", "", "import numpy as np", "from numba import njit", ""]
-    for _, src in RUNTIME:
-        lines += [JIT, src]
-    for _, src in helper_sources():
-        lines += [JIT, src]
+    plan = series.plan(kp, len(needed)) if use_series else series.SeriesPlan((), ())
+    lines: list[str] = []
     for q in kp.integrands:
         lines += _quad_source(q, pr)
+    lines += _series_source(plan, pr)
 
     outs = [sp.Symbol(f"out_{k}") for k in kinds]
     gd = [f"G{n}" for n in range(len(kp.diag_gram))]
@@ -256,6 +325,9 @@ def render(kp: KernelProgram) -> str:
                         pr, "        ")
     for n, s in enumerate(needed):
         lines.append(f"        D[i, {n}] = {s}")
+    fn_index = {fn: m for m, fn in enumerate(dict.fromkeys(f.fn for f in plan.factors))}
+    for n, f in enumerate(plan.factors):
+        lines.append(f"        _hc{fn_index[f.fn]}({pr.doprint(f.var)}, D, i, SER_COL[{n}])")
     for n, o in enumerate(outs):
         lines.append(f"        OUT[i, {n}] = {o}")
     lines += ["    return", ""]
@@ -267,7 +339,7 @@ def render(kp: KernelProgram) -> str:
         used |= {s.name for s in kp.outputs[k][1].free_symbols}
     gc = [f"C{n}" for n in range(len(kp.cross_gram))]
     ks = [f"K{n}" for n in range(len(kinds))]
-    lines += [PJIT, f"def rows({', '.join(gc + ['D1', 'D2T'] + ks)}, lo, hi, col0, sym):",
+    lines += [PJIT, f"def rows({', '.join(gc + ['D1', 'D2T', 'D2'] + ks)}, lo, hi, col0, sym):",
               f"    n2 = {ks[0]}.shape[1]",
               "    for i in range(lo, hi):"]
     for n, s in enumerate(needed):
@@ -279,7 +351,9 @@ def render(kp: KernelProgram) -> str:
             lines.append(f"            {twin(s)} = D2T[{n}, j]")
     for name, g in zip(gc, kp.cross_gram):
         lines.append(f"            {g.symbol} = {name}[i - lo, j - col0]")
-    lines += emit_block(list(kp.cross) + [(o, kp.outputs[k][1]) for o, k in zip(outs, kinds)],
+    calls = {c.call: sp.Function(c.name)(*c.call.args, *_SERIES_ARGS) for c in plan.calls}
+    lines += emit_block([(s, e.xreplace(calls)) for s, e in kp.cross]
+                        + [(o, kp.outputs[k][1].xreplace(calls)) for o, k in zip(outs, kinds)],
                         pr, "            ")
     for k, o in zip(ks, outs):
         lines.append(f"            {k}[i, j] = {o}")
@@ -293,8 +367,12 @@ def render(kp: KernelProgram) -> str:
               "                for j in range(j0, min(j0 + 64, i)):",
               "                    K[i, j] = K[j, i]",
               "    return", ""]
+    head = [f"# generated by tpcompiler {__version__}; do not edit",
+            "import math", "", "import numpy as np", "from numba import njit", ""]
+    lines = head + runtime_lines(lines, JIT) + lines
     lines.append(f"KINDS = {tuple(kinds)!r}")
-    lines.append(f"N_DIAG = {len(needed)}")
+    lines.append(f"N_SCALARS = {len(needed)}  # the columns D2T holds")
+    lines.append(f"N_DIAG = {len(needed) + series.WIDTH * len(plan.factors)}")
     return "\n".join(lines) + "\n"
 
 
@@ -398,7 +476,7 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
 
     d1, o1 = per_point(arrays1, n1)
     d2, o2 = (d1, o1) if sym else per_point(a2, n2)
-    d2t = np.ascontiguousarray(d2.T)
+    d2t = np.ascontiguousarray(d2[:, :module.N_SCALARS].T)
     ks = [np.empty((n1, n2)) for _ in kinds]
     same, anti = _coincident(arrays1, a2, inputs)
     exact = [(_self_gram(arrays1, g.a, g.b), g) for g in cgram] if (same or anti) else []
@@ -417,7 +495,7 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
                 if lo <= i < hi and j >= col0:
                     gram[i - lo, j - col0] = -vals[i]
         grams = [np.ascontiguousarray(g) for g in grams]
-        module.rows(*grams, d1, d2t, *ks, lo, hi, col0, sym)
+        module.rows(*grams, d1, d2t, d2, *ks, lo, hi, col0, sym)
 
     _pool_map(block, _row_blocks(n1, n2, sym, len(cgram), progress), progress, n1)
     if sym:

@@ -12,7 +12,7 @@ import numpy as np
 import sympy as sp
 
 from .. import functions as F
-from .. import helpers
+from .. import helpers, series
 from ..kernel_program import KernelProgram, twin
 from ..quadrature import (
     arc_keep,
@@ -89,13 +89,15 @@ def evaluate_expr(e: sp.Expr, env: dict, program: KernelProgram | None = None):
     if name in helpers.HELPERS:
         return np.vectorize(helpers.HELPERS[name], otypes=[np.float64])(*args)
     if name.startswith("quad") and program is not None:
-        return _quadrature(program, name, args)
+        return _quadrature(program, name, args, e)
     raise NotImplementedError(f"no numeric rule for {name}")
 
 
-def _quadrature(program: KernelProgram, name: str, tri: list):
+def _quadrature(program: KernelProgram, name: str, tri: list, call: sp.Expr | None = None):
     """quad<k>_<name>(lower triangle of C) elementwise over the broadcast pairs, by the
-    integrand's rule (quadrature.py), in chunks of pairs that keep the node arrays small."""
+    integrand's rule (quadrature.py), in chunks of pairs that keep the node arrays small; a
+    call that the series plan rewrites (series.py) takes the Mehler series as the Numba
+    backend does."""
     qname = name.split("_", 1)[1]
     itg = next(q for q in program.integrands if q.name == qname)
     k = itg.dim
@@ -106,7 +108,69 @@ def _quadrature(program: KernelProgram, name: str, tri: list):
         for j in range(i + 1):
             c[..., i, j] = c[..., j, i] = tri[pos]
             pos += 1
-    return expectation(itg, c)
+    plan = _series_calls(program).get(call)
+    if plan is None:
+        return expectation(itg, c)
+    return _series(plan, itg, c)
+
+
+_PLANS: dict[int, tuple] = {}
+
+
+def _series_calls(program: KernelProgram) -> dict:
+    """The series plan's calls of this program: call expression -> (SeriesCall, factors)."""
+    hit = _PLANS.get(id(program))
+    if hit is None or hit[0] is not program:
+        plan = series.plan(program, 0)
+        hit = (program, {c.call: (c, plan.factors) for c in plan.calls})
+        _PLANS.clear()  # one program at a time is enough (and keeps nothing alive)
+        _PLANS[id(program)] = hit
+    return hit[1]
+
+
+def _factor_table(fn: sp.Expr, var: np.ndarray) -> np.ndarray:
+    """series coefficient rows of fn at each variance (computed once per distinct value)."""
+    uniq, inverse = np.unique(var, return_inverse=True)
+    z = np.sqrt(np.maximum(uniq, 0.0))[:, None] * series.SER_X[None, :]
+    fw = series.SER_W * np.broadcast_to(evaluate_expr(fn, {"z0": z}), z.shape)
+    return series.coefficient_table(fw)[inverse.reshape(-1)]
+
+
+def _series(plan, itg, c: np.ndarray) -> np.ndarray:
+    """E[itg] per pair by the Mehler series (the Numba backend's ser<n>): the 1-D rule at
+    |rho| = 1, the quadrature where the series' tail bound is not met."""
+    call, factors = plan
+    shape = c.shape[:-2]
+    c = c.reshape(-1, 2, 2)
+    a, ab, b = c[:, 0, 0], c[:, 1, 0], c[:, 1, 1]
+    pos = (a > 0.0) & (b > 0.0)
+    rho = np.where(pos, ab / np.sqrt(np.where(pos, a * b, 1.0)), 0.0)
+    tables = {}
+    out = np.zeros(len(rho))
+    for t in call.terms:
+        ta = tables.get(("a", t.a)) if t.a is None else tables.setdefault(
+            ("a", t.a), _factor_table(factors[t.a].fn, a))
+        tb = tables.get(("b", t.b)) if t.b is None else tables.setdefault(
+            ("b", t.b), _factor_table(factors[t.b].fn, b))
+        if ta is not None and tb is not None:
+            v = series.hdot_array(ta, tb, rho)
+        elif ta is not None:
+            v = ta[:, series.HEAD]
+        elif tb is not None:
+            v = tb[:, series.HEAD]
+        else:
+            v = 1.0
+        out += t.coef * v
+    unit = np.abs(rho) >= 1.0 - series.UNIT
+    if unit.any():
+        sa = np.sqrt(np.maximum(a[unit], 0.0))[:, None] * series.SER_X
+        sb = (np.sign(rho[unit]) * np.sqrt(np.maximum(b[unit], 0.0)))[:, None] * series.SER_X
+        vals = np.broadcast_to(evaluate_expr(itg.expr, {"z0": sa, "z1": sb}), sa.shape)
+        out[unit] = vals @ series.SER_W
+    bad = np.isnan(out)
+    if bad.any():
+        out[bad] = expectation(itg, c[bad])
+    return out.reshape(shape)
 
 
 def expectation(itg, c: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ table (the scalar code of every IR function and helper), written once for all ge
 from __future__ import annotations
 
 import inspect
+import re
 
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
@@ -41,7 +42,7 @@ class KernelPrinter(PythonCodePrinter):
         name = _FUNC_NAMES.get(type(expr))
         if name is None:
             name = type(expr).__name__
-            if name not in helpers.HELPERS and not name.startswith("quad"):
+            if name not in helpers.HELPERS and not name.startswith(("quad", "ser")):
                 return super()._print_Function(expr)
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 
@@ -71,6 +72,28 @@ class KernelPrinter(PythonCodePrinter):
 def helper_sources() -> list[tuple[str, str]]:
     """(name, source) of tpcompiler.helpers in dependency order."""
     return [(n, inspect.getsource(helpers.HELPERS[n])) for n in helpers.HELPER_SOURCE_ORDER]
+
+
+def runtime_lines(body: list[str], decorator: str) -> list[str]:
+    """The runtime functions and helpers that the generated body calls, directly or through
+    each other, in dependency order, each under `decorator`: a module compiles and loads only
+    what it uses (each cached function costs its own load on a warm start)."""
+    table = list(RUNTIME) + helper_sources()
+    text = "\n".join(body)
+    used: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for name, src in table:
+            if name not in used and re.search(rf"\b{name}\(", text):
+                used.add(name)
+                text += "\n" + src
+                grew = True
+    out: list[str] = []
+    for name, src in table:
+        if name in used:
+            out += [decorator, src]
+    return out
 
 
 def emit_block(assigns, printer: KernelPrinter, indent: str) -> list[str]:

@@ -3,7 +3,8 @@
 Items are functions of ONE zero-mean Gaussian linear form L. For (u, v) ~ N(0, [[q1, k], [k, q2]])
 the table gives E[phi(u)] and E[phi(u) psi(v)]; the helpers named here are implemented once in
 tpcompiler/helpers.py (numerically careful, e.g. theta = atan2 for arc-cosine kernels).
-Everything not in these tables is integrated by Gauss-Hermite quadrature (passes/expect.py).
+Everything not in these tables is integrated by quadrature (passes/expect.py; the rules in
+tpcompiler/quadrature.py).
 """
 
 from __future__ import annotations

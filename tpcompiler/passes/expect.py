@@ -7,8 +7,10 @@ P is a sympy expression in "sided" G-var symbols (a G-var at input 1 or input 2)
   3. takes each group in closed form where one exists: polynomials (Isserlis), products of
      sin/cos/exp of linear forms (characteristic function), one or two table items
      (passes/closedform.py);
-  4. integrates what is left by Gauss-Hermite quadrature over a basis of the linear forms it
-     depends on (dimension <= 4), merging all quadrature pieces over the same basis.
+  4. integrates what is left by quadrature over a basis of the linear forms it depends on
+     (dimension <= 4; the basis starts with the kink arguments, `_kinks_first`), merging all
+     quadrature pieces over the same basis. The rule (half-range split tensor rule, polar wedge
+     rule for a kinked pair, or their product) is chosen later, by quadrature.plan.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ TRIG = (sp.sin, sp.cos, sp.exp)
 
 @dataclass
 class Quadrature:
-    """A request for E[f(z)], z ~ N(0, C): the backend integrates it by Gauss-Hermite."""
+    """A request for E[f(z)], z ~ N(0, C): passes/kernels.py picks its rule (quadrature.plan)
+    and the backend integrates it by that rule."""
 
     integrand: sp.Expr  # in the coordinate symbols z0..z{k-1}
     cov: tuple[tuple[sp.Expr, ...], ...]  # k x k covariance of the coordinates
