@@ -22,8 +22,17 @@ def grammar_text() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
+    # lark's own cache (a pickle of the LALR tables, keyed by a hash of the grammar and the
+    # options, in the tpcompiler cache directory): building the tables costs ~0.7 s a process,
+    # most of a warm start (benchmarks/results.md, compile profile); loading them ~0.05 s
+    from .backends.cache import cache_dir
+
+    try:
+        cache = str(cache_dir() / f"lark-{lark.__version__}.pickle")
+    except OSError:
+        cache = False
     return lark.Lark(grammar_text(), parser="lalr", propagate_positions=True,
-                     maybe_placeholders=True)
+                     maybe_placeholders=True, cache=cache)
 
 
 HINT_UNCLOSED_PAREN = "an unclosed '(': add the missing ')'"

@@ -199,15 +199,23 @@ SER_Q = np.array([1.0 / math.sqrt(max(k, 1)) for k in range(K_EXT)])  # 1 / sqrt
 def hermite_project(fw, D, i, off):
     """D[i, off:off + WIDTH] = S, T at the checkpoints 8..192, alpha_0..alpha_191 (the header
     first: a pair that needs few terms reads one or two cache lines per point), from
-    fw = (weight * f(sqrt(var) node)) at the series nodes."""
-    n = fw.shape[0]
+    fw = (weight * f(sqrt(var) node)) at the series nodes. The nodes are symmetric (+-r) and
+    h_k(-r) = (-1)^k h_k(r): the recurrence runs on the positive half only, against the even
+    part of fw for even k and the odd part for odd k (half the work)."""
+    n = fw.shape[0] // 2
+    ev = np.empty(n)
+    od = np.empty(n)
     h0 = np.ones(n)
-    h1 = SER_X.copy()
+    h1 = np.empty(n)
+    for m in range(n):
+        ev[m] = fw[n + m] + fw[n - 1 - m]
+        od[m] = fw[n + m] - fw[n - 1 - m]
+        h1[m] = SER_X[n + m]
     a0 = 0.0
     a1 = 0.0
     for m in range(n):
-        a0 += fw[m]
-        a1 += fw[m] * SER_X[m]
+        a0 += ev[m]
+        a1 += od[m] * h1[m]
     D[i, off + 7] = a0
     D[i, off + 8] = a1
     tail = 0.0
@@ -215,11 +223,18 @@ def hermite_project(fw, D, i, off):
         p = SER_P[k]
         q = SER_Q[k]
         acc = 0.0
-        for m in range(n):
-            h = (SER_X[m] * h1[m] - p * h0[m]) * q
-            h0[m] = h1[m]
-            h1[m] = h
-            acc += fw[m] * h
+        if k % 2 == 0:
+            for m in range(n):
+                h = (SER_X[n + m] * h1[m] - p * h0[m]) * q
+                h0[m] = h1[m]
+                h1[m] = h
+                acc += ev[m] * h
+        else:
+            for m in range(n):
+                h = (SER_X[n + m] * h1[m] - p * h0[m]) * q
+                h0[m] = h1[m]
+                h1[m] = h
+                acc += od[m] * h
         if k < 192:
             D[i, off + 7 + k] = acc
         else:

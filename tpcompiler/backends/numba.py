@@ -471,7 +471,7 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
         d = np.empty((n, module.N_DIAG))
         out = np.empty((n, len(kinds)))
         _pool_map(lambda lo, hi: module.diag(*gd, d, out, lo, hi),
-                  [(0, n)] if n < 256 else _row_blocks(n, 1, False, 1, None), None, n)
+                  [(0, n)] if n < 32 else _row_blocks(n, 1, False, 1, None), None, n)
         return d, out
 
     d1, o1 = per_point(arrays1, n1)
