@@ -86,6 +86,11 @@ class SeriesPlan:
     factors: tuple[Factor, ...]
     calls: tuple[SeriesCall, ...]
 
+    @property
+    def functions(self) -> tuple[sp.Expr, ...]:
+        """The distinct factor functions, in order (one coefficient routine each)."""
+        return tuple(dict.fromkeys(f.fn for f in self.factors))
+
 
 def separable(expr: sp.Expr) -> list[tuple[float, sp.Expr, sp.Expr]] | None:
     """expr(z0, z1) as sum_t c_t f_t(z0) g_t(z1) (f_t in z0, g_t in z1 renamed z0, 1 for a

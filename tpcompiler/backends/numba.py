@@ -257,7 +257,7 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
         deco = jit.replace(")", ", fastmath={'reassoc'})") if fn is series.hermite_project \
             else inline
         lines += [deco, inspect.getsource(fn)]
-    for m, fn in enumerate(dict.fromkeys(f.fn for f in plan.factors)):
+    for m, fn in enumerate(plan.functions):
         lines += [jit, f"def _hc{m}(var, D, i, off):",
                   "    s = math.sqrt(var) if var > 0.0 else 0.0",
                   "    fw = np.empty(SER_X.shape[0])",
@@ -266,26 +266,27 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
                   f"        fw[m] = SER_W[m] * ({printer.doprint(fn)})",
                   "    hermite_project(fw, D, i, off)", ""]
     z0, z1 = series.Z0, series.Z1
-    for c in plan.calls:
-        quad = printer.doprint(type(c.call)(*sp.symbols("c00 c10 c11")))
-        expr = printer.doprint(c.integrand)
-        # |rho| = 1 (identical points, antipodal ones without a bias; within series.UNIT, the
-        # rounding of a deep recursion's c and d for one point): v = +-sqrt(c11 / c00) u,
-        # a 1-D integral, by the rule of the diagonal's quad1 (the series converges slowest
-        # there, and the 2-D fallback would be the 1-D rule at the 2-D order)
-        lines += [jit, f"def _r1{c.name}(c00, c11, sg):",
+    # |rho| = 1 (identical points, antipodal ones without a bias; within series.UNIT, the
+    # rounding of a deep recursion's c and d for one point): v = +-sqrt(c11 / c00) u, a 1-D
+    # integral, by the rule of the diagonal's quad1 (the series converges slowest there, and
+    # the 2-D fallback would be the 1-D rule at the 2-D order); one routine per integrand
+    for quad, expr in dict.fromkeys((type(c.call).__name__, c.integrand) for c in plan.calls):
+        lines += [jit, f"def _r1{quad}(c00, c11, sg):",
                   "    sa = math.sqrt(c00) if c00 > 0.0 else 0.0",
                   "    sb = sg * (math.sqrt(c11) if c11 > 0.0 else 0.0)",
                   "    acc = 0.0",
                   "    for m in range(SER_X.shape[0]):",
                   f"        {z0} = sa * SER_X[m]",
                   f"        {z1} = sb * SER_X[m]",
-                  f"        acc += SER_W[m] * ({expr})",
+                  f"        acc += SER_W[m] * ({printer.doprint(expr)})",
                   "    return acc", ""]
+    for c in plan.calls:
+        quad = printer.doprint(type(c.call)(*sp.symbols("c00 c10 c11")))
         lines += [inline, f"def {c.name}(c00, c10, c11, D1, D2, i, j):",
                   "    rho = correlation(c00, c10, c11)",
                   f"    if abs(rho) >= {1.0 - series.UNIT!r}:",
-                  f"        return _r1{c.name}(c00, c11, 1.0 if rho > 0.0 else -1.0)",
+                  f"        return _r1{type(c.call).__name__}(c00, c11, "
+                  "1.0 if rho > 0.0 else -1.0)",
                   "    v = 0.0"]
         for t in c.terms:
             oa = plan.factors[t.a].column if t.a is not None else None
@@ -325,9 +326,9 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
                         pr, "        ")
     for n, s in enumerate(needed):
         lines.append(f"        D[i, {n}] = {s}")
-    fn_index = {fn: m for m, fn in enumerate(dict.fromkeys(f.fn for f in plan.factors))}
     for n, f in enumerate(plan.factors):
-        lines.append(f"        _hc{fn_index[f.fn]}({pr.doprint(f.var)}, D, i, SER_COL[{n}])")
+        lines.append(f"        _hc{plan.functions.index(f.fn)}({pr.doprint(f.var)}, D, i, "
+                     f"SER_COL[{n}])")
     for n, o in enumerate(outs):
         lines.append(f"        OUT[i, {n}] = {o}")
     lines += ["    return", ""]

@@ -145,13 +145,18 @@ def _series(plan, itg, c: np.ndarray) -> np.ndarray:
     a, ab, b = c[:, 0, 0], c[:, 1, 0], c[:, 1, 1]
     pos = (a > 0.0) & (b > 0.0)
     rho = np.where(pos, ab / np.sqrt(np.where(pos, a * b, 1.0)), 0.0)
-    tables = {}
+    tables: dict = {}
+
+    def table(side: str, index: int | None, var: np.ndarray):
+        if index is None:
+            return None
+        if (side, index) not in tables:  # a factor may appear in several terms
+            tables[side, index] = _factor_table(factors[index].fn, var)
+        return tables[side, index]
+
     out = np.zeros(len(rho))
     for t in call.terms:
-        ta = tables.get(("a", t.a)) if t.a is None else tables.setdefault(
-            ("a", t.a), _factor_table(factors[t.a].fn, a))
-        tb = tables.get(("b", t.b)) if t.b is None else tables.setdefault(
-            ("b", t.b), _factor_table(factors[t.b].fn, b))
+        ta, tb = table("a", t.a, a), table("b", t.b, b)
         if ta is not None and tb is not None:
             v = series.hdot_array(ta, tb, rho)
         elif ta is not None:
