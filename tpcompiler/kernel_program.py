@@ -73,13 +73,18 @@ class KernelProgram:
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.outputs)
 
-    def diag_needed(self) -> tuple[sp.Symbol, ...]:
-        """Diag symbols that the cross block reads (as the twins e_i of the second point)."""
-        names = set()
+    def cross_reads(self) -> set[str]:
+        """Names of the symbols that the cross block and the off-diagonal outputs read."""
+        names: set[str] = set()
         for _, e in self.cross:
             names |= {s.name for s in e.free_symbols}
-        for d, c in self.outputs.values():
+        for _, c in self.outputs.values():
             names |= {s.name for s in c.free_symbols}
+        return names
+
+    def diag_needed(self) -> tuple[sp.Symbol, ...]:
+        """Diag symbols that the cross block reads (as the twins e_i of the second point)."""
+        names = self.cross_reads()
         out = [g.symbol for g in self.diag_gram] + [s for s, _ in self.diag
                                                     if s.name.startswith("d")]
         return tuple(s for s in out if s.name in names or twin(s).name in names)

@@ -68,11 +68,7 @@ def render(kp: KernelProgram) -> str:
         lines.append(f"    OUT[i, {n}] = {o}")
     lines += [""]
 
-    used = set()
-    for _, e in kp.cross:
-        used |= {s.name for s in e.free_symbols}
-    for k in kinds:
-        used |= {s.name for s in kp.outputs[k][1].free_symbols}
+    used = kp.cross_reads()
     gc = [f"C{n}" for n in range(len(kp.cross_gram))]
     ks = [f"K{n}" for n in range(len(kinds))]
     lines += [KERNEL, f"def rows_k({', '.join(gc + ['D1', 'D2T'] + ks)}, lo, col0, sym):",

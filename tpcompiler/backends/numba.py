@@ -333,11 +333,7 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
         lines.append(f"        OUT[i, {n}] = {o}")
     lines += ["    return", ""]
 
-    used = set()
-    for _, e in kp.cross:
-        used |= {s.name for s in e.free_symbols}
-    for k in kinds:
-        used |= {s.name for s in kp.outputs[k][1].free_symbols}
+    used = kp.cross_reads()
     gc = [f"C{n}" for n in range(len(kp.cross_gram))]
     ks = [f"K{n}" for n in range(len(kinds))]
     lines += [PJIT, f"def rows({', '.join(gc + ['D1', 'D2T', 'D2'] + ks)}, lo, hi, col0, sym):",
