@@ -5,6 +5,7 @@ pair); tests/test_series.py checks the series against independent references."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,9 @@ def _close(a, b, rtol=1e-12):
     assert np.max(np.abs(a - b)) <= rtol * max(scale, 1e-300), (np.max(np.abs(a - b)), scale)
 
 
+# agreement of backends / with finite networks at their own tolerances, not the
+# accuracy probe: its warnings (4-D rules at ~1e-6) are what tests/test_exact.py checks
+@pytest.mark.filterwarnings("ignore::tpcompiler.errors.TPWarning")
 @settings(max_examples=6, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(prog=programs(acts=CLOSED_ACTS + ("tanh",), max_depth=2), seed=st.integers(0, 100))

@@ -143,7 +143,14 @@ def test_cuda_equals_reference(sim, name, tag):
     src, shape = PROGRAMS[name]
     net = tp.compile_source(src)
     x1, x2 = _data(shape)
-    want = net.kernels(x1, None if tag == "sym" else x2, backend="numpy")
+    # the device has no Mehler series: the reference evaluates the same rules (on the CPU the
+    # series, and the careful rule where it falls short, differ from the tensor rule by the
+    # latter's error, ~1e-12 here)
+    token = numpy_backend.SERIES.set(False)
+    try:
+        want = net.kernels(x1, None if tag == "sym" else x2, backend="numpy")
+    finally:
+        numpy_backend.SERIES.reset(token)
     for tiled in ((0, 1) if name == "relu" else (1,)):
         for kind in want:
             got = np.load(sim / f"{name}-{tag}-{tiled}-{kind}.npy")
@@ -153,6 +160,9 @@ def test_cuda_equals_reference(sim, name, tag):
                 assert np.array_equal(got, got.T)
 
 
+# agreement of backends / with finite networks at their own tolerances, not the
+# accuracy probe: its warnings (4-D rules at ~1e-6) are what tests/test_exact.py checks
+@pytest.mark.filterwarnings("ignore::tpcompiler.errors.TPWarning")
 @pytest.mark.parametrize("name", list(KINKED))
 @pytest.mark.parametrize("tag", ["sym", "x2"])
 def test_cuda_equals_reference_on_kinked_integrands(sim, name, tag):

@@ -306,8 +306,12 @@ def test_zero_norm(q1, q2):
     assert H.th(q1, q2, 0.0) == math.pi / 2
     assert H.angle(q1, q2, H.rootdet(q1, q2, 0.0), 0.0) == math.pi / 2
     assert H.relu_relu(q1, q2, 0.0) == 0.0
-    assert H.step_step(q1, q2, 0.0) == 0.25
-    assert H.relu_step(q1, q2, 0.0) == math.sqrt(q1) / (2 * math.sqrt(2 * math.pi))
+    # a zero variance is a point mass at 0, where the language's step(x) = [x > 0] is 0: the
+    # network's unit is exactly 0 there (not the 1/4 of an angle pi/2 convention)
+    assert H.step_step(q1, q2, 0.0) == 0.0
+    assert H.step_step_q(q1, q2, math.pi / 2) == 0.0
+    assert H.step_mean(q1 * q2) == 0.0
+    assert H.relu_step(q1, q2, 0.0) == 0.0
     for name in H.HELPER_SOURCE_ORDER:
         assert math.isfinite(call(name, q1, q2, 0.0)), name
 

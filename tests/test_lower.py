@@ -620,6 +620,58 @@ def test_non_finite_and_huge_constants():
     assert p.matrices[0].var == sp.Rational(1, 10 ** 600)
 
 
+def test_constants_that_enter_the_network_are_at_most_1e100():
+    """Each constant the kernels use (a variance, a slope, a coefficient, an added constant)
+    and each vector's size (its coefficients multiplied together) is at most 1e100: the kernel
+    program multiplies a variance by two of them, 1e300 at most (lower.MAX_CONSTANT)."""
+    hint = "at most 1e100 in magnitude"
+    fails("input x\ng = dense(x)\ny = readout(leaky_relu(g, slope=1e200))\n",
+          r"slope= is 1e\+200, more than the largest constant a network may use \(1e100\)",
+          (3, 33), hint=hint)
+    fails("input x\ny = readout(abrelu(dense(x), a=-2e100, b=1))\n", "a= is -2e\\+100", (2, 32))
+    fails("input x\nh = dense(x, var=1e101)\n", r"var= is 1e\+101", (2, 18), hint=hint)
+    fails("input x\nh = dense(x, bias=2e100)\n", r"bias= is 2e\+100", (2, 19))
+    fails("weight W(var=1e150)\n", r"var= is 1e\+150", (1, 14))
+    fails("input x\ny = readout(dense(x), var=10 ** 120)\n", r"var= is 1e\+120", (2, 27))
+    too_large = "this expression is too large for float64 kernels"
+    fails("input x\ny = readout(1e200 * dense(x))\n", too_large + r": the constant 1e\+200",
+          (2, 13), hint=hint)
+    fails("input x\ny = readout(dense(x) / 1e-120)\n", r"the constant 1e\+120", (2, 13))
+    fails("input x\ny = readout(dense(x) + 1e101)\n", r"the constant 1e\+101", (2, 13))
+    fails("input x\nh = 1e60 * dense(x)\ny = readout(1e60 * h)\n", r"the constant 1e\+120",
+          (3, 13))
+    fails("input x\nh = dense(x) + 1e20\ny = readout(h ** 16)\n",
+          "its coefficients multiply to about 1e320", (3, 13))
+    fails("input x\nu = 1e60 * dense(x)\ny = readout(u * u)\n", r"the constant 1e\+120",
+          (3, 13))
+    fails("input x\nu = relu(1e60 * dense(x))\ny = readout(u * u)\n",
+          "multiply to about 1e120", (3, 13))
+    fails("input x\ny = readout(abrelu(1e60 * dense(x), a=1e50, b=1))\n",
+          "multiply to about 1e110", (2, 13))
+    fails("input x\ny = readout(tanh(1e101 * dense(x)))\n", r"the constant 1e\+101", (2, 18))
+    err = fails("input x\ny = readout(exp(300 * dense(x)))\n",
+                "exp\\(\\) of an argument that is not bounded above reaches about 1e130", (2, 13))
+    assert "scale its argument down" in err.hint
+    fails("input x\ny = readout(exp(-dense(x) ** 2 + 300))\n",
+          "exp\\(\\) of an argument up to 300 reaches about 1e130", (2, 13))
+    fails("act f(z) = 1e200 * z\n", r"the constant 1e\+200", (1, 12))
+    fails("act f(z) = tanh(z) + z ** 2 * 1e101\n", r"the constant 1e\+101", (1, 22))
+    fails("act f(z) = 1e60 * z\ninput x\ny = readout(f(1e60 * dense(x)))\n",
+          r"the constant 1e\+120", (3, 13))
+    fails("act f(z) = leaky_relu(z, slope=1e101)\n", r"slope= is 1e\+101", (1, 32))
+    fails("parametrization custom { hidden: a=21, b=0, c=0 }\n",
+          "a= is 21, beyond the largest width exponent \\(20\\)", (1, 36))
+    fails("input x\nh = dense(x, var=1e301)\n", r"the number 1e\+301 is out of range", (2, 18))
+    fails("repeat 1e300 { }\n", r"the repeat count is 1e\+300, more than the limit 5000", (1, 8))
+    fails("repeat 1e300 / 3 { }\n", r"must be an integer, got 3.33e\+299", (1, 8))
+    # at the bound, intermediate constants, cancellations and bounded exps are fine
+    p = lw("const C = 1e250\ninput x\nh = dense(x, var=C / 1e150, bias=1e100)\n"
+           "u = leaky_relu(1e100 * h, slope=1e-100) + 1e60 * (1e-60 * h)\n"
+           "y = readout(exp(-300 * h ** 2) + exp(200 * dense(u)) + 1e50 * h * h + u, "
+           "var=1e100)\n")
+    assert p.matrices[0].var == sp.Integer(10) ** 100
+
+
 def test_weight_fan_in_conflict():
     fails("input x\nweight W\nh = dense(x, W)\nh = dense(h, W)\n",
           "weight 'W' is used with hidden fan-in here but with input fan-in at line 3", (4, 5),

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import functools
+import math
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
+import sympy as sp
 
-from . import __version__, ir
+from . import __version__, accuracy, ir
+from .accuracy import DEFAULT_TOL
 from .backends import cache
 from .backends import cuda as cuda_backend
 from .backends import numba as numba_backend
 from .backends import numpy as numpy_backend
 from .data import check_pair, prepare
-from .errors import TPError
+from .errors import TPError, warn
 from .kernel_program import GramLayout, KernelProgram
 from .lower import lower
 from .parse import parse_file, parse_source
 from .passes import PIPELINE
+from .ranges import ntk_caveats
 
 KINDS = ("nngp", "ntk")
 
@@ -30,16 +36,24 @@ class CompiledNetwork:
         >>> K = net.nngp(np.eye(3))        # (3, 3)
     """
 
-    def __init__(self, program: ir.Program):
+    def __init__(self, program: ir.Program, tol: float = DEFAULT_TOL):
+        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+            raise TPError(f"tol={tol!r} is not a positive number",
+                          hint="the default is 1e-10 (relative to the kernel's scale)")
         self.ir = program
         self.name = program.name
+        self.tol = float(tol)
+        self._probed: set[str] = set()
+        self._ntk_caveats_told = False
 
     # --- stages ----------------------------------------------------------------------
 
     @functools.cached_property
     def kernel_program(self) -> KernelProgram:
         """The NNGP/NTK recursion as straight-line scalar code (built on first use)."""
-        return PIPELINE.kernel_program(self.ir)
+        kp = PIPELINE.kernel_program(self.ir)
+        _check_constants(kp, self.ir)
+        return kp
 
     @functools.cached_property
     def _cache_key(self) -> str:
@@ -52,16 +66,19 @@ class CompiledNetwork:
         if entry is not None:
             self._kinds, self._refused = tuple(entry["kinds"]), dict(entry["refused"])
             self._meta = GramLayout.from_json(entry["layout"])
+            self._integrals = entry.get("integrals", True)
             return cache.load_module(entry["source"])
         kp = self.kernel_program
         self._kinds, self._refused = kp.kinds, dict(kp.refused)
         self._meta = GramLayout.of(kp)
+        self._integrals = bool(kp.integrands)
         if not kp.kinds:
             return None  # nothing to compute: every request is refused with its reason
         source = numba_backend.render(kp)
         module = cache.load_module(source)
         cache.write_index(self._cache_key, {"module": str(cache.module_path(source)),
                                             "kinds": list(kp.kinds), "refused": kp.refused,
+                                            "integrals": bool(kp.integrands),
                                             "layout": self._meta.to_json()})
         return module
 
@@ -107,12 +124,15 @@ class CompiledNetwork:
         if backend == "numpy":
             kp = self.kernel_program
             self._check_kinds(get, kp.kinds, kp.refused)
+            self._tell_ntk_caveats(get)
             res = numpy_backend.evaluate(kp, a, b, get)
+            self._probe(a, b, get)
             return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
         if backend != "numba":
             raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
         module = self._module
         self._check_kinds(get, self._kinds, self._refused)
+        self._tell_ntk_caveats(get)
         if cuda_backend.resolve(device) == "cuda":
             cmod = cuda_backend.load(self._cache_key, lambda: self.kernel_program)
             res = cuda_backend.run(cmod, self._meta, a, b, progress=progress,
@@ -123,7 +143,59 @@ class CompiledNetwork:
                 for kind in get:
                     out[kind][...] = res[kind]
                     res[kind] = out[kind]
+        self._probe(a, b, get)
         return {kind: res[kind].astype(out_dtype, copy=False) for kind in get}
+
+    # --- accuracy (tpcompiler/accuracy.py) -------------------------------------------
+
+    def _probe(self, a: dict, b: dict | None, get) -> None:
+        """Warn (TPWarning) when a kernel just computed is not accurate to self.tol on these
+        data; closed-form programs need no probe, and data seen before are not probed again."""
+        self._module  # noqa: B018 - sets _integrals
+        if not self._integrals:
+            return
+        data = a if b is None else {k: np.concatenate([a[k], b[k]]) for k in a}
+        key = accuracy.fingerprint(data)
+        if key in self._probed:
+            return
+        self._probed.add(key)
+        kp = self.kernel_program
+        report = accuracy.estimate(kp, data, self.tol, kp.kinds)
+        accuracy.warn_if_inaccurate(report, self.name)
+
+    def accuracy(self, x=None, get=KINDS) -> accuracy.AccuracyReport:
+        """Every integral of the kernel program with its dimension, method and estimated error
+        on the data x (default: 8 standard-normal points of dimension 8 per input), and the
+        estimated error of each kernel relative to its scale (print it for a table)."""
+        get = (get,) if isinstance(get, str) else tuple(get)
+        kp = self.kernel_program
+        get = tuple(k for k in get if k in kp.kinds)
+        if x is None:
+            rng = np.random.default_rng(0)
+            x = {i.name: rng.normal(size=(8, 8) if i.length is None else (8, i.length, 8))
+                 for i in self.ir.inputs}
+        data = prepare(self.ir, x, "X")
+        return accuracy.estimate(kp, data, self.tol, get)
+
+    def _tell_ntk_caveats(self, get) -> None:
+        """Once per network, when its NTK is first computed: a TPWarning for each exp() whose
+        argument is not bounded above (ranges.ntk_caveats). Its NTK is the formal limit, the
+        one neural-tangents computes, but no Tensor Programs theorem covers it."""
+        if "ntk" not in get or self._ntk_caveats_told:
+            return
+        self._ntk_caveats_told = True
+        for span, what in ntk_caveats(self.ir):
+            where = f"{span.where}: " if span is not None else ""
+            shown = f"\n{span.render()}" if span is not None else ""
+            warn(f"{where}the NTK goes through {what} here, and that argument is not bounded "
+                 f"above: exp and its derivative are then not polynomially bounded, a "
+                 f"hypothesis of the Tensor Programs NTK theorem (TP II, Cor. 7.3; TP IIb for "
+                 f"training). The kernel is computed as the formal infinite-width limit (the "
+                 f"recursion neural-tangents' stax.Exp computes), which that theorem does not "
+                 f"guarantee{shown}",
+                 hint="exp of an argument bounded above is inside the theorem: e.g. "
+                      "exp(-h ** 2), exp(-(a * h + b) ** 2), exp(tanh(h))",
+                 stacklevel=_user_stacklevel())
 
     def _check_kinds(self, get, kinds, refused) -> None:
         for k in get:
@@ -177,6 +249,41 @@ class CompiledNetwork:
         return f"<CompiledNetwork {self.name or '<unnamed>'}({ins}), {len(self.ir.gvars)} G-vars>"
 
 
+def _user_stacklevel() -> int:
+    """The stacklevel for errors.warn, called by the caller of this function, that points at
+    the first frame outside tpcompiler: the user's line, however many wrappers (net.ntk,
+    net.kernels) lie between."""
+    frame, level = sys._getframe(1), 2  # errors.warn's level 2 is its caller
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+            "tpcompiler."):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_constants(kp: KernelProgram, prog: ir.Program) -> None:
+    """TPError, before any code is generated, for a number of the kernel program beyond
+    float64. lower.py bounds every constant of the program (1e100); their products (a variance
+    times coefficients, the expansion of (h + c) ** k, Gaussian moments) are checked here."""
+    pieces = [(kp.labels.get(s.name, str(s)), e) for s, e in (*kp.diag, *kp.cross)]
+    pieces += [(kind.upper(), e) for kind, pair in kp.outputs.items() for e in pair]
+    pieces += [(f"the integrand {q.name}", q.expr) for q in kp.integrands]
+    for label, expr in pieces:
+        for n in expr.atoms(sp.Rational, sp.Float):
+            try:
+                if math.isfinite(float(n)):
+                    continue
+            except OverflowError:
+                pass
+            size = math.log10(abs(int(n.p))) - math.log10(int(n.q)) if n.is_Rational else math.inf
+            found = re.search(r"\bg\d+\b", label)
+            span = prog.gvar(found.group(0)).span if found else prog.readout.span
+            raise TPError(f"the kernel program needs a constant of about 1e{size:.0f} in "
+                          f"{label}, beyond float64 (1.8e308)", span,
+                          "the program's constants multiply (a variance times coefficients, "
+                          "a power of a sum expanded): make the variances and coefficients "
+                          "smaller")
+
+
 def _out_dtype(dtype) -> np.dtype:
     """The requested output dtype, checked before any work: an integer dtype would silently
     truncate the kernels."""
@@ -192,11 +299,14 @@ def _out_dtype(dtype) -> np.dtype:
     return out
 
 
-def compile(path: str | Path) -> CompiledNetwork:  # noqa: A001 - the public name the docs use
-    """Compile a .tp file. Raises TPError for any mistake in it."""
-    return CompiledNetwork(lower(parse_file(path)))
+def compile(path: str | Path, tol: float = DEFAULT_TOL) -> CompiledNetwork:  # noqa: A001
+    """Compile a .tp file. Raises TPError for any mistake in it. tol: the accuracy every
+    kernel is held to, relative to its scale; a kernel that misses it comes with a
+    TPWarning."""
+    return CompiledNetwork(lower(parse_file(path)), tol)
 
 
-def compile_source(text: str, path: str = "<string>") -> CompiledNetwork:
-    """Compile .tp source text. Raises TPError for any mistake in it."""
-    return CompiledNetwork(lower(parse_source(text, path)))
+def compile_source(text: str, path: str = "<string>",
+                   tol: float = DEFAULT_TOL) -> CompiledNetwork:
+    """Compile .tp source text. Raises TPError for any mistake in it (tol: as compile)."""
+    return CompiledNetwork(lower(parse_source(text, path)), tol)

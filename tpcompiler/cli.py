@@ -6,17 +6,26 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .errors import TPError
+from .errors import TPError, TPWarning
 
 # what np.load raises for a file that is not a sound .npy/.npz: an empty file (EOFError), a
 # damaged archive (BadZipFile, zlib.error), a truncated array or a pickle (ValueError)
 _UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a member first, or an empty archive
+_FORMATS_HINT = ("tpc reads NumPy files: a .npy array (np.save('X.npy', X)) or, for a network "
+                 "with several inputs, a .npz with one array per input name (np.savez('X.npz', "
+                 "x=X, s=S)); a CSV converts with np.save('X.npy', np.loadtxt('X.csv', "
+                 "delimiter=','))")
 
 
 def _load_data(path: str, net, flag: str):
@@ -26,6 +35,12 @@ def _load_data(path: str, net, flag: str):
     try:
         # our own handle: np.load leaks the one it opens when a zip archive is damaged
         with open(p, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+            f.seek(0)
+            # np.load takes anything else for a pickle and says so, a riddle for a CSV file
+            if not head.startswith(_ZIP_MAGIC) and head != _NPY_MAGIC:
+                what = "it is empty" if not head else "it is not a NumPy .npy or .npz file"
+                raise TPError(f"{flag}: cannot read {path}: {what}", hint=_FORMATS_HINT)
             obj = np.load(f, allow_pickle=False)
             if isinstance(obj, np.lib.npyio.NpzFile):
                 with obj:  # members are read lazily: a damaged member fails here
@@ -77,7 +92,12 @@ def cmd_ir(args) -> int:
 def cmd_kernel_program(args) -> int:
     from .api import compile
 
-    print(compile(args.file).kernel_program.text(), end="")
+    net = compile(args.file, tol=args.tol)
+    print(net.kernel_program.text(), end="")
+    if args.accuracy:
+        x = _load_data(args.data, net, "--data") if args.data else None
+        print()
+        print(net.accuracy(x))
     return 0
 
 
@@ -104,7 +124,7 @@ def cmd_kernel(args) -> int:
         raise TPError(f"--out: the folder {out.parent} does not exist")
     if not out.parent.is_dir():  # checked now, not after computing the kernels
         raise TPError(f"--out: {out.parent} is not a folder")
-    net = compile(args.file)
+    net = compile(args.file, tol=args.tol)
     x1 = _load_data(args.data, net, "--data")
     x2 = _load_data(args.data2, net, "--data2") if args.data2 else None
     bar = None
@@ -166,6 +186,27 @@ def _kernel_to_memmap(net, x1, x2, kind: str, out: Path, progress) -> tuple[int,
     return shape
 
 
+def _tol(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return v
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """TPWarnings as `warning: ...` lines (not Python's file:line form, meant for code)."""
+    if issubclass(category, TPWarning):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _default_show(message, category, filename, lineno, file, line)
+
+
+_default_show = warnings.showwarning
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tpc", description="Compile .tp networks to their infinite-width NNGP and NTK.")
@@ -178,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("kernel-program", help="print the kernel program (scalar recursion)")
     s.add_argument("file")
+    s.add_argument("--accuracy", action="store_true",
+                   help="also list every integral: dimension, method, estimated error (on "
+                        "--data, default 8 standard-normal points of dimension 8)")
+    s.add_argument("--data", help="data for --accuracy (.npy)")
+    s.add_argument("--tol", type=_tol, default=1e-10,
+                   help="tolerance relative to the kernel's scale (default 1e-10)")
     s.set_defaults(fn=cmd_kernel_program)
 
     s = sub.add_parser("latex", help="print the NNGP and NTK recursions in LaTeX")
@@ -190,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npy array (N, d) or (N, T, d); .npz with one array per input name")
     s.add_argument("--data2", help="second data set (default: --data with itself)")
     s.add_argument("--kind", choices=("nngp", "ntk", "both"), default="nngp")
+    s.add_argument("--tol", type=_tol, default=1e-10,
+                   help="tolerance relative to the kernel's scale (default 1e-10): a kernel "
+                        "whose estimated error exceeds it comes with a warning")
     s.add_argument("--out", required=True, help="output .npy (.npz for --kind both)")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -218,14 +268,18 @@ def _extra_commands():
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except TPError as err:
-        print(err.format(), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # restores the caller's filters and showwarning
+        # a TPWarning is part of the command's answer: always shown, never an exception
+        warnings.simplefilter("always", TPWarning)
+        warnings.showwarning = _show_warning
+        try:
+            return args.fn(args)
+        except TPError as err:
+            print(err.format(), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

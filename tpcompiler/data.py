@@ -1,11 +1,42 @@
-"""Checking user data before any compilation work: shapes, dtypes, finiteness, dimensions."""
+"""Checking user data before any compilation work: shapes, dtypes, finiteness, dimensions, and
+a size the float64 kernel program can hold.
+
+The size bound. The data enter the kernel program only through Gram entries
+G(x, x') = <x, x'>/d, summed before the division (backends/numba.py). Every |G(x, x')| is at
+most max_x <x, x>/d =: Q (Cauchy-Schwarz), and the sums are at most d * Q. An input matrix of
+variance v turns them into covariances v G (+ a bias), and the recursion multiplies two of
+those (sqrt(q q') and q q' in the closed forms, D * Cov in the NTK), so (v Q)^2 must stay in
+float64: v Q <= MAX_INPUT_COVARIANCE = 1e150 (1e300 for the product, a factor 1e8 to spare);
+with v <= 1e100 (lower.MAX_CONSTANT) the sums d Q stay finite for any d. Beyond the first layer
+the kernels grow as the program makes them (depth, powers, exp): that is not bounded here.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from . import ir
 from .errors import TPError
+
+MAX_INPUT_COVARIANCE = 1e150  # v * <x, x>/d: its square must be a float64 (above)
+HINT_SCALE = ("standardise the data (e.g. X = (X - X.mean(0)) / X.std(0)): the kernels see the "
+              "data only through <x, x'>/d, so a common scale factor is a choice of units")
+
+
+def input_variances(prog: ir.Program) -> dict[str, float]:
+    """Input name -> the largest variance of a matrix that reads it (at least 1, so that the
+    data bound never exceeds MAX_INPUT_COVARIANCE)."""
+    out = {i.name: 1.0 for i in prog.inputs}
+    for g in prog.gvars:
+        if g.op is ir.Op.INPUT:
+            name = g.arg.input
+            out[name] = max(out[name], float(prog.param_var(g.param)))
+    r = prog.readout
+    if isinstance(r.arg, ir.InputRef):
+        out[r.arg.input] = max(out[r.arg.input], float(prog.param_var(r.matrix)))
+    return out
 
 
 def input_dims_tied(prog: ir.Program) -> list[tuple[str, str]]:
@@ -38,6 +69,7 @@ def prepare(prog: ir.Program, data, which: str = "X") -> dict[str, np.ndarray]:
                       hint=f"the network's inputs are: {', '.join(names)}")
     out: dict[str, np.ndarray] = {}
     n_points = None
+    variances = input_variances(prog)
     for inp in prog.inputs:
         what = f"{which}['{inp.name}']" if len(names) > 1 else which
         arr = data[inp.name]
@@ -46,9 +78,9 @@ def prepare(prog: ir.Program, data, which: str = "X") -> dict[str, np.ndarray]:
                 arr = np.asarray(arr)
             except Exception:  # noqa: BLE001 - any conversion failure is a data error
                 raise TPError(f"{what} is not an array") from None
-        if arr.dtype.kind != "f":
-            raise TPError(f"{what} has dtype {arr.dtype}; kernels need floating-point data",
-                          hint="convert it, e.g. X.astype(np.float64)")
+        if arr.dtype.kind not in "fiu":  # integers are numbers too, like a list of ints
+            raise TPError(f"{what} has dtype {arr.dtype}; kernels need real numbers",
+                          hint="convert it to floating point, e.g. X.astype(np.float64)")
         want = 2 if inp.length is None else 3
         if arr.ndim != want:
             shape = "(N, d)" if want == 2 else f"(N, {inp.length}, d)"
@@ -60,21 +92,47 @@ def prepare(prog: ir.Program, data, which: str = "X") -> dict[str, np.ndarray]:
                           f"with {inp.length}")
         if arr.shape[0] == 0 or arr.shape[-1] == 0:
             raise TPError(f"{what} is empty (shape {arr.shape})")
+        raw = arr
+        with np.errstate(over="ignore"):  # a longdouble beyond float64 becomes inf: caught next
+            arr = np.ascontiguousarray(arr, dtype=np.float64)
         bad = ~np.isfinite(arr)
         if bad.any():
             row = int(np.argwhere(bad)[0][0])
+            if np.isfinite(raw).all():
+                raise TPError(f"{what} has values beyond float64's range, about 1.8e308 (first "
+                              f"in row {row})", hint=HINT_SCALE)
             raise TPError(f"{what} contains NaN or infinity (first in row {row})")
+        _check_size(arr, what, inp.name, variances[inp.name])
         if n_points is not None and arr.shape[0] != n_points:
             raise TPError(f"{which}: inputs have different numbers of points "
                           f"({n_points} and {arr.shape[0]})")
         n_points = arr.shape[0]
-        out[inp.name] = np.ascontiguousarray(arr, dtype=np.float64)
+        out[inp.name] = arr
     for a, b in input_dims_tied(prog):
         if out[a].shape[-1] != out[b].shape[-1]:
             raise TPError(f"{which}: inputs '{a}' and '{b}' go through the same weight, so they "
                           f"need the same dimension, got {out[a].shape[-1]} and "
                           f"{out[b].shape[-1]}")
     return out
+
+
+def _check_size(arr: np.ndarray, what: str, name: str, var: float) -> None:
+    """TPError when var * <x, x>/d exceeds MAX_INPUT_COVARIANCE for some point x (one vector
+    of a sequence point each): the module docstring derives the bound."""
+    d = arr.shape[-1]
+    with np.errstate(over="ignore"):  # an overflowing sum is inf, which fails the test anyway
+        q = np.einsum("...d,...d->...", arr, arr) / d
+    q = q.reshape(len(arr), -1).max(axis=1)
+    limit = MAX_INPUT_COVARIANCE / var
+    if q.max() <= limit:
+        return
+    row = int(np.argmax(q > limit))
+    size = "beyond float64" if not math.isfinite(q[row]) else f"= {q[row]:.3g}"
+    biggest = float(np.abs(arr[row]).max())
+    by = "" if var == 1.0 else f" (var={var:.3g} of a matrix that reads '{name}' multiplies it)"
+    raise TPError(f"{what} is too large for float64 kernels: row {row} has entries up to "
+                  f"{biggest:.3g} and <x, x>/d {size}; the kernel program squares "
+                  f"var * <x, x'>/d, so it needs <x, x>/d <= {limit:.3g}{by}", hint=HINT_SCALE)
 
 
 def check_pair(prog: ir.Program, x1: dict, x2: dict) -> None:

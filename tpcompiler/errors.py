@@ -69,6 +69,20 @@ class TPError(Exception):
         return "\n".join(parts)
 
 
+class TPWarning(UserWarning):
+    """A number tpcompiler computed but cannot vouch for to the stated tolerance (or a limit
+    whose theorem's hypotheses are not met): the message says which integral or construct,
+    why, and what would help."""
+
+
+def warn(message: str, hint: str | None = None, stacklevel: int = 3) -> None:
+    """Emit a TPWarning (the one way the package warns)."""
+    import warnings
+
+    text = message + (f"\nhint: {hint}" if hint else "")
+    warnings.warn(text, TPWarning, stacklevel=stacklevel)
+
+
 def did_you_mean(name: str, candidates) -> str | None:
     """A 'did you mean' hint for a misspelled name, or None when nothing is close."""
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)

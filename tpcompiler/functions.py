@@ -14,6 +14,17 @@ class Relu(sp.Function):
 
     nargs = 1
 
+    @classmethod
+    def eval(cls, z):
+        # relu of a value >= 0 is the value: relu(relu(z)) = relu(z), relu(step(z)) = step(z),
+        # relu(|z|) = |z|. Kept as one kink (an argument that is a kink function would make
+        # the kink set a region, which no quadrature rule splits at)
+        if isinstance(z, (Relu, Step, AbsF)):
+            return z
+        if z.is_Number:
+            return z if z > 0 else sp.S.Zero
+        return None
+
     def fdiff(self, argindex=1):
         return Step(self.args[0])
 
@@ -22,6 +33,17 @@ class Step(sp.Function):
     """1 for z > 0, else 0. Its derivative is a Dirac delta, taken as 0 (neural-tangents)."""
 
     nargs = 1
+
+    @classmethod
+    def eval(cls, z):
+        # [relu(z) > 0] = [z > 0], [step(z) > 0] = step(z): the kink stays on z's line
+        if isinstance(z, Relu):
+            return Step(z.args[0])
+        if isinstance(z, Step):
+            return z
+        if z.is_Number:
+            return sp.S.One if z > 0 else sp.S.Zero
+        return None
 
     def fdiff(self, argindex=1):
         return sp.S.Zero

@@ -49,7 +49,9 @@ def relu_relu(q1: float, q2: float, k: float) -> float:
 
 
 def step_step(q1: float, q2: float, k: float) -> float:
-    """E[step(u) step(v)] = (pi - theta) / (2 pi)."""
+    """E[step(u) step(v)] = (pi - theta) / (2 pi); 0 when a variance is 0 (step(0) = 0)."""
+    if q1 <= 0.0 or q2 <= 0.0:
+        return 0.0
     return 0.5 * ((math.pi - th(q1, q2, k)) / math.pi)
 
 
@@ -57,12 +59,9 @@ def relu_step(q1: float, q2: float, k: float) -> float:
     """E[relu(u) step(v)] = sqrt(q1) (1 + cos theta) / (2 sqrt(2 pi))."""
     # Stein on u 1{u>0} 1{v>0}: each indicator contributes phi(0) * P(other > 0 | this = 0)
     # = 1 / (2 sqrt(2 pi)), the v one weighted by the correlation cos theta.
-    if q1 <= 0.0:
-        return 0.0
-    if q2 <= 0.0:
-        c = 0.0  # theta = pi / 2, as in th
-    else:
-        c = min(1.0, max(-1.0, k / math.sqrt(q1 * q2)))
+    if q1 <= 0.0 or q2 <= 0.0:
+        return 0.0  # relu(0) = step(0) = 0 on a point mass
+    c = min(1.0, max(-1.0, k / math.sqrt(q1 * q2)))
     return math.sqrt(q1) * (1.0 + c) / (2.0 * math.sqrt(2.0 * math.pi))
 
 
@@ -185,6 +184,22 @@ def step_step_t(t: float) -> float:
     return 0.5 * ((math.pi - t) / math.pi)
 
 
+def expm1h(x: float) -> float:
+    """exp(x) - 1, accurate near 0 (closed forms are sums of w (exp(x) - 1): no cancellation)."""
+    # math.expm1 raises (Python) or returns inf (numba) past ~709: the same inf in both
+    return math.expm1(x) if x < 709.0 else math.inf
+
+
+def step_mean(q: float) -> float:
+    """E[step(u)], u ~ N(0, q): 1/2, but 0 at q = 0 (a point mass at 0, where step is 0)."""
+    return 0.5 if q > 0.0 else 0.0
+
+
+def step_step_q(q1: float, q2: float, t: float) -> float:
+    """step_step_t, 0 when either variance is 0 (step(0) = 0 on a point mass)."""
+    return 0.0 if (q1 <= 0.0) | (q2 <= 0.0) else 0.5 * ((math.pi - t) / math.pi)
+
+
 HELPER_SOURCE_ORDER: tuple[str, ...] = (
     "atan_unit",
     "atan2_pos",
@@ -206,6 +221,9 @@ HELPER_SOURCE_ORDER: tuple[str, ...] = (
     "angle",
     "relu_relu_rt",
     "step_step_t",
+    "expm1h",
+    "step_mean",
+    "step_step_q",
 )
 
 HELPERS: dict[str, Callable[..., float]] = {
@@ -229,4 +247,7 @@ HELPERS: dict[str, Callable[..., float]] = {
     "angle": angle,
     "relu_relu_rt": relu_relu_rt,
     "step_step_t": step_step_t,
+    "expm1h": expm1h,
+    "step_mean": step_mean,
+    "step_step_q": step_step_q,
 }

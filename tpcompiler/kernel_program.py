@@ -38,16 +38,22 @@ class Integrand:
     pivot: tuple[int, ...] | None = None
     kinked: tuple[int, ...] = ()
     kink_forms: tuple[tuple[float, ...], ...] = ()
+    #: the split rule (quadrature.split_nodes) when not empty: kinks {r . z + c = 0} as rows
+    #: (r_0, ..., r_{dim-1}, c), integrated in natural order
+    breaks: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self):
         if self.pivot is None:
             object.__setattr__(self, "pivot", tuple(range(self.dim)))
         assert sorted(self.pivot + self.kinked) == list(range(self.dim))
         assert len(self.kinked) in (0, 2) and (not self.kinked) == (not self.kink_forms)
+        assert not self.breaks or (not self.kinked and self.pivot == tuple(range(self.dim)))
 
     @property
     def rule(self) -> str:
         """The rule in words (for listings)."""
+        if self.breaks:
+            return f"split at {len(self.breaks)} kink(s)"
         tensor = "tensor" + ("" if self.pivot == tuple(range(self.dim)) else
                              " over " + ", ".join(f"z{i}" for i in self.pivot))
         if not self.kinked:

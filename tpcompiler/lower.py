@@ -16,6 +16,7 @@ from . import ir
 from . import syntax as S
 from .errors import Span, TPError, did_you_mean
 from .functions import BUILTINS
+from .ranges import bounded_above, interval, log_scale
 
 MAX_GVARS = 5000  # unrolled program size cap (G-vars): larger programs are almost surely a typo
 MAX_STEPS = 200_000  # statements executed while unrolling
@@ -26,6 +27,23 @@ KEYWORDS = ("network", "parametrization", "const", "input", "weight", "act", "re
 MAX_POWER = 16  # vector ** p: moments grow like (2p-1)!!; beyond this they are meaningless
 MAX_EXPONENT = 400  # |e| in a literal 1.5e<e>: 10**e is computed exactly, so it must stay small
 MAX_BITS = 4096  # numerator/denominator size of an exact constant (1e-1000 needs 3322 bits)
+MAX_NUMBER = 10**300  # a constant (exact, in constant expressions) must be a float64 with room
+NUMBER_HINT = ("numbers must lie between about 1e-400 and 1e300 in magnitude, or be 0 (and "
+               "those that enter the network, at most 1e100)")
+# The largest constant that may enter the network (a variance, a slope, a coefficient, an added
+# constant) and the largest size of a vector expression (its coefficients multiplied together,
+# ranges.log_scale). The kernel program multiplies a variance by two such sizes into one number
+# (Cov = var * E[h h'], D = var * E[h' h'']): 1e100 ** 3 = 1e300 stays below float64's 1.8e308
+# with a factor 1e8 to spare for Gaussian moments and closed-form constants. 1e150, each
+# number merely squared, is not enough: var=1e150 on a coefficient of 1e150 gives 1e450.
+MAX_CONSTANT = 10**100  # exact: compared with exact rationals
+MAX_LOG_SCALE = 100
+# |a|, |b|, |c| of a custom parametrization: n ** e must stay finite for the widths of finite
+# networks (tpc coordcheck, simulate): n <= 1e7 gives n ** 20 <= 1e140
+MAX_ABC_EXPONENT = 20
+RANGE_HINT = ("the kernels multiply a variance by the squares of the network's constants, "
+              "so each must be at most 1e100 in magnitude for float64 (whose largest number "
+              "is 1.8e308); rescale it")
 
 
 @dataclass(frozen=True)
@@ -79,11 +97,26 @@ def _fraction(text: str, span) -> Fraction:
     if len(mantissa) > MAX_EXPONENT or len(exponent) > 3 or int(exponent or 0) > MAX_EXPONENT:
         # Fraction("1e-99999999") would build 10**99999999 exactly and never finish
         raise TPError(f"the number {text[:20]}{'...' if len(text) > 20 else ''} is out of range",
-                      span, "numbers must lie between about 1e-400 and 1e300 in magnitude, or be 0")
+                      span, NUMBER_HINT)
     try:
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
         raise TPError(f"malformed number {text!r}", span) from None
+
+
+def _show(value: sp.Expr) -> str:
+    """An exact number as a user reads it: itself when short, else rounded (1.23e+45)."""
+    text = str(value)
+    if len(text) <= 20:
+        return text
+    try:
+        f = float(value)
+        if math.isfinite(f):
+            return f"{f:.3g}"
+    except (TypeError, ValueError, OverflowError):
+        pass
+    mag = math.log10(abs(int(value.p))) - math.log10(int(value.q))
+    return f"{'-' if value < 0 else ''}1e{mag:+.0f}"
 
 
 def _check_finite(value: sp.Expr, span: Span | None) -> sp.Expr:
@@ -121,6 +154,7 @@ class _Lowerer:
         self.readout: ir.Readout | None = None
         self.readout_span: Span | None = None
         self.steps = 0
+        self.scales: dict = {}  # ranges.log_scale's memo: sub-expressions are shared
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -200,21 +234,35 @@ class _Lowerer:
     def integer(self, e: S.Expr, what: str, lo: int | None = None, hi: int | None = None) -> int:
         v = self.scalar(e, what)
         if not v.is_Integer:
-            raise TPError(f"{what} must be an integer, got {v}", e.span)
+            raise TPError(f"{what} must be an integer, got {_show(v)}", e.span)
         n = int(v)
         if lo is not None and n < lo:
-            raise TPError(f"{what} must be at least {lo}, got {n}", e.span)
+            raise TPError(f"{what} must be at least {lo}, got {_show(v)}", e.span)
         if hi is not None and n > hi:
-            raise TPError(f"{what} is {n}, more than the limit {hi}", e.span,
+            raise TPError(f"{what} is {_show(v)}, more than the limit {hi}", e.span,
                           "the program is unrolled; keep loops and sequences small")
         return n
+
+    @staticmethod
+    def in_range(v: sp.Expr, span, what: str) -> sp.Expr:
+        """A constant that enters the network (var=, bias=, slope=, ...): |v| <= MAX_CONSTANT."""
+        if abs(v) > MAX_CONSTANT:
+            raise TPError(f"{what} is {_show(v)}, more than the largest constant a network may "
+                          f"use (1e100)", span, RANGE_HINT)
+        return v
+
+    def vec(self, expr: sp.Expr, span) -> Vec:
+        """A vector whose size (ranges.log_scale: its coefficients multiplied together, and
+        exp's growth) stays within MAX_LOG_SCALE; see MAX_CONSTANT."""
+        check_scale(expr, span, self.scales)
+        return Vec(expr)
 
     def variance(self, kw: S.Kwarg) -> sp.Expr:
         v = self.scalar(kw.value, f"a number for {kw.name}=")
         if v.is_negative:
-            raise TPError(f"{kw.name}= is a variance and must be >= 0, got {v}", kw.value.span,
-                          "variances are sigma^2; use a non-negative number")
-        return v
+            raise TPError(f"{kw.name}= is a variance and must be >= 0, got {_show(v)}",
+                          kw.value.span, "variances are sigma^2; use a non-negative number")
+        return self.in_range(v, kw.value.span, f"{kw.name}=")
 
     # --- statements ----------------------------------------------------------------------
 
@@ -323,6 +371,12 @@ class _Lowerer:
                 v = self.scalar(kw.value, f"a rational number for {kw.name}=")
                 if not v.is_Rational:
                     raise TPError(f"{kw.name}= must be a rational number, got {v}", kw.value.span)
+                if abs(v) > MAX_ABC_EXPONENT:
+                    raise TPError(f"{kw.name}= is {_show(v)}, beyond the largest width exponent "
+                                  f"({MAX_ABC_EXPONENT})", kw.value.span,
+                                  "width ** exponent must stay finite in float64 for the "
+                                  "finite networks (tpc coordcheck); exponents are small "
+                                  "rationals such as 0, 1/2, 1")
                 vals[kw.name] = Fraction(int(v.p), int(v.q))
             missing = [k for k in ("a", "b", "c") if k not in vals]
             if missing:
@@ -424,6 +478,9 @@ class _Lowerer:
 
     def expr_Number(self, e: S.Number):
         f = _fraction(e.text, e.span)
+        if abs(f) > MAX_NUMBER:
+            raise TPError(f"the number {_show(sp.Rational(f.numerator, f.denominator))} is out of "
+                          f"range", e.span, NUMBER_HINT)
         return Scalar(_check_finite(sp.Rational(f.numerator, f.denominator), e.span))
 
     def expr_Name(self, e: S.Name):
@@ -471,25 +528,25 @@ class _Lowerer:
         x = a.value if isinstance(a, Scalar) else a.expr
         y = b.value if isinstance(b, Scalar) else b.expr
         if e.op == "+":
-            return Vec(x + y)
+            return self.vec(x + y, e.span)
         if e.op == "-":
-            return Vec(x - y)
+            return self.vec(x - y, e.span)
         if e.op == "*":
-            return Vec(x * y)
+            return self.vec(x * y, e.span)
         if e.op == "/":
             if isinstance(b, Vec):
                 raise TPError("division by a vector is not supported", e.right.span,
                               "divide by constants only; 1/h is not integrable for Gaussian h")
             if y == 0:
                 raise TPError("division by zero", e.right.span)
-            return Vec(x / y)
+            return self.vec(x / y, e.span)
         # e.op == "**"
         if isinstance(b, Vec):
             raise TPError("an exponent must be a constant integer, not a vector", e.right.span)
         if not (y.is_Integer and 0 <= int(y) <= MAX_POWER):
             raise TPError(f"a vector can only be raised to an integer power 0..{MAX_POWER}, "
-                          f"got {y}", e.right.span, "use a non-negative integer exponent")
-        return Vec(x ** int(y))
+                          f"got {_show(y)}", e.right.span, "use a non-negative integer exponent")
+        return self.vec(x ** int(y), e.span)
 
     def _scalar_op(self, op, x, y, e) -> sp.Expr:
         if op == "/" and y == 0:
@@ -529,13 +586,13 @@ class _Lowerer:
             params, build = BUILTINS[e.func]
             z = self._one_vector_arg(e)
             kw = self._keywords(e, params)
-            return Vec(build(z, **kw))
+            return self.vec(build(z, **kw), e.span)
         if e.func in self.env:
             f = self.env[e.func]
             if not isinstance(f, Act):
                 raise TPError(f"'{e.func}' is {_what(f)}, not a function", e.span)
             z = self._one_vector_arg(e, allow_kwargs=False)
-            return Vec(f.body.xreplace({f.param: z}))
+            return self.vec(f.body.xreplace({f.param: z}), e.span)
         hint = did_you_mean(e.func, [*BUILTINS, "dense", "readout",
                                      *(n for n, v in self.env.items() if isinstance(v, Act))])
         raise TPError(f"unknown function '{e.func}'", e.span,
@@ -562,7 +619,8 @@ class _Lowerer:
                 names = ", ".join(f"{p}=" for p in params) or "no keyword arguments"
                 raise TPError(f"{e.func}() has no parameter '{kw.name}'", kw.span,
                               did_you_mean(kw.name, params) or f"{e.func}() takes {names}")
-            out[kw.name] = self.scalar(kw.value, f"a number for {kw.name}=")
+            value = self.scalar(kw.value, f"a number for {kw.name}=")
+            out[kw.name] = self.in_range(value, kw.value.span, f"{kw.name}=")
         for p, default in params.items():
             if p not in out:
                 if default is None:
@@ -688,63 +746,101 @@ class _ActBody:
                           f"an act body may use only '{self.param}', constants and functions")
         if isinstance(e, S.Neg):
             return -self.expr(e.operand)
-        if isinstance(e, S.BinOp):
-            a, b = self.expr(e.left), self.expr(e.right)
-            if e.op == "+":
-                return a + b
-            if e.op == "-":
-                return a - b
-            if e.op == "*":
-                return a * b
-            if e.op == "/":
-                if b.has(self.z):
-                    raise TPError("division by an expression in the variable is not supported",
-                                  e.right.span, "divide by constants only")
-                if b == 0:
-                    raise TPError("division by zero", e.right.span)
-                return a / b
-            if not b.is_number:
-                raise TPError("an exponent must be a constant integer", e.right.span)
-            if a.has(self.z):
-                if not (b.is_Integer and 0 <= int(b) <= MAX_POWER):
-                    raise TPError(f"the variable can only be raised to an integer power "
-                                  f"0..{MAX_POWER}, got {b}", e.right.span)
-                return a ** int(b)
-            return self.outer._scalar_op("**", a, b, e)
-        if isinstance(e, S.Call):
-            if e.func == self.name:
-                raise TPError(f"act '{self.name}' calls itself; acts cannot be recursive", e.span)
-            if e.func in ("dense", "readout"):
-                raise TPError(f"{e.func}() cannot be used inside an act", e.span,
-                              "an act is an elementwise function; apply dense() outside it")
-            if len(e.args) != 1:
-                raise TPError(f"{e.func}() takes 1 positional argument, got {len(e.args)}",
-                              e.span)
-            f = self.outer.env.get(e.func)
-            if e.func not in BUILTINS and not isinstance(f, Act):
-                hint = did_you_mean(e.func, [*BUILTINS, *(n for n, v in self.outer.env.items()
-                                                          if isinstance(v, Act))])
-                raise TPError(f"unknown function '{e.func}' in act '{self.name}'", e.span,
-                              hint or "acts may call built-in functions and earlier acts")
-            self.outer._check_unique_kwargs(e.kwargs)
-            z = self.expr(e.args[0])
-            if not z.has(self.z):  # relu(1) would stay an unevaluated constant in the IR
-                raise TPError(f"{e.func}() needs an argument that depends on '{self.param}', "
-                              f"got a constant", e.args[0].span,
-                              "functions apply to vectors; fold constants by hand")
-            if e.func in BUILTINS:
-                params, build = BUILTINS[e.func]
-                for kw in e.kwargs:  # evaluated as constants outside the act: no variable here
-                    if kw.name in params and self.expr(kw.value).has(self.z):
-                        raise TPError(f"{kw.name}= must be a constant, not an expression in "
-                                      f"'{self.param}'", kw.value.span)
-                return build(z, **self.outer._keywords(e, params))
-            if e.kwargs:
-                raise TPError(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
-            return f.body.xreplace({f.param: z})
+        if isinstance(e, (S.BinOp, S.Call)):
+            out = self._binop(e) if isinstance(e, S.BinOp) else self._call(e)
+            if out.has(self.z):  # constants alone are checked as constants (<= 1e300)
+                check_scale(out, e.span, self.outer.scales)
+            return out
         if isinstance(e, S.Index):
             raise TPError(f"act '{self.name}' cannot index '{e.name}'", e.span)
         raise AssertionError(e)
+
+    def _binop(self, e: S.BinOp) -> sp.Expr:
+        a, b = self.expr(e.left), self.expr(e.right)
+        if e.op == "+":
+            return a + b
+        if e.op == "-":
+            return a - b
+        if e.op == "*":
+            return a * b
+        if e.op == "/":
+            if b.has(self.z):
+                raise TPError("division by an expression in the variable is not supported",
+                              e.right.span, "divide by constants only")
+            if b == 0:
+                raise TPError("division by zero", e.right.span)
+            return a / b
+        if not b.is_number:
+            raise TPError("an exponent must be a constant integer", e.right.span)
+        if a.has(self.z):
+            if not (b.is_Integer and 0 <= int(b) <= MAX_POWER):
+                raise TPError(f"the variable can only be raised to an integer power "
+                              f"0..{MAX_POWER}, got {_show(b)}", e.right.span)
+            return a ** int(b)
+        return self.outer._scalar_op("**", a, b, e)
+
+    def _call(self, e: S.Call) -> sp.Expr:
+        if e.func == self.name:
+            raise TPError(f"act '{self.name}' calls itself; acts cannot be recursive", e.span)
+        if e.func in ("dense", "readout"):
+            raise TPError(f"{e.func}() cannot be used inside an act", e.span,
+                          "an act is an elementwise function; apply dense() outside it")
+        if len(e.args) != 1:
+            raise TPError(f"{e.func}() takes 1 positional argument, got {len(e.args)}", e.span)
+        f = self.outer.env.get(e.func)
+        if e.func not in BUILTINS and not isinstance(f, Act):
+            hint = did_you_mean(e.func, [*BUILTINS, *(n for n, v in self.outer.env.items()
+                                                      if isinstance(v, Act))])
+            raise TPError(f"unknown function '{e.func}' in act '{self.name}'", e.span,
+                          hint or "acts may call built-in functions and earlier acts")
+        self.outer._check_unique_kwargs(e.kwargs)
+        z = self.expr(e.args[0])
+        if not z.has(self.z):  # relu(1) would stay an unevaluated constant in the IR
+            raise TPError(f"{e.func}() needs an argument that depends on '{self.param}', "
+                          f"got a constant", e.args[0].span,
+                          "functions apply to vectors; fold constants by hand")
+        if e.func in BUILTINS:
+            params, build = BUILTINS[e.func]
+            for kw in e.kwargs:  # evaluated as constants outside the act: no variable here
+                if kw.name in params and self.expr(kw.value).has(self.z):
+                    raise TPError(f"{kw.name}= must be a constant, not an expression in "
+                                  f"'{self.param}'", kw.value.span)
+            return build(z, **self.outer._keywords(e, params))
+        if e.kwargs:
+            raise TPError(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
+        return f.body.xreplace({f.param: z})
+
+
+def check_scale(expr: sp.Expr, span: Span | None, memo: dict) -> None:
+    """TPError when a vector expression is too large for float64 kernels (MAX_LOG_SCALE)."""
+    own, worst = log_scale(expr, memo)
+    if worst <= MAX_LOG_SCALE:
+        return
+    # the smallest sub-expression over the limit says what made it so large
+    culprit = expr
+    while True:
+        bigger = [a for a in culprit.args if log_scale(a, memo)[1] > MAX_LOG_SCALE]
+        if not bigger:
+            break
+        culprit = bigger[0]
+    size = log_scale(culprit, memo)[0]
+    hint = RANGE_HINT
+    if culprit.is_number:
+        what = f"the constant {_show(culprit)}"
+    elif isinstance(culprit, sp.exp):
+        if bounded_above(culprit.args[0]):
+            top = interval(culprit.args[0])[1]
+            what = f"exp() of an argument up to {top:.3g} reaches about 1e{size:.0f}"
+            hint = "lower the constant added to exp's argument"
+        else:
+            what = (f"exp() of an argument that is not bounded above reaches about "
+                    f"1e{size:.0f} where the vectors in its argument are of size 1")
+            hint = ("the kernel of exp(c * g) grows like e^(2 c^2 q): scale its argument down "
+                    "(exp(-c * g ** 2) and other arguments bounded above have no such limit)")
+    else:
+        what = f"its coefficients multiply to about 1e{size:.0f}"
+    raise TPError(f"this expression is too large for float64 kernels: {what}, more than "
+                  f"1e100", span, hint)
 
 
 def lower(module: S.Module) -> ir.Program:

@@ -214,14 +214,23 @@ def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return arrays
 
 
-def tensor_order(dim: int, polar: bool) -> int:
+#: raised orders of every rule for the accuracy probe (tpcompiler/accuracy.py): the difference
+#: between a rule and its raised twin estimates the rule's error (both converge
+#: geometrically on what reaches them, so the raised one's error is much smaller)
+BOOSTED = {"tensor": {1: 160, 2: 64, 3: 20, 4: 12}, "product": {1: 28, 2: 14},
+           "polar": {0: (40, 40), 1: (18, 20), 2: (16, 18)}, "split": (14, 10)}
+
+
+def tensor_order(dim: int, polar: bool, boost: bool = False) -> int:
     """Half-range order per axis of a tensor block of `dim` coordinates."""
+    if boost:
+        return BOOSTED["product" if polar else "tensor"][dim]
     return PRODUCT_ORDER[dim] if polar else DEFAULT_ORDER[dim]
 
 
-def polar_order(tensor_dim: int) -> tuple[int, int]:
+def polar_order(tensor_dim: int, boost: bool = False) -> tuple[int, int]:
     """(Legendre nodes per arc, radial nodes) of a polar block next to a tensor block."""
-    return POLAR_ORDER[tensor_dim]
+    return BOOSTED["polar"][tensor_dim] if boost else POLAR_ORDER[tensor_dim]
 
 
 #: a pivot c_jj - sum_m l_jm^2 at most SNAP * c_jj is rounding noise: taken as 0 (the rule of
@@ -347,6 +356,122 @@ def vanishing_arcs(expr: sp.Expr, kinked: tuple, forms: tuple) -> tuple[int, ...
     return tuple(out)
 
 
+# --- the split rule: kinks and jumps off the origin (NumPy; backends/numba.py generates it) --
+
+#: edges of the fixed panels of the split rule, in a whitened coordinate: narrow where the
+#: Gaussian weight has its mass, wider in the tails, truncated at +-12 (P(|w| > 12) = 4e-33)
+SPLIT_EDGES = (-12.0, -8.5, -6.5, -5.0, -4.0, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0,
+               0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.5, 12.0)
+#: Gauss-Legendre nodes per panel piece: the outer (first) axis, and the inner one of a 2-D
+#: integral. Measured against mpmath (panels as above, split at the kinks): at 12 nodes
+#: tanh(sqrt(10) w)^2 and tanh(sqrt(10) w + 3)^2 within 5e-16, piecewise polynomials and steps
+#: at 2e-16; at 8 nodes 7e-11 and 2e-16. The outer axis uses the 1-D rule, so that identical
+#: points (a rank-1 covariance) give the diagonal's value.
+SPLIT_ORDER = (12, 8)
+#: the split rule integrates at most this many coordinates (its cost is a product per axis)
+MAX_SPLIT_DIM = 2
+#: an oblique kink line that is steep in the outer coordinate (inner scale w < 1) makes the
+#: inner integral a step-like function of the outer coordinate of width w around where the line
+#: crosses the outer axis: the outer axis is split there at these multiples of w
+SPLIT_RAMP = (-8.0, -3.0, -1.0, 0.0, 1.0, 3.0, 8.0)
+
+
+def split_axis(breaks: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights (Gaussian weight included), shape (R, M), of the split rule on one
+    whitened axis for R rows of breaks (R, m): the fixed panels cut at the breaks inside them,
+    Gauss-Legendre with `order` nodes on every piece (pieces of zero width, where a break is
+    outside or repeated, get weight 0)."""
+    x, w = legendre_rule(order)
+    breaks = np.atleast_2d(np.asarray(breaks, dtype=np.float64))
+    lim = SPLIT_EDGES[-1]
+    cut = np.clip(np.nan_to_num(breaks, nan=lim, posinf=lim, neginf=-lim), -lim, lim)
+    edges = np.broadcast_to(np.array(SPLIT_EDGES), (cut.shape[0], len(SPLIT_EDGES)))
+    pts = np.sort(np.concatenate([edges, cut], axis=1), axis=1)
+    half = 0.5 * (pts[:, 1:] - pts[:, :-1])
+    mid = 0.5 * (pts[:, 1:] + pts[:, :-1])
+    t = mid[:, :, None] + half[:, :, None] * x
+    wt = half[:, :, None] * w * np.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+    return t.reshape(len(t), -1), wt.reshape(len(t), -1)
+
+
+def split_betas(low: np.ndarray, breaks) -> list[tuple[np.ndarray, float]]:
+    """Each kink r . z + c = 0 of `breaks` in whitened coordinates, z = L n: (beta, c) with
+    beta = L^T r."""
+    k = low.shape[-1]
+    return [(np.asarray(low).T @ np.asarray(b[:k], dtype=np.float64), float(b[k]))
+            for b in breaks]
+
+
+def outer_breaks(beta: np.ndarray, c: float, ramp: bool = True) -> list[float]:
+    """Breaks of the first whitened axis for one kink (see SPLIT_RAMP; soft breaks, which
+    are no kinks, get none around an oblique line)."""
+    if beta[0] == 0.0:
+        return []
+    at = -c / beta[0]
+    if len(beta) == 1 or beta[1] == 0.0:
+        return [at]
+    if not ramp:
+        return []
+    w = abs(beta[1] / beta[0])
+    return [at + m * w for m in SPLIT_RAMP] if w < 1.0 else []
+
+
+def split_nodes(low: np.ndarray, breaks, boost: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Whitened nodes (M, k) and weights (M,) of the split rule for one covariance factor L
+    (k = 1 or 2): the outer axis cut at the kinks that depend on it alone (and around steep
+    oblique ones), the inner axis per outer node at the kinks' exact crossing."""
+    k = low.shape[-1]
+    orders = BOOSTED["split"] if boost else SPLIT_ORDER
+    betas = split_betas(low, breaks)
+    outer = [t for (beta, c), row in zip(betas, breaks)
+             for t in outer_breaks(beta, c, not is_soft(row, k))]
+    x0, w0 = split_axis(np.array([outer]).reshape(1, -1), orders[0])
+    x0, w0 = x0[0], w0[0]
+    if k == 1:
+        return x0[:, None], w0
+    cols = [-(c + beta[0] * x0) / beta[1] for beta, c in betas if beta[1] != 0.0]
+    inner = np.stack(cols, axis=1) if cols else np.zeros((len(x0), 0))
+    x1, w1 = split_axis(inner, orders[1])  # (M0, M1)
+    nodes = np.stack([np.broadcast_to(x0[:, None], x1.shape), x1], axis=-1)
+    return nodes.reshape(-1, 2), (w0[:, None] * w1).reshape(-1)
+
+
+#: soft breaks of the careful split rule, in the coordinates z themselves (not whitened):
+#: where smooth nonlinearities turn (tanh, sigmoid, softplus: poles at distance ~pi/2 from the
+#: real axis), which at a large variance is a narrow band of whitened coordinates that the
+#: fixed panels alone do not resolve. With them the split rule at SPLIT_ORDER is within 1e-14
+#: of scipy's dblquad on tanh(u)^2 tanh(v)^2 for variances 4 to 40 and correlations up to
+#: 0.999 (the half-range tensor rule at 32: up to 1e-6)
+SOFT_BREAKS = (0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 4.0, -4.0)
+
+
+def is_soft(row, k: int) -> bool:
+    """A soft break is a row (r, c, 1.0) (one longer than a kink's (r, c)): the split rule cuts
+    there too, but puts no ramp of outer breaks around it (it is no jump)."""
+    return len(row) == k + 2
+
+
+def careful_rows(expr: sp.Expr, k: int) -> tuple[tuple[float, ...], ...]:
+    """Breaks of the careful split rule for expr in k coordinates: its affine kinks and the
+    soft breaks of every coordinate (a kink at a soft break's place keeps its ramp)."""
+    soft = {tuple(1.0 if j == i else 0.0 for j in range(k)) + (-b + 0.0, 1.0)
+            for i in range(k) for b in SOFT_BREAKS}
+    return tuple(sorted(set(kink_rows(expr, k)) | soft))
+
+
+def kink_rows(expr: sp.Expr, k: int) -> tuple[tuple[float, ...], ...]:
+    """Every kink of expr (a KINKED function of an affine argument) as a row (r, c) of floats:
+    {r . z + c = 0}; non-affine kink arguments are left out."""
+    zs = [sp.Symbol(f"z{i}", real=True) for i in range(k)]
+    rows = set()
+    for f in expr.atoms(*KINKED):
+        row = _linear_row(f.args[0], zs, constant=True)
+        if row is not None and any(c != 0 for c in row):
+            const = sp.expand(f.args[0] - sum(c * z for c, z in zip(row, zs)))
+            rows.add(tuple(float(c) for c in row) + (float(const),))
+    return tuple(sorted(rows))
+
+
 # --- the compile-time choice -----------------------------------------------------------------
 
 
@@ -374,7 +499,8 @@ def _direction(row: list) -> tuple[float, ...]:
     return tuple(0.0 if c == 0 else round(float(c / lead), 14) + 0.0 for c in row)
 
 
-def plan(expr: sp.Expr, cov) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple, ...]]:
+def plan(expr: sp.Expr, cov) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple, ...],
+                                      tuple[tuple, ...]]:
     """The rule for E[expr(z0..z{k-1})], z ~ N(0, cov) (cov: k x k sympy entries, a sympy zero
     meaning uncorrelated): (pivot, kinked, kink_forms).
 
@@ -390,17 +516,28 @@ def plan(expr: sp.Expr, cov) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tu
     kinked: () or the polar pair (s0, s1); kink_forms: its breakpoint lines as rows (a0, a1) of
     floats over (s0, s1), each line once (kink lines, and the lines where an affine argument of a
     smooth function of the pair vanishes); pivot: the other coordinates, in the order of the
-    factorisation after the pair."""
+    factorisation after the pair.
+
+    breaks: () or, for the split rule (kinks off the origin, relu(z0 + 1), in at most
+    MAX_SPLIT_DIM coordinates), every kink as a row (r_0, ..., r_{k-1}, c) of floats:
+    {r . z + c = 0}; the rule then integrates in natural order."""
     k = len(cov)
     zs = [sp.Symbol(f"z{i}", real=True) for i in range(k)]
-    natural = (tuple(range(k)), (), ())
+    natural = (tuple(range(k)), (), (), ())
     rows = []
+    breaks = set()
     for f in expr.atoms(*KINKED):
-        row = _linear_row(f.args[0], zs)
+        row = _linear_row(f.args[0], zs, constant=True)
         if row is None:
-            return natural  # a kink that is not on a hyperplane through the origin
+            return natural  # a kink that is not on a hyperplane (the accuracy probe measures)
+        const = sp.expand(f.args[0] - sum(c * z for c, z in zip(row, zs)))
         if any(c != 0 for c in row):
             rows.append(row)
+            breaks.add(tuple(float(c) for c in row) + (float(const),))
+    if any(b[-1] != 0.0 for b in breaks):
+        if k <= MAX_SPLIT_DIM:
+            return tuple(range(k)), (), (), tuple(sorted(breaks))
+        return natural
     if not rows:
         return natural
     kset = sorted({i for r in rows for i, c in enumerate(r) if c != 0})
@@ -429,7 +566,7 @@ def plan(expr: sp.Expr, cov) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tu
     others = [i for g in groups_sorted if len(g) > 1 and g is not pair for i in g]
     rest = [i for i in range(k) if i not in kset]
     if pair is None:
-        return tuple(singles + others + rest), (), ()
+        return tuple(singles + others + rest), (), (), ()
     lines = {tuple(d[i] for i in pair) for d in map(_direction, rows)
              if any(d[i] != 0 for i in pair)}
     # also split where a smooth function's affine argument has its linear part in the pair:
@@ -446,4 +583,4 @@ def plan(expr: sp.Expr, cov) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tu
             lines.add(tuple(d[i] for i in pair))
     if len(lines) == 1:  # arcs of pi are too long for the angular rule: add the axes
         lines = {_direction(list(d)) for d in lines | {(1.0, 0.0), (0.0, 1.0)}}
-    return tuple(singles + others + rest), tuple(pair), tuple(sorted(lines))
+    return tuple(singles + others + rest), tuple(pair), tuple(sorted(lines)), ()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import math
 import os
 
 import numba
@@ -23,7 +24,13 @@ import sympy as sp
 from .. import __version__, series
 from ..kernel_program import Integrand, KernelProgram, twin
 from ..quadrature import (
+    DEFAULT_ORDER,
     SNAP,
+    SPLIT_EDGES,
+    SPLIT_ORDER,
+    SPLIT_RAMP,
+    careful_rows,
+    is_soft,
     legendre_rule,
     polar_order,
     rayleigh_rule,
@@ -107,6 +114,8 @@ def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[s
     outermost loop where its coordinates are known (tanh(z2 + relu(z0)) once per (polar node,
     first tensor axis), not once per node). Scalar code and module-level constant arrays only
     (no allocation), so that any numba target can compile it; `jit` is the decorator."""
+    if q.breaks:
+        return _split_source(q, printer, jit)
     name, dim, itg = f"quad{q.dim}_{q.name}", q.dim, q.name
     order = list(q.kinked) + list(q.pivot)
     npol = len(q.kinked)  # the pair's whitened coordinates are w0, w1 (positions 0, 1)
@@ -159,8 +168,22 @@ def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[s
 
     tri = [f"c{i}{j}" for i in range(dim) for j in range(i + 1)]
     if not npol:
+        rank1 = []
+        if dim == 2:
+            # a rank-1 covariance (identical points): the 1-D rule along w0, as the diagonal's
+            # integral takes it (the 2-D rule would be the 1-D rule at the 2-D order)
+            xline, wline = rule(DEFAULT_ORDER[1])
+            lines += [f"LINEX_{itg} = {_array_literal(xline)}",
+                      f"LINEW_{itg} = {_array_literal(wline)}",
+                      jit, f"def _line_{itg}(l00, l10):", "    acc = 0.0",
+                      f"    for k in range({len(xline)}):",
+                      f"        z{order[0]} = l00 * LINEX_{itg}[k]",
+                      f"        z{order[1]} = l10 * LINEX_{itg}[k]"]
+            lines += [f"        {ln}" for lev in (-1, 0, 1) for ln in placed.get(lev, [])]
+            lines += [f"        acc += LINEW_{itg}[k] * ({value})", "    return acc", ""]
+            rank1 = ["    if l11 == 0.0:", f"        return _line_{itg}(l00, l10)"]
         lines += [jit, f"def {name}({', '.join(tri)}):"]
-        lines += _cholesky_lines("l", order) + inner("    ", "acc") + ["    return acc", ""]
+        lines += _cholesky_lines("l", order) + rank1 + inner("    ", "acc") + ["    return acc", ""]
         return lines
 
     nleg, nrad = polar_order(ntens)
@@ -188,6 +211,18 @@ def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[s
     lines += [f"            m{a} = l{a}0 * w0 + l{a}1 * w1" for a in range(2, dim)]
     lines += inner("            ", "val")
     lines += [f"            acc += wa * RADW_{itg}[k] * val", "    return acc", ""]
+    # a rank-1 pair (identical points, l11 = 0): the integral is 1-D along w0, taken by the
+    # 1-D rule, as the diagonal's integral is (the wedges would be half-planes, where the
+    # angular rule is far less accurate: 3e-9 against 1e-16)
+    xline, wline = rule(DEFAULT_ORDER[1])
+    lines += [f"LINEX_{itg} = {_array_literal(xline)}", f"LINEW_{itg} = {_array_literal(wline)}",
+              jit, f"def _line_{itg}({', '.join(low)}):", "    acc = 0.0",
+              f"    for k in range({len(xline)}):", f"        w0 = LINEX_{itg}[k]",
+              "        w1 = 0.0",
+              f"        z{order[0]} = {coord(0)}", f"        z{order[1]} = {coord(1)}"]
+    lines += [f"        m{a} = l{a}0 * w0 + l{a}1 * w1" for a in range(2, dim)]
+    lines += inner("        ", "val")
+    lines += [f"        acc += LINEW_{itg}[k] * val", "    return acc", ""]
 
     vanishing = vanishing_arcs(q.expr, q.kinked, q.kink_forms)
     if vanishing:
@@ -204,6 +239,7 @@ def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[s
 
     lines += [jit, f"def {name}({', '.join(tri)}):"]
     lines += _cholesky_lines("l", order)
+    lines += ["    if l11 == 0.0:", f"        return _line_{itg}({', '.join(low)})"]
     # the rays of the lines {a . s = 0}: t = atan2(b0, -b1) and t + pi, b = L_ss^T a
     angles = []
     for k, (a0, a1) in enumerate(q.kink_forms):
@@ -230,6 +266,131 @@ def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[s
         else:
             lines.append(f"    {call}")
     lines += ["    return acc", ""]
+    return lines
+
+
+def _split_source(q: Integrand, printer: KernelPrinter, jit: str = JIT,
+                  nodes: bool = False) -> list[str]:
+    """Source of quad<dim>_<name> by the split rule (quadrature.split_nodes: the same panels,
+    breaks and arithmetic): per axis a loop over the fixed panels, each cut at the breaks inside
+    it by repeatedly taking the nearest break above (no arrays, no sorting: scalar code any
+    numba target compiles), Gauss-Legendre on every piece; the inner axis' breaks are where
+    each kink line crosses it, given the outer node. nodes=True: instead a function
+    _nodes_<name>(lower triangle of C) returning the rule's nodes z (M, dim) and weights (M,)
+    (CPU only: it allocates), whatever q.expr is: one per set of breaks, shared by the
+    integrands that use them."""
+    name, dim, itg = f"quad{q.dim}_{q.name}", q.dim, q.name
+    if nodes:
+        name = f"_nodes_{q.name}"
+    temps, body = _integrand_cse(q.expr)
+    level = {f"z{i}": i for i in range(dim)}
+    placed: dict[int, list[str]] = {}
+    for sym, e in temps:
+        lev = max([level[x.name] for x in e.free_symbols] or [0])
+        level[sym.name] = lev
+        placed.setdefault(lev, []).append(f"{sym} = {printer.doprint(e)}")
+    value = printer.doprint(body)
+    none = "1e300"  # no break on this axis: never inside a panel
+    edges = np.array(SPLIT_EDGES)
+    lines = [f"SPE_{itg} = {_array_literal(edges)}"]
+    for a in range(dim):
+        x, w = legendre_rule(SPLIT_ORDER[a])
+        lines += [f"SPX{a}_{itg} = {_array_literal(x)}", f"SPW{a}_{itg} = {_array_literal(w)}"]
+    tri = [f"c{i}{j}" for i in range(dim) for j in range(i + 1)]
+    lines += [jit, f"def {name}({', '.join(tri)}):"]
+    lines += _cholesky_lines("l", list(range(dim)))
+    if nodes:
+        # at most (panels + breaks) pieces per axis
+        per_axis = [(len(SPLIT_EDGES) - 1 + len(q.breaks) * len(SPLIT_RAMP)) * SPLIT_ORDER[a]
+                    for a in range(dim)]
+        lines += [f"    zs = np.empty(({int(np.prod(per_axis))}, {dim}))",
+                  f"    ws = np.empty({int(np.prod(per_axis))})", "    cnt = 0"]
+        placed = {}
+        store = ([f"zs[cnt, {i}] = z{i}" for i in range(dim)]
+                 + [f"ws[cnt] = {' * '.join(f'g{i}' for i in range(dim))}", "cnt += 1"])
+    outer: list[str] = []
+    for j, row in enumerate(q.breaks):
+        r, c = row[:dim], row[dim]
+        for a in range(dim):  # beta = L^T r
+            terms = " + ".join(f"{r[i]!r} * l{i}{a}" for i in range(a, dim))
+            lines.append(f"    b{j}_{a} = {terms}")
+        if dim == 1:
+            lines.append(f"    o{j} = -({c!r}) / b{j}_0 if b{j}_0 != 0.0 else {none}")
+            outer.append(f"o{j}")
+            continue
+        if is_soft(row, dim):  # no ramp around a soft break (quadrature.outer_breaks)
+            lines.append(f"    o{j} = -({c!r}) / b{j}_0 if b{j}_0 != 0.0 and b{j}_1 == 0.0 "
+                         f"else {none}")
+            outer.append(f"o{j}")
+            continue
+        lines += [f"    if b{j}_0 != 0.0 and abs(b{j}_1) < abs(b{j}_0):",
+                  f"        a{j} = -({c!r}) / b{j}_0",
+                  f"        v{j} = abs(b{j}_1 / b{j}_0)",
+                  "    else:", f"        a{j} = {none}", f"        v{j} = 0.0"]
+        for m, f in enumerate(SPLIT_RAMP):
+            lines.append(f"    o{j}_{m} = a{j} + {f!r} * v{j}")
+            outer.append(f"o{j}_{m}")
+
+    def axis(a: int, breaks: list[str], ind: str, target: str, inner: list[str]) -> list[str]:
+        out = [f"{ind}{target} = 0.0",
+               f"{ind}for p{a} in range({len(edges) - 1}):",
+               f"{ind}    lo{a} = SPE_{itg}[p{a}]",
+               f"{ind}    top{a} = SPE_{itg}[p{a} + 1]",
+               f"{ind}    while lo{a} < top{a}:",
+               f"{ind}        hi{a} = top{a}"]
+        for b in breaks:
+            out += [f"{ind}        if {b} > lo{a} and {b} < hi{a}:",
+                    f"{ind}            hi{a} = {b}"]
+        out += [f"{ind}        half{a} = 0.5 * (hi{a} - lo{a})",
+                f"{ind}        mid{a} = 0.5 * (hi{a} + lo{a})",
+                f"{ind}        for i{a} in range({SPLIT_ORDER[a]}):",
+                f"{ind}            n{a} = mid{a} + half{a} * SPX{a}_{itg}[i{a}]",
+                f"{ind}            g{a} = half{a} * SPW{a}_{itg}[i{a}] * "
+                f"math.exp(-0.5 * n{a} * n{a}) * {1.0 / math.sqrt(2.0 * math.pi)!r}",
+                f"{ind}            z{a} = " + " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))]
+        out += [f"{ind}            {line}" for line in placed.get(a, [])]
+        out += [f"{ind}            {line}" for line in inner]
+        out.append(f"{ind}        lo{a} = hi{a}")
+        return out
+
+    if dim == 1:
+        lines += axis(0, outer, "    ", "acc", store if nodes else [f"acc += g0 * ({value})"])
+    else:
+        inner_breaks = []
+        pre = []
+        for j, row in enumerate(q.breaks):
+            pre.append(f"t{j} = -({row[dim]!r} + b{j}_0 * n0) / b{j}_1 if b{j}_1 != 0.0 "
+                       f"else {none}")
+            inner_breaks.append(f"t{j}")
+        body1 = axis(1, inner_breaks, "", "s1", store if nodes else [f"s1 += g1 * ({value})"])
+        lines += axis(0, outer, "    ", "acc", pre + body1 + ([] if nodes else ["acc += g0 * s1"]))
+    lines += ["    return zs[:cnt], ws[:cnt]" if nodes else "    return acc", ""]
+    return lines
+
+
+def _careful_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str) -> list[str]:
+    """quad2_<name>fb for every integrand of the series plan: the careful split rule
+    (quadrature.careful_rows) where the series is not accurate enough (large variance, |rho|
+    near 1: where the integrand's production rule is least accurate too). The soft breaks are
+    the same for all these smooth integrands, so one node function serves them all (a
+    generated rule per integrand would cost seconds of compile time each)."""
+    lines: list[str] = []
+    shared = Integrand("careful2", 2, sp.S.Zero, breaks=careful_rows(sp.S.Zero, 2))
+    lines += _split_source(shared, printer, jit, nodes=True)
+    for quad, expr in dict.fromkeys((type(c.call).__name__, c.integrand) for c in plan.calls):
+        fb = Integrand(quad.split("_", 1)[1] + "fb", 2, expr, breaks=careful_rows(expr, 2))
+        if fb.breaks != shared.breaks:  # kinks of its own: a rule of its own
+            lines += _split_source(fb, printer, jit)
+            continue
+        temps, body = _integrand_cse(expr)
+        lines += [jit, f"def quad2_{fb.name}(c00, c10, c11):",
+                  "    zs, ws = _nodes_careful2(c00, c10, c11)",
+                  "    acc = 0.0",
+                  "    for m in range(ws.shape[0]):",
+                  "        z0 = zs[m, 0]",
+                  "        z1 = zs[m, 1]"]
+        lines += [f"        {sym} = {printer.doprint(e)}" for sym, e in temps]
+        lines += [f"        acc += ws[m] * ({printer.doprint(body)})", "    return acc", ""]
     return lines
 
 
@@ -280,8 +441,13 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
                   f"        {z1} = sb * SER_X[m]",
                   f"        acc += SER_W[m] * ({printer.doprint(expr)})",
                   "    return acc", ""]
+    # where the series is not accurate enough (large variance, |rho| near 1), the careful
+    # split rule (quadrature.careful_rows), not the integrand's production rule, which is
+    # least accurate exactly there
+    lines += _careful_source(plan, printer, jit)
     for c in plan.calls:
-        quad = printer.doprint(type(c.call)(*sp.symbols("c00 c10 c11")))
+        quad = printer.doprint(sp.Function(type(c.call).__name__ + "fb")(
+            *sp.symbols("c00 c10 c11")))
         lines += [inline, f"def {c.name}(c00, c10, c11, D1, D2, i, j):",
                   "    rho = correlation(c00, c10, c11)",
                   f"    if abs(rho) >= {1.0 - series.UNIT!r}:",

@@ -6,6 +6,7 @@ point (diag) or pair (cross) is one element of a broadcast array; helpers run el
 
 from __future__ import annotations
 
+import contextvars
 import math
 
 import numpy as np
@@ -15,11 +16,16 @@ from .. import functions as F
 from .. import helpers, series
 from ..kernel_program import KernelProgram, twin
 from ..quadrature import (
+    DEFAULT_ORDER,
+    MAX_SPLIT_DIM,
     arc_keep,
+    careful_rows,
     cholesky_psd,
     grid,
     polar_nodes,
     polar_order,
+    rule,
+    split_nodes,
     tensor_order,
     vanishing_arcs,
 )
@@ -108,10 +114,23 @@ def _quadrature(program: KernelProgram, name: str, tri: list, call: sp.Expr | No
         for j in range(i + 1):
             c[..., i, j] = c[..., j, i] = tri[pos]
             pos += 1
-    plan = _series_calls(program).get(call)
-    if plan is None:
-        return expectation(itg, c)
-    return _series(plan, itg, c)
+    plan = None if BOOST.get() or not SERIES.get() else _series_calls(program).get(call)
+    value = expectation(itg, c) if plan is None else _series(plan, itg, c)
+    rec = RECORD.get()
+    if rec is not None:
+        rec.append((itg.name, c.reshape(-1, k, k), np.broadcast_to(value, shape).reshape(-1)))
+    return value
+
+
+#: when set, every quadrature uses the raised orders of quadrature.BOOSTED (and no series):
+#: the accuracy probe (tpcompiler/accuracy.py) compares the two evaluations
+BOOST: contextvars.ContextVar[bool] = contextvars.ContextVar("BOOST", default=False)
+#: cleared, the Mehler series is not used (every expectation by its quadrature rule: what the
+#: CUDA backend computes, which has no series)
+SERIES: contextvars.ContextVar[bool] = contextvars.ContextVar("SERIES", default=True)
+#: when set to a list, every quadrature call appends (integrand name, covariances (n, k, k),
+#: values (n,))
+RECORD: contextvars.ContextVar[list | None] = contextvars.ContextVar("RECORD", default=None)
 
 
 _PLANS: dict[int, tuple] = {}
@@ -174,7 +193,7 @@ def _series(plan, itg, c: np.ndarray) -> np.ndarray:
         out[unit] = vals @ series.SER_W
     bad = np.isnan(out)
     if bad.any():
-        out[bad] = expectation(itg, c[bad])
+        out[bad] = _split(itg, c[bad], careful_rows(itg.expr, itg.dim))
     return out.reshape(shape)
 
 
@@ -183,8 +202,16 @@ def expectation(itg, c: np.ndarray) -> np.ndarray:
     shape = c.shape[:-2]
     k = itg.dim
     c = np.asarray(c, dtype=np.float64).reshape(-1, k, k)
+    if BOOST.get() and k <= MAX_SPLIT_DIM:
+        # raised, the careful split rule is the reference for every rule in 1-D and 2-D:
+        # small Gauss-Legendre panels, cut at every affine kink and where smooth functions
+        # turn, resolve what the half-range tensor rule does not at large variance
+        return _split(itg, c, careful_rows(itg.expr, k)).reshape(shape)
+    if itg.breaks:
+        return _split(itg, c, itg.breaks).reshape(shape)
     polar = bool(itg.kinked)
-    tnodes, tweights = grid(len(itg.pivot), tensor_order(len(itg.pivot), polar)) \
+    boost = BOOST.get()
+    tnodes, tweights = grid(len(itg.pivot), tensor_order(len(itg.pivot), polar, boost)) \
         if itg.pivot else (np.zeros((1, 0)), np.ones(1))
     per_pair = len(tweights) * (_polar_size(itg) if polar else 1)
     step = max(1, _CHUNK // per_pair)
@@ -199,7 +226,7 @@ _CHUNK = 1 << 21
 
 
 def _polar_size(itg) -> int:
-    nleg, nrad = polar_order(len(itg.pivot))
+    nleg, nrad = polar_order(len(itg.pivot), BOOST.get())
     return 2 * len(itg.kink_forms) * nleg * nrad
 
 
@@ -211,7 +238,16 @@ def _quad_chunk(itg, c: np.ndarray, tnodes: np.ndarray, tweights: np.ndarray) ->
     low = cholesky_psd(c[:, order][:, :, order])  # (n, k, k)
     env = {}
     if itg.kinked:
-        w, wp = polar_nodes(low[:, :2, :2], np.array(itg.kink_forms), polar_order(len(itg.pivot)))
+        line = low[:, 1, 1] == 0.0
+        if line.any() and not BOOST.get():
+            # a rank-1 pair: the 1-D rule along w0 (as backends/numba.py's _line_)
+            out = np.empty(n)
+            out[line] = _line_chunk(itg, low[line], tnodes, tweights)
+            if (~line).any():
+                out[~line] = _quad_chunk(itg, c[~line], tnodes, tweights)
+            return out
+        w, wp = polar_nodes(low[:, :2, :2], np.array(itg.kink_forms),
+                            polar_order(len(itg.pivot), BOOST.get()))
         zs = np.einsum("nij,npj->npi", low[:, :, :2], w)  # (n, P, k): the pair's part of z
         zt = np.einsum("nij,mj->nmi", low[:, 2:, 2:], tnodes)  # (n, M, t)
         for a, i in enumerate(order):
@@ -228,12 +264,71 @@ def _quad_chunk(itg, c: np.ndarray, tnodes: np.ndarray, tweights: np.ndarray) ->
             env = {name: np.where(np.repeat(keep, per_arc, axis=1)[:, :, None], v, 0.0)
                    for name, v in env.items()}
     else:
+        line = low[:, 1, 1] == 0.0 if itg.dim == 2 else np.zeros(n, dtype=bool)
+        if line.any() and not BOOST.get():
+            # a rank-1 covariance: the 1-D rule along w0 (as backends/numba.py's _line_)
+            out = np.empty(n)
+            x, wx = rule(DEFAULT_ORDER[1])
+            z = low[line][:, :, 0, None] * x  # (m, 2, P)
+            env = {f"z{i}": z[:, a, :] for a, i in enumerate(order)}
+            out[line] = np.broadcast_to(evaluate_expr(itg.expr, env), z[:, 0, :].shape) @ wx
+            if (~line).any():
+                out[~line] = _quad_chunk(itg, c[~line], tnodes, tweights)
+            return out
         zt = np.einsum("nij,mj->nmi", low, tnodes)  # (n, M, k)
         for a, i in enumerate(order):
             env[f"z{i}"] = zt[:, :, a]
         weights = np.broadcast_to(tweights, (n, len(tweights)))
     vals = np.broadcast_to(evaluate_expr(itg.expr, env), weights.shape)
     return np.sum((vals * weights).reshape(n, -1), axis=-1)
+
+
+def _line_chunk(itg, low: np.ndarray, tnodes: np.ndarray, tweights: np.ndarray) -> np.ndarray:
+    """A polar integrand at rank-1 pair covariances: w0 by the 1-D rule, w1 = 0, the tensor
+    block as in the polar rule."""
+    n = low.shape[0]
+    order = list(itg.kinked) + list(itg.pivot)
+    x, wx = rule(DEFAULT_ORDER[1])
+    w = np.zeros((len(x), 2))
+    w[:, 0] = x
+    zs = np.einsum("nij,pj->npi", low[:, :, :2], w)  # (n, P, k)
+    zt = np.einsum("nij,mj->nmi", low[:, 2:, 2:], tnodes)  # (n, M, t)
+    env = {}
+    for a, i in enumerate(order):
+        env[f"z{i}"] = zs[:, :, None, a] if a < 2 else zs[:, :, None, a] + zt[:, None, :, a - 2]
+    weights = np.broadcast_to(wx[None, :, None] * tweights, (n, len(x), len(tweights)))
+    vals = np.broadcast_to(evaluate_expr(itg.expr, env), weights.shape)
+    return np.sum((vals * weights).reshape(n, -1), axis=-1)
+
+
+def _split(itg, c: np.ndarray, breaks) -> np.ndarray:
+    """The split rule (quadrature.split_nodes) at these breaks, one covariance at a time: its
+    nodes depend on where each covariance puts the breaks."""
+    low = cholesky_psd(c)
+    out = np.empty(c.shape[0])
+    pending: list = []  # covariances whose nodes wait for one batched evaluation
+
+    def flush():
+        z = np.concatenate([p[1] for p in pending])
+        env = {f"z{i}": z[:, i] for i in range(itg.dim)}
+        vals = np.broadcast_to(evaluate_expr(itg.expr, env), (len(z),))
+        at = 0
+        for n, zn, wn in pending:
+            out[n] = vals[at:at + len(wn)] @ wn
+            at += len(wn)
+        pending.clear()
+
+    size = 0
+    for n in range(c.shape[0]):
+        w, wts = split_nodes(low[n], breaks, BOOST.get())
+        pending.append((n, w @ low[n].T, wts))
+        size += len(wts)
+        if size >= _CHUNK:
+            flush()
+            size = 0
+    if pending:
+        flush()
+    return out
 
 
 def _vectors(data: dict, ref):

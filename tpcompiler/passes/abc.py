@@ -879,11 +879,11 @@ def kernel_refusals(program: ir.Program, optimizer: str = "sgd") -> dict[str, st
                  (a+t, b-t, c-2t), i.e. stable, nontrivial, kernel regime with every NTK term.
       any program whose output depends on no width-n vector: both None (width-independent).
     With optimizer="adam" the NTK is always refused (no kernel describes Adam training).
-    Only the parametrization is judged: other reasons to refuse the NTK (exp() is not
-    polynomially bounded, ...) stay in passes/kernels.py. A pure function of the IR: no I/O,
-    no caching, no side effects on import; it raises TPError only for a custom block without
-    the entry a weight needs (lower() rejects those first) and ValueError for an unknown
-    optimizer."""
+    Only the parametrization is judged, and nothing else refuses a kernel: an exp() outside the
+    NTK theorem's hypotheses is computed with a TPWarning (ranges.ntk_caveats). A pure
+    function of the IR: no I/O, no caching, no side effects on import; it raises TPError only
+    for a custom block without the entry a weight needs (lower() rejects those first) and
+    ValueError for an unknown optimizer."""
     return dict(abc_table(program, optimizer).refusals)
 
 

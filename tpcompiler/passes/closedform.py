@@ -33,7 +33,7 @@ def _rt(q1, q2, k):
 SINGLE = {
     "id": lambda q: sp.S.Zero,
     "relu": lambda q: helper("relu_mean", q),
-    "step": lambda q: sp.Rational(1, 2),
+    "step": lambda q: helper("step_mean", q),
     "erf": lambda q: sp.S.Zero,
     "gauss": lambda q: 1 / sp.sqrt(1 + 2 * q),
     "gelu": lambda q: helper("gelu_mean", q),
@@ -53,7 +53,7 @@ PAIR = {
     ("gauss", "id"): lambda q1, q2, k: sp.S.Zero,
     ("relu", "relu"): lambda q1, q2, k: helper("relu_relu_rt", *_rt(q1, q2, k), k),
     ("relu", "step"): lambda q1, q2, k: helper("relu_step", q1, q2, k),
-    ("step", "step"): lambda q1, q2, k: helper("step_step_t", _rt(q1, q2, k)[1]),
+    ("step", "step"): lambda q1, q2, k: helper("step_step_q", q1, q2, _rt(q1, q2, k)[1]),
     ("erf", "erf"): lambda q1, q2, k: helper("erf_erf", q1, q2, k),
     ("gauss", "gauss"): lambda q1, q2, k: 1 / sp.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * k**2),
     ("gelu", "gelu"): lambda q1, q2, k: helper("gelu_gelu", q1, q2, k),
@@ -66,6 +66,9 @@ LATEX = {
     "step_step": r"\frac{\pi - \theta}{2\pi}",
     "relu_relu_rt": r"\frac{\sqrt{q_1 q_2 - k^2} + (\pi - \theta) k}{2\pi}",
     "step_step_t": r"\frac{\pi - \theta}{2\pi}",
+    "step_step_q": r"\frac{\pi - \theta}{2\pi}\ (0 \text{ if } q_1 q_2 = 0)",
+    "step_mean": r"\tfrac12\ (0 \text{ if } q = 0)",
+    "expm1h": r"e^{x} - 1",
     "relu_step": r"\frac{\sqrt{q_1}\,(1 + \cos\theta)}{2\sqrt{2\pi}}",
     "lin_step": r"\frac{k}{\sqrt{2\pi q_2}}",
     "relu_mean": r"\sqrt{q/2\pi}",
@@ -85,7 +88,9 @@ LATEX_NOTE = (r"\theta = \operatorname{atan2}(\sqrt{q_1 q_2 - k^2}, k),\ "
 def canonical(expr: sp.Expr) -> sp.Expr:
     """Rewrite the ReLU family onto relu and step, which have closed forms.
 
-    abrelu(z; a, b) = a z + (b - a) relu(z),  |z| = 2 relu(z) - z,  sign(z) = 2 step(z) - 1 (a.e.).
+    abrelu(z; a, b) = a z + (b - a) relu(z),  |z| = relu(z) + relu(-z),
+    sign(z) = step(z) - step(-z): identities everywhere, z = 0 included (a zero-variance
+    argument is a point mass at 0, where sign is 0, not the a.e. form 2 step(z) - 1's -1).
     """
     return expr.replace(
         lambda e: isinstance(e, (ABRelu, AbsF, Sign)),
@@ -99,6 +104,6 @@ def _rewrite(e):
         return a * z + (b - a) * Relu(z)
     if isinstance(e, AbsF):
         z = e.args[0]
-        return 2 * Relu(z) - z
+        return Relu(z) + Relu(-z)
     z = e.args[0]
-    return 2 * Step(z) - 1
+    return Step(z) - Step(-z)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..errors import TPError
-from .closedform import ITEM_KINDS, PAIR, SINGLE, canonical
+from .closedform import ITEM_KINDS, PAIR, SINGLE, canonical, helper
 
 MAX_QUAD_DIM = 4
 TRIG = (sp.sin, sp.cos, sp.exp)
@@ -67,11 +67,14 @@ class Expectation:
     # --- the entry point ---------------------------------------------------------------
 
     def __call__(self, expr: sp.Expr) -> sp.Expr:
-        expr = canonical(expr)
+        expr, forms = _atomize(canonical(expr))
         total = sp.S.Zero
-        pending: dict[tuple, sp.Expr] = {}  # basis -> summed integrand (in sided symbols)
+        pending: dict[tuple, sp.Expr] = {}  # (basis, outside) -> summed integrand
         for term in sp.Add.make_args(sp.expand(expr, deep=True, power_base=False,
                                                 power_exp=False, log=False)):
+            term = _one_sided(term.xreplace(forms))
+            if term == 0:
+                continue
             coeff, factors = _factors(term)
             value = coeff
             quad_parts = []
@@ -85,24 +88,24 @@ class Expectation:
                     break
             if value == 0:
                 continue
-            if not quad_parts:
+            if len(quad_parts) != 1:
+                # independent groups (G-vars of different matrices/biases) are independent
+                # Gaussians: the expectation of their product is the product of their
+                # expectations, each over its own (smaller) basis, never one integral over the
+                # union, whose dimension would set the accuracy and the cost
+                for group in quad_parts:
+                    value *= self._quadrature(self._basis(group), sp.Mul(*group))
                 total += value
                 continue
-            # all quadrature groups of one term share one integral: their product. The closed-
-            # form factors stay outside it: they hold kernel symbols (d1, c3, ...), constants of
-            # the integral, and only their numeric part may move inside.
-            product = sp.Mul(*(f for g in quad_parts for f in g))
-            basis = self._basis([f for g in quad_parts for f in g])
+            # one integral per basis: the terms over the same basis are summed into one
+            # integrand (never into a wider basis). Closed-form factors stay outside: they hold
+            # kernel symbols (d1, c3, ...), constants of the integral; only their numeric part
+            # moves inside.
+            group = quad_parts[0]
+            basis = self._basis(group)
             number, outside = value.as_coeff_Mul()
             key = (basis, outside)
-            pending[key] = pending.get(key, sp.S.Zero) + number * product
-        # an integral over a sub-basis is the same integral over a larger one: one call, not two
-        for basis, outside in sorted(pending, key=lambda k: len(k[0])):
-            wider = [b for b, o in pending
-                     if o == outside and len(b) > len(basis) and set(basis) <= set(b)]
-            if wider:
-                target = (max(wider, key=len), outside)
-                pending[target] = pending[target] + pending.pop((basis, outside))
+            pending[key] = pending.get(key, sp.S.Zero) + number * sp.Mul(*group)
         for (basis, outside), integrand in pending.items():
             total += outside * self._quadrature(basis, integrand)
         return total
@@ -176,12 +179,27 @@ class Expectation:
                 else:
                     parts = [(-sp.I / 2, sp.I * arg), (sp.I / 2, -sp.I * arg)]
                 terms = [(c * d, e + g) for c, e in terms for d, g in parts]
-        total = sp.S.Zero
+        # E[exp(L)] = exp(c + Var(l)/2) for L = l + c. Written as a real sum of
+        # w_j (exp(x_j) - 1) plus the constant sum w_j, each exp(x_j) - 1 by expm1: no
+        # exp(a) * (exp(b) - 1) forms (0 * inf at large inputs, cancellation at tiny ones).
+        weights: dict[sp.Expr, sp.Expr] = {}
+        mixed = sp.S.Zero
         for c, e in terms:
             const = e.subs({s: 0 for s in e.free_symbols})
             lin = sp.expand(e - const)
-            total += c * sp.exp(const + self.lin_cov(lin, lin) / 2)
-        return sp.simplify(sp.expand_complex(total))
+            var = sp.expand(self.lin_cov(lin, lin))
+            vr, vi = var.as_real_imag()
+            cr, ci = sp.expand_complex(c * sp.exp(const)).as_real_imag()
+            if vi != 0:  # a trig factor correlated with an exp factor: a phase
+                mixed += sp.exp(vr / 2) * (cr * sp.cos(vi / 2) - ci * sp.sin(vi / 2))
+                continue
+            x = sp.expand(vr / 2)
+            weights[x] = weights.get(x, sp.S.Zero) + cr
+        total = mixed + sum(weights.values(), sp.S.Zero)
+        for x, w in weights.items():
+            if x != 0 and w != 0:
+                total += w * helper("expm1h", x)
+        return total
 
     # --- quadrature --------------------------------------------------------------------
 
@@ -278,6 +296,83 @@ def _kinks_first(basis: tuple, integrand: sp.Expr) -> tuple:
         if len(chosen) == len(basis):
             break
     return tuple(chosen)
+
+
+def _atomize(expr: sp.Expr) -> tuple[sp.Expr, dict]:
+    """expr with every linear form of two or more G-vars (the linear part of a sum) replaced by
+    a placeholder symbol, and the map back. Expanding then keeps (g0 + g1) sigmoid(g0 + g1)
+    whole instead of splitting it into g0 sigmoid(g0 + g1) + g1 sigmoid(g0 + g1), whose
+    integrals would need the coordinates g0 and g0 + g1 (two per point, not one): the forms
+    the integrand depends on stay minimal."""
+    forms: dict[sp.Expr, sp.Symbol] = {}
+
+    def atom(lin: sp.Expr) -> sp.Expr:
+        if lin.is_Symbol or lin == 0:
+            return lin
+        if lin not in forms:
+            forms[lin] = sp.Dummy(f"L{len(forms)}", real=True)
+        return forms[lin]
+
+    def walk(e: sp.Expr) -> sp.Expr:
+        if not e.free_symbols or e.is_Symbol:
+            return e
+        if e.is_Add and _opaque_sum(e):
+            # no term has a closed form: expanding gains nothing and costs accuracy (the
+            # monomials of hardtanh(u) hardtanh(v) are O(1) and cancel to O(u v) at tiny
+            # variances); kept whole, it is integrated as one function
+            if e not in forms:
+                forms[e] = sp.Dummy(f"S{len(forms)}", real=True)
+            return forms[e]
+        if e.is_Add:
+            lin, rest = _linear_part(e)
+            if lin != 0 and len(sp.Add.make_args(lin)) >= 2:
+                try:
+                    _coeffs(lin)
+                except ValueError:
+                    return e.func(*[walk(a) for a in e.args])
+                return atom(lin) + sp.Add(*[walk(t) for t in rest])
+        return e.func(*[walk(a) for a in e.args])
+
+    out = walk(expr)
+    return out, {v: k for k, v in forms.items()}
+
+
+def _one_sided(term: sp.Expr) -> sp.Expr:
+    """A monomial with the identities of one-sided functions applied (exact everywhere, 0
+    included): step^n = step, relu step = relu, and a product of a function vanishing for
+    x <= 0 with one vanishing for x >= 0 (step(x) step(-x), relu(x) relu(-x), ...) is 0. The
+    expansion of sign(g)^2 = (step(g) - step(-g))^2 is then closed form, not an integral."""
+    from ..functions import Relu, Step
+
+    if not term.is_Mul and not term.is_Pow:
+        return term
+    fs = []
+    for f in sp.Mul.make_args(term):
+        base, power = f.as_base_exp()
+        if isinstance(base, Step) and power.is_Integer and power > 0:
+            f = base
+        fs.append(f)
+    ones = {f.args[0] for f in fs if isinstance(f.as_base_exp()[0], (Step, Relu))
+            for f in [f.as_base_exp()[0]]}
+    if any(-a in ones for a in ones):
+        return sp.S.Zero
+    relus = {f.as_base_exp()[0].args[0] for f in fs if isinstance(f.as_base_exp()[0], Relu)}
+    fs = [f for f in fs if not (isinstance(f, Step) and f.args[0] in relus)]
+    return sp.Mul(*fs)
+
+
+def _opaque_sum(e: sp.Add) -> bool:
+    """A sum none of whose non-constant terms is a closed-form item, a polynomial of linear
+    forms or a sin/cos/exp of one (relu(g + 1) - relu(g - 1) - 1)."""
+    terms = [t for t in e.args if t.free_symbols]
+    if len(terms) < 2:
+        return False
+    for t in terms:
+        _, fs = _factors(t)
+        if any(_is_poly(f) or _is_trig(f) or _item(f.as_base_exp()[0]) is not None
+               or f.has(sp.Dummy) for f in fs):
+            return False
+    return True
 
 
 def _solve_in_span(a: sp.Matrix, e: sp.Matrix):

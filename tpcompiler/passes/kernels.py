@@ -91,12 +91,12 @@ class _Builder:
     def quad(self, q: Quadrature) -> sp.Expr:
         # the rule depends on the integrand's kinks and on which covariances are structural
         # zeros (G-vars of different matrices/biases): decided here, at compile time
-        pivot, kinked, forms = quadrature.plan(q.integrand, q.cov)
-        key = (len(q.cov), q.integrand, pivot, kinked, forms)
+        pivot, kinked, forms, breaks = quadrature.plan(q.integrand, q.cov)
+        key = (len(q.cov), q.integrand, pivot, kinked, forms, breaks)
         itg = self.integrands.get(key)
         if itg is None:
             itg = Integrand(f"Q{len(self.integrands)}", len(q.cov), q.integrand, pivot, kinked,
-                            forms)
+                            forms, breaks)
             self.integrands[key] = itg
         args = [q.cov[i][j] for i in range(len(q.cov)) for j in range(i + 1)]
         return sp.Function(f"quad{itg.dim}_{itg.name}")(*args)
@@ -228,16 +228,13 @@ class _Builder:
 
 
 def refusals(prog: ir.Program) -> dict[str, str]:
-    """kind -> why that kernel is not the limit of this program (absent: it is)."""
-    out = {k: v for k, v in kernel_refusals(prog).items() if v is not None}
-    exprs = [g.arg for g in prog.gvars if g.op is ir.Op.MATMUL]
-    if not isinstance(prog.readout.arg, ir.InputRef):
-        exprs.append(prog.readout.arg)
-    if "ntk" not in out and any(e.has(sp.exp) for e in exprs):
-        out["ntk"] = ("exp() is not polynomially bounded; the NTK theorem of Tensor Programs II "
-                      "needs polynomially bounded nonlinearities and derivatives (the NNGP is "
-                      "fine)")
-    return out
+    """kind -> why that kernel is not the limit of this program (absent: it is).
+
+    Only the parametrization refuses a kernel (passes/abc.py). A nonlinearity outside a
+    theorem's hypotheses (exp of an argument not bounded above, whose NTK neural-tangents
+    computes too) is not a refusal: its NTK recursion is well defined, so it is computed and
+    CompiledNetwork warns on the first NTK call (ranges.ntk_caveats says which exp and why)."""
+    return {k: v for k, v in kernel_refusals(prog).items() if v is not None}
 
 
 def build_kernel_program(prog: ir.Program) -> KernelProgram:
