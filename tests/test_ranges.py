@@ -271,7 +271,10 @@ def test_exp_inside_a_deeper_network_names_each_unbounded_exp():
     with pytest.warns(tp.TPWarning) as caught:
         k = net.ntk(np.random.default_rng(6).normal(size=(3, 2)) * 0.3, backend="numpy")
     assert np.all(np.isfinite(k))
-    texts = sorted(str(w.message).split(" here,")[0] for w in caught)
+    # the exp caveats (the accuracy probe may add its own warning about this program's 3-D
+    # integrals: not what is tested here)
+    texts = sorted(str(w.message).split(" here,")[0] for w in caught
+                   if "polynomially bounded" in str(w.message))
     assert texts == ["t.tp:5:23: the NTK goes through exp(g1) (g1 is dense() at line 4)",
                      "t.tp:5:5: the NTK goes through exp(g2/2) (g2 is dense() at line 5)"]
 

@@ -367,6 +367,10 @@ def _opaque_sum(e: sp.Add) -> bool:
     terms = [t for t in e.args if t.free_symbols]
     if len(terms) < 2:
         return False
+    # only a sum of functions of one linear form: terms of different forms (an RNN's sum of
+    # tanh's of several time steps) are separate, smaller integrals once expanded
+    if len({sp.expand(f) for t in terms for f in _forms(t)}) > 1:
+        return False
     for t in terms:
         _, fs = _factors(t)
         if any(_is_poly(f) or _is_trig(f) or _item(f.as_base_exp()[0]) is not None
