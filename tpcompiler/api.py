@@ -151,8 +151,12 @@ class CompiledNetwork:
     def _probe(self, a: dict, b: dict | None, get) -> None:
         """Warn (TPWarning) when a kernel just computed is not accurate to self.tol on these
         data; closed-form programs need no probe, and data seen before are not probed again."""
-        self._module  # noqa: B018 - sets _integrals
-        if not self._integrals:
+        if "kernel_program" in self.__dict__:  # built (the NumPy path): no Numba compile
+            integrals = bool(self.kernel_program.integrands)
+        else:
+            self._module  # noqa: B018 - sets _integrals (from the cache index on a warm start)
+            integrals = self._integrals
+        if not integrals:
             return
         data = a if b is None else {k: np.concatenate([a[k], b[k]]) for k in a}
         key = accuracy.fingerprint(data)
