@@ -17,7 +17,7 @@ representative of the data and as the raised rule is of the truth.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
@@ -51,6 +51,7 @@ class AccuracyReport:
     kernels: dict  # kind -> estimated error relative to the kernel's scale
     integrals: tuple[IntegralReport, ...]
     closed_forms: tuple[str, ...]  # helpers used (exact to rounding)
+    uses: dict = field(default_factory=dict)  # kind -> names of the integrals it reads
 
     @property
     def ok(self) -> bool:
@@ -89,7 +90,7 @@ def method(program: KernelProgram, itg) -> str:
         if itg.pivot:
             base += f" x tensor {tensor_order(len(itg.pivot), True)}/half-axis"
     else:
-        base = f"tensor {tensor_order(itg.dim, False)}/half-axis"
+        base = f"tensor {tensor_order(itg.dim, False, per_point=itg.per_point)}/half-axis"
     return f"Mehler series (else {base})" if itg.name in series else base
 
 
@@ -159,7 +160,27 @@ def estimate(program: KernelProgram, arrays: dict, tol: float = DEFAULT_TOL,
     by_name = {q.name: q for q in program.integrands}
     reports = [IntegralReport(name, by_name[name].dim, method(program, by_name[name]), *st)
                for name, st in stats.items()]
-    return AccuracyReport(tol, len(idx), errors, tuple(reports), _closed_forms(program))
+    return AccuracyReport(tol, len(idx), errors, tuple(reports), _closed_forms(program),
+                          {kind: _integrals_of(program, kind) for kind in kinds})
+
+
+def _integrals_of(program: KernelProgram, kind: str) -> frozenset[str]:
+    """Names of the integrals a kernel reads, through every assignment it depends on."""
+    defs = dict(program.diag + program.cross)
+    seen: set = set()
+    names: set[str] = set()
+    todo = list(program.outputs[kind])
+    while todo:
+        e = todo.pop()
+        for f in e.atoms(sp.Function):
+            name = type(f).__name__
+            if name.startswith("quad"):
+                names.add(name.split("_", 1)[1])
+        for s in e.free_symbols:
+            if s not in seen and s in defs:
+                seen.add(s)
+                todo.append(defs[s])
+    return frozenset(names)
 
 
 def _closed_forms(program: KernelProgram) -> tuple[str, ...]:
@@ -188,7 +209,9 @@ def warn_if_inaccurate(report: AccuracyReport, name: str | None) -> None:
     for kind, err in report.kernels.items():
         if err <= report.tol:
             continue
-        worst = max(report.integrals, key=lambda r: r.change, default=None)
+        used = report.uses.get(kind)
+        worst = max((r for r in report.integrals if used is None or r.name in used),
+                    key=lambda r: r.change, default=None)
         where = ""
         if worst is not None:
             where = (f"; the largest change is in integral {worst.name} ({worst.dim}-D, "

@@ -41,6 +41,12 @@ class Integrand:
     #: the split rule (quadrature.split_nodes) when not empty: kinks {r . z + c = 0} as rows
     #: (r_0, ..., r_{dim-1}, c), integrated in natural order
     breaks: tuple[tuple[float, ...], ...] = ()
+    #: per coordinate (point 1 or 2, the matrix or bias of its G-var) when the coordinates are
+    #: G-vars of both points (passes/expect.py `_sources`), else (): series.py reads it
+    layout: tuple[tuple[int, str], ...] = ()
+    #: an integral over one point's coordinates (the diag block): O(N) of them, so its tensor
+    #: rule takes the higher orders of quadrature.PER_POINT_ORDER
+    per_point: bool = False
 
     def __post_init__(self):
         if self.pivot is None:

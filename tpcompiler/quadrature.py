@@ -221,10 +221,18 @@ BOOSTED = {"tensor": {1: 160, 2: 64, 3: 20, 4: 12}, "product": {1: 28, 2: 14},
            "polar": {0: (40, 40), 1: (18, 20), 2: (16, 18)}, "split": (14, 10)}
 
 
-def tensor_order(dim: int, polar: bool, boost: bool = False) -> int:
+#: the tensor rule of an integral over one point's coordinates (Integrand.per_point): N of them
+#: against N^2 / 2 pairs, so twice the nodes per axis cost nothing measurable; at 2-D the
+#: default 32 is 1e-8 off at variance 6 for tanh^4, 64 is below 1e-13 (against BOOSTED)
+PER_POINT_ORDER = {1: 96, 2: 64, 3: 16, 4: 9}
+
+
+def tensor_order(dim: int, polar: bool, boost: bool = False, per_point: bool = False) -> int:
     """Half-range order per axis of a tensor block of `dim` coordinates."""
     if boost:
         return BOOSTED["product" if polar else "tensor"][dim]
+    if per_point and not polar:
+        return PER_POINT_ORDER[dim]
     return PRODUCT_ORDER[dim] if polar else DEFAULT_ORDER[dim]
 
 

@@ -51,17 +51,36 @@ UNIT = 8 * 2.220446049250313e-16
 #: alpha_0..alpha_{K_MAX-1}
 HEAD = len(CHECKPOINTS) + 1
 WIDTH = HEAD + K_MAX
+#: a two-vector table ("2"): K2 x K2 coefficients c_mn = E[f(sqrt(a) z, sqrt(b) t) h_m(z)
+#: h_n(t)], K2_EXT per axis computed (those past K2 estimate the tails), its header S, then the
+#: tails T_a(M) = sqrt(sum_{m >= M, n} c_mn^2) and T_b(N) at CHECKPOINTS2
+K2 = 96
+K2_EXT = 112
+CHECKPOINTS2 = (8, 16, 32, 64, 96)
+HEAD2 = 1 + 2 * len(CHECKPOINTS2)
+WIDTH2 = HEAD2 + K2 * K2
 
 Z0, Z1 = sp.Symbol("z0", real=True), sp.Symbol("z1", real=True)
 
 
 @dataclass(frozen=True)
 class Factor:
-    """One per-point coefficient vector: fn(sqrt(var) z) in the Hermite basis."""
+    """One per-point coefficient block: fn(sqrt(var) z) in the Hermite basis.
 
-    fn: sp.Expr  # in z0
-    var: sp.Expr  # the point's variance, in its per-point symbols d*
+    kind "1": fn(z0), a vector of WIDTH columns; "1m": fn(z0, z1) with z1 (variance var2) of a
+    vector the other point does not read, integrated out first, then a vector as "1"; "2":
+    fn(z0, z1) of two independent vectors both points read, a K2 x K2 table of WIDTH2
+    columns."""
+
+    fn: sp.Expr  # in z0 (and z1)
+    var: sp.Expr  # the point's variance of z0, in its per-point symbols d*
     column: int  # first column in the per-point table
+    var2: sp.Expr | None = None  # of z1
+    kind: str = "1"
+
+    @property
+    def width(self) -> int:
+        return WIDTH2 if self.kind == "2" else WIDTH
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,11 @@ class SeriesCall:
     call: sp.Expr  # the quad2_<integrand>(c00, c10, c11) call it replaces
     integrand: sp.Expr  # its integrand, in z0, z1
     terms: tuple[Term, ...]
+    #: per vector both points read, the call's argument positions of (its variance at the first
+    #: point, the covariance, its variance at the second); () for a 2-D call: (0, 1, 2)
+    rhos: tuple[tuple[int, int, int], ...] = ()
+    #: the coordinates of each point, the shared vectors' first (series._vectors); () for 2-D
+    order: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,9 +111,14 @@ class SeriesPlan:
     calls: tuple[SeriesCall, ...]
 
     @property
-    def functions(self) -> tuple[sp.Expr, ...]:
-        """The distinct factor functions, in order (one coefficient routine each)."""
-        return tuple(dict.fromkeys(f.fn for f in self.factors))
+    def functions(self) -> tuple[tuple[sp.Expr, str], ...]:
+        """The distinct (factor function, kind), in order (one coefficient routine each)."""
+        return tuple(dict.fromkeys((f.fn, f.kind) for f in self.factors))
+
+    @property
+    def width(self) -> int:
+        """Columns of the per-point table the factors fill."""
+        return sum(f.width for f in self.factors)
 
 
 def separable(expr: sp.Expr) -> list[tuple[float, sp.Expr, sp.Expr]] | None:
@@ -155,26 +184,122 @@ def _one_point(e: sp.Expr, prefix: str) -> bool:
     return all(s.name.startswith(prefix) for s in e.free_symbols)
 
 
+def _untwin(e: sp.Expr) -> sp.Expr:
+    """The second point's expression as the same expression of its own d* symbols."""
+    return e.xreplace({s: sp.Symbol("d" + s.name[1:], real=True) for s in e.free_symbols})
+
+
+def _vectors(itg, call: sp.Expr, env: dict, factors: dict) -> SeriesCall | None:
+    """A 3-D or 4-D call whose coordinates are G-vars (Integrand.layout) of at most two vectors
+    per point, one or two of them read by both points, with an integrand separable between the
+    points: the product of one Mehler series per shared vector (the vectors are independent,
+    so the cross-covariance is diagonal in the whitened coordinates), with per-point
+    coefficients of the point's function of its own coordinates."""
+    layout = itg.layout
+    k = itg.dim
+    side = {p: [i for i, (s, _) in enumerate(layout) if s == p] for p in (1, 2)}
+    params = {p: [layout[i][1] for i in side[p]] for p in (1, 2)}
+    if any(len(v) > 2 or len(set(params[p])) != len(v) for p, v in side.items()):
+        return None
+    shared = sorted(set(params[1]) & set(params[2]))
+    if not shared:
+        return None
+    pos = {}
+    n = 0
+    for i in range(k):
+        for j in range(i + 1):
+            pos[i, j] = n
+            n += 1
+    cov = {key: call.args[p].xreplace(env) for key, p in pos.items()}
+
+    def c(i, j):
+        return cov[max(i, j), min(i, j)]
+
+    for i in range(k):
+        for j in range(i):
+            if layout[i][1] != layout[j][1] and c(i, j) != 0:
+                return None  # not block diagonal by vector
+    order = {}
+    for p in (1, 2):
+        first = [i for i in side[p] if layout[i][1] in shared]
+        first.sort(key=lambda i: shared.index(layout[i][1]))
+        order[p] = first + [i for i in side[p] if layout[i][1] not in shared]
+        for i in order[p]:
+            if not _one_point(c(i, i), "d" if p == 1 else "e"):
+                return None
+    local = {p: {sp.Symbol(f"z{i}", real=True): (Z0, Z1)[m] for m, i in enumerate(order[p])}
+             for p in (1, 2)}
+    parts = []
+    for term in sp.Add.make_args(sp.expand_mul(itg.expr, deep=False)):
+        sides = {"c": [], 1: [], 2: []}
+        for f in sp.Mul.make_args(term):
+            free = f.free_symbols
+            where = [p for p in (1, 2) if free and free <= set(local[p])]
+            if not free:
+                sides["c"].append(f)
+            elif where:
+                sides[where[0]].append(f.xreplace(local[where[0]]))
+            else:
+                return None
+        coef = sp.Mul(*sides["c"])
+        if not coef.is_number:
+            return None
+        parts.append((float(coef), sp.Mul(*sides[1]), sp.Mul(*sides[2])))
+    kind = "2" if len(shared) == 2 else ("1m" if max(len(v) for v in side.values()) == 2
+                                         else "1")
+    terms = []
+    for coef, fa, fb in _grouped(parts):
+        idx = []
+        for p, fn in ((1, fa), (2, fb)):
+            if fn == 1:
+                idx.append(None)
+                continue
+            o = order[p]
+            var = c(o[0], o[0])
+            var2 = c(o[1], o[1]) if len(o) == 2 else None
+            if p == 2:
+                var, var2 = _untwin(var), None if var2 is None else _untwin(var2)
+            fkind = kind if len(o) == 2 or kind == "1" else "1"
+            idx.append(factors.setdefault((fn, var, var2, fkind), len(factors)))
+        terms.append(Term(coef, *idx))
+    rhos = tuple((pos[order[1][m], order[1][m]], pos[max(order[1][m], order[2][m]),
+                                                      min(order[1][m], order[2][m])],
+                  pos[order[2][m], order[2][m]]) for m in range(len(shared)))
+    return SeriesCall("", call, itg.expr, tuple(terms), rhos, (tuple(order[1]), tuple(order[2])))
+
+
 def plan(kp: KernelProgram, first_column: int) -> SeriesPlan:
-    """The cross block's quad2 calls that the series can evaluate, and the per-point factors
-    they need (columns from first_column on)."""
+    """The cross block's quad2 calls that the series can evaluate (and the 3-D and 4-D calls
+    of `_vectors`), and the per-point factors they need (columns from first_column on)."""
     env = _resolve(kp)
     integrands = {f"quad2_{q.name}": q for q in kp.integrands if q.dim == 2 and not q.kinked}
+    vectors = {f"quad{q.dim}_{q.name}": q for q in kp.integrands
+               if q.dim in (3, 4) and q.layout and not q.expr.atoms(*KINKED)}
     factors: dict[tuple, int] = {}
     calls: dict = {}
     exprs = [e for _, e in kp.cross] + [c for _, c in kp.outputs.values()]
     for e in exprs:
         for call in e.atoms(sp.Function):
             name = type(call).__name__
+            if name in vectors and call not in calls:
+                got = _vectors(vectors[name], call, env, factors)
+                if got is not None:
+                    calls[call] = SeriesCall(f"ser{len(calls)}", call, got.integrand, got.terms,
+                                             got.rhos, got.order)
+                continue
             if name not in integrands or call in calls:
                 continue
-            parts = separable(integrands[name].expr)
+            expr = integrands[name].expr
             c00, _, c11 = (a.xreplace(env) for a in call.args)
+            if _one_point(c00, "e") and _one_point(c11, "d") and c00.free_symbols:
+                # the second point's coordinate first: the same series with the roles of the
+                # coordinates exchanged (the call and its fallbacks keep their order)
+                expr = expr.xreplace({Z0: Z1, Z1: Z0})
+                c00, c11 = c11, c00
+            parts = separable(expr)
             if parts is None or not _one_point(c00, "d") or not _one_point(c11, "e"):
                 continue
-            # the second point's variance as the same expression of its own d* (untwin)
-            var_b = c11.xreplace({s: sp.Symbol("d" + s.name[1:], real=True)
-                                  for s in c11.free_symbols})
+            var_b = _untwin(c11)
             terms = []
             for coef, fa, fb in _grouped(parts):
                 idx = []
@@ -182,13 +307,16 @@ def plan(kp: KernelProgram, first_column: int) -> SeriesPlan:
                     if fn == 1:
                         idx.append(None)
                         continue
-                    idx.append(factors.setdefault((fn, var), len(factors)))
+                    idx.append(factors.setdefault((fn, var, None, "1"), len(factors)))
                 terms.append(Term(coef, *idx))
             calls[call] = SeriesCall(f"ser{len(calls)}", call, integrands[name].expr,
                                      tuple(terms))
-    facs = tuple(Factor(fn, var, first_column + WIDTH * n)
-                 for n, (fn, var) in enumerate(factors))
-    return SeriesPlan(facs, tuple(calls.values()))
+    facs = []
+    column = first_column
+    for fn, var, var2, kind in factors:
+        facs.append(Factor(fn, var, column, var2, kind))
+        column += facs[-1].width
+    return SeriesPlan(tuple(facs), tuple(calls.values()))
 
 
 # --- the numeric part: plain functions of arrays and scalars, written so that the numba backend
@@ -254,10 +382,11 @@ def hermite_project(fw, D, i, off):
         D[i, off + c] = math.sqrt(tail)
 
 
-def hdot(A, i, oa, B, j, ob, rho):
+def hdot(A, i, oa, B, j, ob, rho, full=False):
     """sum_k alpha_k beta_k rho^k (blocks at A[i, oa:], B[j, ob:]) over the first checkpoint's K
-    terms whose tail bound is below 1e-15 of the scale; nan when even 192 terms are not
-    enough."""
+    terms whose tail bound is below 1e-15 of the scale; when even 192 terms are not enough, nan
+    (or, with full, the 192 terms: a truncated Mehler series is a positive semi-definite
+    kernel, which the quadrature that the nan calls for is not exactly)."""
     r = min(abs(rho), 1.0)
     p8 = r * r
     p8 = p8 * p8
@@ -277,7 +406,7 @@ def hdot(A, i, oa, B, j, ob, rho):
         n = 64
     elif p128 * A[i, oa + 5] * B[j, ob + 5] <= lim:
         n = 128
-    elif p128 * p64 * A[i, oa + 6] * B[j, ob + 6] <= lim:
+    elif p128 * p64 * A[i, oa + 6] * B[j, ob + 6] <= lim or full:
         n = 192
     else:
         return math.nan
@@ -298,6 +427,114 @@ def hdot(A, i, oa, B, j, ob, rho):
     return (s0 + x * s1) + x2 * (s2 + x * s3)
 
 
+def hermite_project2(fw, D, i, off):
+    """D[i, off:off + WIDTH2] = the two-vector table ("2", K2 above) from fw[m, l] = (w_m w_l
+    f(sqrt(a) x_m, sqrt(b) x_l)) at the series nodes: the rows are projected first (P = H fw),
+    then the columns (C = P H^T), with h_k from the three-term recurrence. The nodes are
+    symmetric and h_k(-x) = (-1)^k h_k(x): each projection runs on the positive half against
+    the even or odd fold of its input (half the work)."""
+    n2 = fw.shape[0]
+    n = n2 // 2
+    H = np.empty((K2_EXT, n))  # h_k at the positive nodes
+    for m in range(n):
+        H[0, m] = 1.0
+        H[1, m] = SER_X[n + m]
+    for k in range(2, K2_EXT):
+        for m in range(n):
+            H[k, m] = (SER_X[n + m] * H[k - 1, m] - SER_P[k] * H[k - 2, m]) * SER_Q[k]
+    ev = np.empty((n, n2))
+    od = np.empty((n, n2))
+    for m in range(n):
+        for col in range(n2):
+            ev[m, col] = fw[n + m, col] + fw[n - 1 - m, col]
+            od[m, col] = fw[n + m, col] - fw[n - 1 - m, col]
+    P = np.zeros((K2_EXT, n2))
+    for k in range(K2_EXT):
+        src = ev if k % 2 == 0 else od
+        for m in range(n):
+            h = H[k, m]
+            for col in range(n2):
+                P[k, col] += h * src[m, col]
+    pe = np.empty((K2_EXT, n))
+    po = np.empty((K2_EXT, n))
+    for k in range(K2_EXT):
+        for q in range(n):
+            pe[k, q] = P[k, n + q] + P[k, n - 1 - q]
+            po[k, q] = P[k, n + q] - P[k, n - 1 - q]
+    row = np.zeros(K2_EXT)
+    colsum = np.zeros(K2_EXT)
+    for k in range(K2_EXT):
+        for q in range(K2_EXT):
+            src = pe if q % 2 == 0 else po
+            c = 0.0
+            for m in range(n):
+                c += src[k, m] * H[q, m]
+            c2 = c * c
+            row[k] += c2
+            colsum[q] += c2
+            if k < K2 and q < K2:
+                D[i, off + HEAD2 + k * K2 + q] = c
+    ta = 0.0
+    tb = 0.0
+    top = K2_EXT
+    for c in range(len(CHECKPOINTS2) - 1, -1, -1):
+        low = CHECKPOINTS2[c]
+        while top > low:
+            top -= 1
+            ta += row[top]
+            tb += colsum[top]
+        D[i, off + 1 + c] = math.sqrt(ta)
+        D[i, off + 1 + len(CHECKPOINTS2) + c] = math.sqrt(tb)
+    while top > 0:
+        top -= 1
+        ta += row[top]
+    D[i, off] = math.sqrt(ta)
+
+
+def _cut2(r, A, i, ta, B, j, tb, lim):
+    """The first checkpoint M of one axis whose tail bound |r|^M T(M) T'(M) is below lim
+    (the last one if none is)."""
+    for c in range(len(CHECKPOINTS2)):
+        m = CHECKPOINTS2[c]
+        if r ** m * A[i, ta + c] * B[j, tb + c] <= lim:
+            return m
+    return K2
+
+
+def hdot2(A, i, oa, B, j, ob, ra, rb):
+    """sum_{m, n} a_mn b_mn ra^m rb^n over the two-vector tables at A[i, oa:], B[j, ob:], cut
+    per axis where the tail bound is below 5e-16 of the scale (at most K2 x K2 terms: the
+    truncated double series is a positive semi-definite kernel however far it is cut)."""
+    ra = max(-1.0, min(1.0, ra))
+    rb = max(-1.0, min(1.0, rb))
+    lim = 0.5 * TOL * A[i, oa] * B[j, ob]
+    nc = len(CHECKPOINTS2)
+    M = _cut2(abs(ra), A, i, oa + 1, B, j, ob + 1, lim)
+    N = _cut2(abs(rb), A, i, oa + 1 + nc, B, j, ob + 1 + nc, lim)
+    N = (N + 3) // 4 * 4  # whole groups of four (the checkpoints are multiples of 8)
+    pw = np.empty(N)
+    p = 1.0
+    for q in range(N):
+        pw[q] = p
+        p *= rb
+    total = 0.0
+    for m in range(M - 1, -1, -1):
+        a0 = oa + HEAD2 + m * K2
+        b0 = ob + HEAD2 + m * K2
+        # four independent chains: the sum is bound by the adds' latency otherwise
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        for q in range(0, N, 4):
+            s0 += A[i, a0 + q] * B[j, b0 + q] * pw[q]
+            s1 += A[i, a0 + q + 1] * B[j, b0 + q + 1] * pw[q + 1]
+            s2 += A[i, a0 + q + 2] * B[j, b0 + q + 2] * pw[q + 2]
+            s3 += A[i, a0 + q + 3] * B[j, b0 + q + 3] * pw[q + 3]
+        total = total * ra + ((s0 + s1) + (s2 + s3))
+    return total
+
+
 def correlation(c00, c10, c11):
     """c10 / sqrt(c00 c11), 0 at a zero variance (the factor is then a constant)."""
     if c00 > 0.0 and c11 > 0.0:
@@ -306,7 +543,7 @@ def correlation(c00, c10, c11):
 
 
 #: sources the backend copies, in dependency order
-SOURCES = (hermite_project, hdot, correlation)
+SOURCES = (hermite_project, hermite_project2, hdot, _cut2, hdot2, correlation)
 
 
 # --- the same arithmetic over arrays, for the NumPy reference evaluator

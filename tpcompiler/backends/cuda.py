@@ -11,7 +11,7 @@ Two kernels:
   `rows_k(C.., D1, D2T, K.., lo, col0, sym)`: one thread per output entry (i, j) of a row tile,
   the whole depth in registers; only j > i when sym (the host mirrors the tile on write).
 The Gram entries are computed on the host exactly as the CPU backend does (BLAS per row tile,
-the same exact fix-up for identical and antipodal points: backends/numba._coincident,
+the same exact fix-up for identical and antipodal points: backends/coincident.py,
 _self_gram), so both backends see bit-identical Gram entries.
 
 The module is a content-addressed file (backends/cache.load_module, its own index entry
@@ -31,7 +31,8 @@ from .. import __version__
 from ..errors import TPError
 from ..kernel_program import KernelProgram, twin
 from . import cache
-from .numba import _coincident, _quad_source, _self_gram, _vec
+from .coincident import coincident
+from .numba import _quad_source, _self_gram, _vec
 from .printer import KernelPrinter, emit_block, runtime_lines
 
 DEVICE = "@cuda.jit(device=True, cache=True)"
@@ -226,7 +227,7 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
             out[k] = np.empty((n1, n2))
     # (position in the module's outputs, host array) of every kind copied back
     ks = [(kinds.index(k), out[k]) for k in get]
-    same, anti = _coincident(arrays1, a2, inputs)
+    same, anti = coincident(arrays1, a2, inputs)
     exact = [_self_gram(arrays1, g.a, g.b) for g in cgram] if (same or anti) else []
 
     budget = _free_bytes() if max_gpu_bytes is None else int(max_gpu_bytes)
@@ -272,6 +273,9 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
         for n, k in ks:
             for i in range(n1):
                 k[i, i] = o1h[i, n]
+    for n, k in ks:  # a point given twice is one point (backends/coincident.py)
+        for i, j in same:
+            k[i, j] = o1h[i, n]
     for _, k in ks:
         if hasattr(k, "flush"):
             k.flush()

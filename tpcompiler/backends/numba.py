@@ -38,6 +38,7 @@ from ..quadrature import (
     tensor_order,
     vanishing_arcs,
 )
+from .coincident import coincident as _coincident
 from .printer import KernelPrinter, emit_block, runtime_lines
 
 JIT = "@njit(cache=True, error_model='numpy')"
@@ -133,7 +134,7 @@ def _quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[s
     value = printer.doprint(body)
     lines: list[str] = []
     if ntens:
-        x, w = rule(tensor_order(ntens, bool(npol)))
+        x, w = rule(tensor_order(ntens, bool(npol), per_point=q.per_point))
         lines += [f"RULEX_{itg} = {_array_literal(x)}", f"RULEW_{itg} = {_array_literal(w)}"]
 
     def coord(a: int) -> str:
@@ -377,7 +378,8 @@ def _careful_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str) -
     lines: list[str] = []
     shared = Integrand("careful2", 2, sp.S.Zero, breaks=careful_rows(sp.S.Zero, 2))
     lines += _split_source(shared, printer, jit, nodes=True)
-    for quad, expr in dict.fromkeys((type(c.call).__name__, c.integrand) for c in plan.calls):
+    for quad, expr in dict.fromkeys((type(c.call).__name__, c.integrand) for c in plan.calls
+                                    if not c.rhos):
         fb = Integrand(quad.split("_", 1)[1] + "fb", 2, expr, breaks=careful_rows(expr, 2))
         if fb.breaks != shared.breaks:  # kinks of its own: a rule of its own
             lines += _split_source(fb, printer, jit)
@@ -413,25 +415,50 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
     # of the callee for every distinct integer literal argument (measured: 16 s for 18 calls)
     cols = np.array([f.column for f in plan.factors], dtype=np.int64)
     lines.append(f"SER_COL = np.array({cols.tolist()!r}, dtype=np.int64)")
+    for n in ("K2", "K2_EXT", "HEAD2", "CHECKPOINTS2", "TOL"):
+        lines.append(f"{n} = {getattr(series, n)!r}")
     for fn in series.SOURCES:
         # reassociation lets the node sums vectorise (a reordered sum, not a less accurate one)
-        deco = jit.replace(")", ", fastmath={'reassoc'})") if fn is series.hermite_project \
-            else inline
+        deco = jit.replace(")", ", fastmath={'reassoc'})") \
+            if fn in (series.hermite_project, series.hermite_project2) else inline
         lines += [deco, inspect.getsource(fn)]
-    for m, fn in enumerate(plan.functions):
-        lines += [jit, f"def _hc{m}(var, D, i, off):",
+    for m, (fn, kind) in enumerate(plan.functions):
+        lines += [jit, f"def _hc{m}(var, var2, D, i, off):",
                   "    s = math.sqrt(var) if var > 0.0 else 0.0",
-                  "    fw = np.empty(SER_X.shape[0])",
-                  "    for m in range(SER_X.shape[0]):",
-                  "        z0 = s * SER_X[m]",
-                  f"        fw[m] = SER_W[m] * ({printer.doprint(fn)})",
-                  "    hermite_project(fw, D, i, off)", ""]
+                  "    s2 = math.sqrt(var2) if var2 > 0.0 else 0.0",
+                  "    n = SER_X.shape[0]"]
+        value = printer.doprint(fn)
+        if kind == "1":
+            lines += ["    fw = np.empty(n)",
+                      "    for m in range(n):",
+                      "        z0 = s * SER_X[m]",
+                      f"        fw[m] = SER_W[m] * ({value})",
+                      "    hermite_project(fw, D, i, off)", ""]
+        elif kind == "1m":  # z1 is integrated out first (the other point does not read it)
+            lines += ["    fw = np.empty(n)",
+                      "    for m in range(n):",
+                      "        z0 = s * SER_X[m]",
+                      "        acc = 0.0",
+                      "        for q in range(n):",
+                      "            z1 = s2 * SER_X[q]",
+                      f"            acc += SER_W[q] * ({value})",
+                      "        fw[m] = SER_W[m] * acc",
+                      "    hermite_project(fw, D, i, off)", ""]
+        else:
+            lines += ["    fw = np.empty((n, n))",
+                      "    for m in range(n):",
+                      "        z0 = s * SER_X[m]",
+                      "        for q in range(n):",
+                      "            z1 = s2 * SER_X[q]",
+                      f"            fw[m, q] = SER_W[m] * SER_W[q] * ({value})",
+                      "    hermite_project2(fw, D, i, off)", ""]
     z0, z1 = series.Z0, series.Z1
     # |rho| = 1 (identical points, antipodal ones without a bias; within series.UNIT, the
     # rounding of a deep recursion's c and d for one point): v = +-sqrt(c11 / c00) u, a 1-D
     # integral, by the rule of the diagonal's quad1 (the series converges slowest there, and
     # the 2-D fallback would be the 1-D rule at the 2-D order); one routine per integrand
-    for quad, expr in dict.fromkeys((type(c.call).__name__, c.integrand) for c in plan.calls):
+    classic = [c for c in plan.calls if not c.rhos]
+    for quad, expr in dict.fromkeys((type(c.call).__name__, c.integrand) for c in classic):
         lines += [jit, f"def _r1{quad}(c00, c11, sg):",
                   "    sa = math.sqrt(c00) if c00 > 0.0 else 0.0",
                   "    sb = sg * (math.sqrt(c11) if c11 > 0.0 else 0.0)",
@@ -446,6 +473,9 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
     # least accurate exactly there
     lines += _careful_source(plan, printer, jit)
     for c in plan.calls:
+        if c.rhos:
+            lines += _vectors_source(c, plan, inline)
+            continue
         quad = printer.doprint(sp.Function(type(c.call).__name__ + "fb")(
             *sp.symbols("c00 c10 c11")))
         lines += [inline, f"def {c.name}(c00, c10, c11, D1, D2, i, j):",
@@ -458,7 +488,7 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
             oa = plan.factors[t.a].column if t.a is not None else None
             ob = plan.factors[t.b].column if t.b is not None else None
             if oa is not None and ob is not None:
-                val = f"hdot(D1, i, SER_COL[{t.a}], D2, j, SER_COL[{t.b}], rho)"
+                val = f"hdot(D1, i, SER_COL[{t.a}], D2, j, SER_COL[{t.b}], rho, False)"
             elif oa is not None:
                 val = f"D1[i, {oa + series.HEAD}]"  # alpha_0 = E[f(u)]
             elif ob is not None:
@@ -468,6 +498,39 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
             lines.append(f"    v += {t.coef!r} * {val}")
         lines += ["    if math.isnan(v):", f"        return {quad}", "    return v", ""]
     return lines
+
+
+def _tri_names(dim: int) -> list[str]:
+    """The lower-triangle arguments of a quad<dim> call, in order: c00, c10, c11, c20, ..."""
+    return [f"c{i}{j}" for i in range(dim) for j in range(i + 1)]
+
+
+def _vectors_source(c: series.SeriesCall, plan: series.SeriesPlan, inline: str) -> list[str]:
+    """ser<n> for a 3-D or 4-D call of series._vectors: one correlation per vector both points
+    read, then per term the one- or two-vector series (never a fallback: the truncated series
+    stays a positive semi-definite kernel, and the accuracy probe reports its error)."""
+    dim = int(round((math.sqrt(8 * len(c.call.args) + 1) - 1) / 2))
+    names = _tri_names(dim)
+    lines = [inline, f"def {c.name}({', '.join(names)}, D1, D2, i, j):"]
+    for m, (a, ab, b) in enumerate(c.rhos):
+        lines.append(f"    r{m} = correlation({names[a]}, {names[ab]}, {names[b]})")
+    lines.append("    v = 0.0")
+    for t in c.terms:
+        fa = plan.factors[t.a] if t.a is not None else None
+        fb = plan.factors[t.b] if t.b is not None else None
+        if fa is not None and fb is not None:
+            if fa.kind == "2":
+                val = f"hdot2(D1, i, SER_COL[{t.a}], D2, j, SER_COL[{t.b}], r0, r1)"
+            else:
+                val = f"hdot(D1, i, SER_COL[{t.a}], D2, j, SER_COL[{t.b}], r0, True)"
+        elif fa is not None or fb is not None:
+            f, idx, tab, row = (fa, t.a, "D1", "i") if fa is not None else (fb, t.b, "D2", "j")
+            head = series.HEAD2 if f.kind == "2" else series.HEAD
+            val = f"{tab}[{row}, SER_COL[{idx}] + {head}]"  # the mean: c_0(0)
+        else:
+            val = "1.0"
+        lines.append(f"    v += {t.coef!r} * {val}")
+    return lines + ["    return v", ""]
 
 
 def render(kp: KernelProgram, use_series: bool = True) -> str:
@@ -493,8 +556,9 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
     for n, s in enumerate(needed):
         lines.append(f"        D[i, {n}] = {s}")
     for n, f in enumerate(plan.factors):
-        lines.append(f"        _hc{plan.functions.index(f.fn)}({pr.doprint(f.var)}, D, i, "
-                     f"SER_COL[{n}])")
+        var2 = "0.0" if f.var2 is None else pr.doprint(f.var2)
+        lines.append(f"        _hc{plan.functions.index((f.fn, f.kind))}({pr.doprint(f.var)}, "
+                     f"{var2}, D, i, SER_COL[{n}])")
     for n, o in enumerate(outs):
         lines.append(f"        OUT[i, {n}] = {o}")
     lines += ["    return", ""]
@@ -535,7 +599,7 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
     lines = head + runtime_lines(lines, JIT) + lines
     lines.append(f"KINDS = {tuple(kinds)!r}")
     lines.append(f"N_SCALARS = {len(needed)}  # the columns D2T holds")
-    lines.append(f"N_DIAG = {len(needed) + series.WIDTH * len(plan.factors)}")
+    lines.append(f"N_DIAG = {len(needed) + plan.width}")
     return "\n".join(lines) + "\n"
 
 
@@ -582,25 +646,6 @@ def _row_blocks(n1: int, n2: int, sym: bool, n_gram: int, progress) -> list[tupl
         blocks.append((lo, hi))
         lo = hi
     return blocks
-
-
-def _points(arrays: dict, kp_inputs) -> list[bytes]:
-    """One byte key per point (all its inputs), -0.0 folded into 0.0."""
-    flat = np.concatenate([arrays[i.name].reshape(len(arrays[i.name]), -1) + 0.0
-                           for i in kp_inputs], axis=1)
-    return [row.tobytes() for row in np.ascontiguousarray(flat)]
-
-
-def _coincident(a1: dict, a2: dict, kp_inputs) -> tuple[list, list]:
-    """(i, j) pairs with x2_j == x1_i and with x2_j == -x1_i, exactly."""
-    keys1 = _points(a1, kp_inputs)
-    neg1 = _points({k: -v for k, v in a1.items()}, kp_inputs)
-    where: dict[bytes, list[int]] = {}
-    for j, key in enumerate(_points(a2, kp_inputs)):
-        where.setdefault(key, []).append(j)
-    same = [(i, j) for i, key in enumerate(keys1) for j in where.get(key, ())]
-    anti = [(i, j) for i, key in enumerate(neg1) for j in where.get(key, ())]
-    return same, anti
 
 
 def _vec(arrays: dict, ref) -> np.ndarray:
@@ -666,6 +711,12 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
             _pool_map(lambda lo, hi, k=k: module.mirror(k, lo, hi),
                       _row_blocks(n1, n1, False, 1, None), None, n1)
             np.fill_diagonal(k, o)
+    # a point given twice is one point: its pairs take the diagonal's value, which the
+    # per-point code computes by the integrals of one point (a pair's integrals of twice the
+    # dimension, or a series cut short, may differ from it in the last digits or more)
+    for k, o in zip(ks, o1.T):
+        for i, j in same:
+            k[i, j] = o[i]
     return dict(zip(kinds, ks))
 
 

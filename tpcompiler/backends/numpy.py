@@ -29,6 +29,7 @@ from ..quadrature import (
     tensor_order,
     vanishing_arcs,
 )
+from .coincident import coincident
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -114,7 +115,9 @@ def _quadrature(program: KernelProgram, name: str, tri: list, call: sp.Expr | No
         for j in range(i + 1):
             c[..., i, j] = c[..., j, i] = tri[pos]
             pos += 1
-    plan = None if BOOST.get() or not SERIES.get() else _series_calls(program).get(call)
+    plan = None if not SERIES.get() else _series_calls(program).get(call)
+    if BOOST.get() and plan is not None and not plan[0].rhos:
+        plan = None  # the probe's reference for a 2-D series is the raised quadrature
     value = expectation(itg, c) if plan is None else _series(plan, itg, c)
     rec = RECORD.get()
     if rec is not None:
@@ -155,11 +158,102 @@ def _factor_table(fn: sp.Expr, var: np.ndarray) -> np.ndarray:
     return series.coefficient_table(fw)[inverse.reshape(-1)]
 
 
+def _vector_table(fn: sp.Expr, kind: str, va: np.ndarray, vb: np.ndarray | None, boost: bool):
+    """Coefficient tables (series._vectors) of fn at each point's variances, by the same
+    formulas as the Numba backend's _hc<m> and series.hermite_project2, at the production
+    orders or (boost) at raised ones: 128 half-range nodes per half-axis and 128 x 128 terms,
+    what the accuracy probe compares with. Returns (1-D coefficient rows (n, K), or 2-D tables
+    (n, K, K))."""
+    x, w = (rule(128) if boost else (series.SER_X, series.SER_W))
+    vb = np.zeros_like(va) if vb is None else vb
+    pairs = np.stack([va, vb], axis=1)
+    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    sa = np.sqrt(np.maximum(uniq[:, 0], 0.0))[:, None, None]
+    sb = np.sqrt(np.maximum(uniq[:, 1], 0.0))[:, None, None]
+    if kind == "1":
+        z = sa[:, :, 0] * x[None, :]
+        fw = w * np.broadcast_to(evaluate_expr(fn, {"z0": z}), z.shape)
+        out = fw @ _hermite(x, series.K_MAX).T
+    else:
+        z0, z1 = sa * x[None, :, None], sb * x[None, None, :]
+        shape = np.broadcast_shapes(z0.shape, z1.shape)
+        grid = np.broadcast_to(evaluate_expr(fn, {"z0": z0, "z1": z1}), shape)
+        if kind == "1m":
+            out = (w * (grid @ w)) @ _hermite(x, series.K_MAX).T
+        else:
+            h = _hermite(x, 128 if boost else series.K2) * w
+            out = h @ grid @ h.T
+    return out[inverse.reshape(-1)]
+
+
+def _hermite(x: np.ndarray, k: int) -> np.ndarray:
+    """h_j(x) for j < k: (k, nodes), by the recurrence the series uses."""
+    h = np.empty((k, x.size))
+    h[0] = 1.0
+    if k > 1:
+        h[1] = x
+    for j in range(2, k):
+        h[j] = (x * h[j - 1] - math.sqrt(j - 1) * h[j - 2]) / math.sqrt(j)
+    return h
+
+
+def _vector_series(call, factors, c: np.ndarray) -> np.ndarray:
+    """E[itg] per pair by the product of Mehler series of series._vectors (the Numba backend's
+    ser<n> of a 3-D or 4-D call), every term summed in full (the Numba code cuts where the
+    tail bound is below 5e-16 of the scale)."""
+    k = c.shape[-1]
+    c = c.reshape(-1, k, k)
+    boost = BOOST.get()
+    order1, order2 = call.order
+    shared = len(call.rhos)
+    rhos = []
+    for m in range(shared):
+        a, b = c[:, order1[m], order1[m]], c[:, order2[m], order2[m]]
+        pos = (a > 0.0) & (b > 0.0)
+        rhos.append(np.clip(np.where(pos, c[:, order1[m], order2[m]]
+                                     / np.sqrt(np.where(pos, a * b, 1.0)), 0.0), -1.0, 1.0))
+    tables: dict = {}
+
+    def table(index, order):
+        if (index, order) not in tables:
+            f = factors[index]
+            va = c[:, order[0], order[0]]
+            vb = c[:, order[1], order[1]] if len(order) == 2 else None
+            tables[index, order] = _vector_table(f.fn, f.kind, va, vb, boost)
+        return tables[index, order]
+
+    out = np.zeros(c.shape[0])
+    for t in call.terms:
+        ta = table(t.a, order1) if t.a is not None else None
+        tb = table(t.b, order2) if t.b is not None else None
+        if ta is not None and tb is not None:
+            if ta.ndim == 3:
+                v = np.empty(c.shape[0])
+                kk = ta.shape[1]
+                for lo in range(0, c.shape[0], 256):
+                    sl = slice(lo, lo + 256)
+                    pa = rhos[0][sl, None] ** np.arange(kk)
+                    pb = rhos[1][sl, None] ** np.arange(kk)
+                    v[sl] = np.einsum("pmn,pm,pn->p", ta[sl] * tb[sl], pa, pb)
+            else:
+                v = np.polynomial.polynomial.polyval(rhos[0], (ta * tb).T, tensor=False)
+        elif ta is not None:
+            v = ta[:, 0, 0] if ta.ndim == 3 else ta[:, 0]
+        elif tb is not None:
+            v = tb[:, 0, 0] if tb.ndim == 3 else tb[:, 0]
+        else:
+            v = 1.0
+        out += t.coef * v
+    return out
+
+
 def _series(plan, itg, c: np.ndarray) -> np.ndarray:
     """E[itg] per pair by the Mehler series (the Numba backend's ser<n>): the 1-D rule at
     |rho| = 1, the quadrature where the series' tail bound is not met."""
     call, factors = plan
     shape = c.shape[:-2]
+    if call.rhos:
+        return _vector_series(call, factors, c).reshape(shape)
     c = c.reshape(-1, 2, 2)
     a, ab, b = c[:, 0, 0], c[:, 1, 0], c[:, 1, 1]
     pos = (a > 0.0) & (b > 0.0)
@@ -211,7 +305,8 @@ def expectation(itg, c: np.ndarray) -> np.ndarray:
         return _split(itg, c, itg.breaks).reshape(shape)
     polar = bool(itg.kinked)
     boost = BOOST.get()
-    tnodes, tweights = grid(len(itg.pivot), tensor_order(len(itg.pivot), polar, boost)) \
+    tnodes, tweights = grid(len(itg.pivot), tensor_order(len(itg.pivot), polar, boost,
+                                                         itg.per_point)) \
         if itg.pivot else (np.zeros((1, 0)), np.ones(1))
     per_pair = len(tweights) * (_polar_size(itg) if polar else 1)
     step = max(1, _CHUNK // per_pair)
@@ -369,14 +464,17 @@ def evaluate(program: KernelProgram, data1: dict, data2: dict | None = None,
     _run(program.cross, env, program)
     n1 = next(iter(data1.values())).shape[0]
     n2 = next(iter(other.values())).shape[0]
+    same, _ = coincident(data1, other, program.inputs)
     out = {}
     for kind in get:
         dexpr, cexpr = program.outputs[kind]
         k = np.broadcast_to(evaluate_expr(cexpr, env, program), (n1, n2)).astype(np.float64)
+        diag = np.broadcast_to(evaluate_expr(dexpr, d1, program), (n1,))
         if data2 is None:
             # the kernel is symmetric; quadratures are not exactly symmetric under swapping the
             # two points (Cholesky order), so take the upper triangle as every backend does
             k = np.triu(k, 1) + np.triu(k, 1).T
-            np.fill_diagonal(k, np.broadcast_to(evaluate_expr(dexpr, d1, program), (n1,)))
+        for i, j in same:  # a point given twice is one point (backends/coincident.py)
+            k[i, j] = diag[i]
         out[kind] = k
     return out

@@ -34,6 +34,9 @@ class Quadrature:
 
     integrand: sp.Expr  # in the coordinate symbols z0..z{k-1}
     cov: tuple[tuple[sp.Expr, ...], ...]  # k x k covariance of the coordinates
+    #: the sided G-var symbols that are the coordinates, when they are (the source basis,
+    #: `_sources`); None when the coordinates are other linear forms
+    coords: tuple[sp.Symbol, ...] | None = None
 
 
 def zsym(i: int) -> sp.Symbol:
@@ -46,11 +49,15 @@ class Expectation:
     cov(a, b): the covariance expression of two sided symbols (0 when independent);
     param(a): the matrix/bias a sided symbol comes from (equal params <=> may be correlated);
     quad(Quadrature): registers a quadrature and returns the expression standing for its value;
-    where(a): a description of the vector behind a symbol, for error messages.
+    where(a): a description of the vector behind a symbol, for error messages;
+    point(a): which of the two points a sided symbol belongs to (None: not known, no source
+    basis wider than the forms').
     """
 
-    def __init__(self, cov: Callable, param: Callable, quad: Callable, where: Callable):
+    def __init__(self, cov: Callable, param: Callable, quad: Callable, where: Callable,
+                 point: Callable | None = None):
         self.cov, self.param, self.quad, self.where = cov, param, quad, where
+        self.point = point
 
     # --- linear forms ------------------------------------------------------------------
 
@@ -231,6 +238,10 @@ class Expectation:
             return integrand
         basis = _kinks_first(basis, integrand)
         symbols = sorted({s for f in basis for s in f.free_symbols}, key=lambda s: s.name)
+        sources = _sources(basis, symbols, integrand, self.point, self.param)
+        if sources is not None:
+            basis = sources
+            k = len(basis)
         m = sp.Matrix([[_coeffs(f).get(s, 0) for s in symbols] for f in basis])  # k x nsym
         zs = [zsym(i) for i in range(k)]
 
@@ -263,7 +274,34 @@ class Expectation:
 
         body = walk(integrand)
         cov = tuple(tuple(self.lin_cov(basis[i], basis[j]) for j in range(k)) for i in range(k))
-        return self.quad(Quadrature(body, cov))
+        return self.quad(Quadrature(body, cov, basis if sources is not None else None))
+
+
+def _sources(basis: tuple, symbols: list, integrand: sp.Expr, point: Callable | None,
+             param: Callable) -> tuple | None:
+    """The G-vars themselves as the basis, when the integrand has no kink (kinked integrands
+    keep their kink arguments as axes, `_kinks_first`) and either there are as many G-vars as
+    the basis has forms, or the integral is 3-D or 4-D over at most two G-vars of different
+    matrices per point. tanh(u) tanh(u + w) then has the coordinates u, w of each point: its
+    covariance is block diagonal by matrix, one coordinate per point and vector, which the
+    Mehler series of series.py needs (one series per vector; a 3-D integral over u + w at one
+    point and u, u + w at the other becomes 4-D, at no cost to the series)."""
+    from ..quadrature import KINKED
+
+    if integrand.atoms(*KINKED):
+        return None
+    if len(symbols) != len(basis):
+        if point is None:
+            return None
+        per_point: dict = {}
+        for s in symbols:
+            per_point.setdefault(point(s), []).append(param(s))
+        if (len(basis) < 3 or len(symbols) > MAX_QUAD_DIM or len(per_point) != 2
+                or any(len(v) > 2 or len(set(v)) != len(v) for v in per_point.values())):
+            return None
+    if all(f.is_Symbol for f in basis) and len(symbols) == len(basis):
+        return tuple(basis)
+    return tuple(symbols)
 
 
 def _kinks_first(basis: tuple, integrand: sp.Expr) -> tuple:

@@ -55,7 +55,8 @@ class _Builder:
             if g.op is ir.Op.MATMUL:
                 for s in g.arg.free_symbols:
                     self.users[s.name].append(g)
-        self.E = Expectation(self.cov, self.param, self.quad, self.where)
+        self.E = Expectation(self.cov, self.param, self.quad, self.where,
+                             lambda s: unsided(s)[1])
 
     # --- symbols -----------------------------------------------------------------------
 
@@ -92,11 +93,19 @@ class _Builder:
         # the rule depends on the integrand's kinks and on which covariances are structural
         # zeros (G-vars of different matrices/biases): decided here, at compile time
         pivot, kinked, forms, breaks = quadrature.plan(q.integrand, q.cov)
-        key = (len(q.cov), q.integrand, pivot, kinked, forms, breaks)
+        # which point and which vector each coordinate is (the Mehler series reads it); the
+        # diag block's coordinates are all of the first point: no layout, no series
+        layout = () if q.coords is None else tuple(
+            (side, self.p.gvar(name).param) for name, side in map(unsided, q.coords))
+        if layout and len({side for side, _ in layout}) < 2:
+            layout = ()
+        per_point = all(s.name.startswith("d") for row in q.cov for e in row
+                        for s in e.free_symbols)
+        key = (len(q.cov), q.integrand, pivot, kinked, forms, breaks, layout, per_point)
         itg = self.integrands.get(key)
         if itg is None:
             itg = Integrand(f"Q{len(self.integrands)}", len(q.cov), q.integrand, pivot, kinked,
-                            forms, breaks)
+                            forms, breaks, layout, per_point)
             self.integrands[key] = itg
         args = [q.cov[i][j] for i in range(len(q.cov)) for j in range(i + 1)]
         return sp.Function(f"quad{itg.dim}_{itg.name}")(*args)

@@ -1,0 +1,25 @@
+"""Points given more than once, or as each other's negatives: every backend gives their pairs
+exact values (a pair of identical points is one point: the diagonal's value)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _points(arrays: dict, kp_inputs) -> list[bytes]:
+    """One byte key per point (all its inputs), -0.0 folded into 0.0."""
+    flat = np.concatenate([arrays[i.name].reshape(len(arrays[i.name]), -1) + 0.0
+                           for i in kp_inputs], axis=1)
+    return [row.tobytes() for row in np.ascontiguousarray(flat)]
+
+
+def coincident(a1: dict, a2: dict, kp_inputs) -> tuple[list, list]:
+    """(i, j) pairs with x2_j == x1_i and with x2_j == -x1_i, exactly."""
+    keys1 = _points(a1, kp_inputs)
+    neg1 = _points({k: -v for k, v in a1.items()}, kp_inputs)
+    where: dict[bytes, list[int]] = {}
+    for j, key in enumerate(_points(a2, kp_inputs)):
+        where.setdefault(key, []).append(j)
+    same = [(i, j) for i, key in enumerate(keys1) for j in where.get(key, ())]
+    anti = [(i, j) for i, key in enumerate(neg1) for j in where.get(key, ())]
+    return same, anti
