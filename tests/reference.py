@@ -5,7 +5,9 @@ whitened coordinates, each level split where a kink line crosses it and truncate
 standard deviations (mass 4e-33): no code of tpcompiler's. Used by tests/test_exact.py and
 benchmarks/exactness.py.
 
-one_layer(act, X, var, bias): NNGP = E[phi(u) phi(v)] and NTK = NNGP + E[phi'(u) phi'(v)]
+one_layer(act, X, var, bias) (sin(2 g): the closed form E[sin 2u sin 2v] =
+(exp(-2 Var(u - v)) - exp(-2 Var(u + v))) / 2, written out here): NNGP = E[phi(u) phi(v)]
+and NTK = NNGP + E[phi'(u) phi'(v)]
 Cov(u, v) (neural-tangents' 'ntk' convention, readout variance 1) of
 `g = dense(x, var, bias); y = readout(phi(g))`, (u, v) ~ N(0, [[q1, k], [k, q2]]),
 Cov = var <x, x'>/d + bias.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 from scipy import integrate
@@ -52,15 +55,25 @@ def _gauss2(f, c: np.ndarray, kinks) -> float:
     a, b, d = c[0, 0], c[1, 0], c[1, 1]
     l00 = math.sqrt(a) if a > 0 else 0.0
     l10 = b / l00 if l00 > 0 else 0.0
-    l11 = math.sqrt(max(d - l10 * l10, 0.0))
-    if l11 <= 1e-12 * math.sqrt(max(d, 1e-300)):
-        l11 = 0.0
+    # l11^2 = det / a with the determinant in exact rational arithmetic: d - l10^2 in floats
+    # leaves ~1e-16 d of rounding, an l11 ~ 1e-8 sqrt(d) for two identical points, which scipy
+    # then integrates as a pair of width 1e-8 (7e-11 off on P(|u| < 1)); exactly, identical
+    # points get l11 = 0 and points 1e-8 apart keep theirs (it moves a kinked NTK by 1e-10)
+    det = Fraction(float(a)) * Fraction(float(d)) - Fraction(float(b)) ** 2
+    l11 = math.sqrt(max(float(det / Fraction(float(a))), 0.0)) if a > 0 else math.sqrt(max(d, 0))
     phi = lambda t: math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)  # noqa: E731
     # relative, not absolute: kernels of tiny inputs are ~1e-16 and still owed full accuracy
     opts = dict(epsabs=1e-30, epsrel=1e-13, limit=200)
 
     def cuts(pts):
-        return sorted(p for p in pts if -12 < p < 12)
+        # once each, and points closer than 1e-12 as one: QUADPACK's qagp given pieces of width
+        # ~1e-15 (u's kink and v's of two nearly identical points) reports roundoff and is
+        # 6e-9 off (measured against mpmath); merged, 1e-18
+        out: list[float] = []
+        for p in sorted(float(p) for p in pts if -12 < p < 12):
+            if not out or p - out[-1] > 1e-12:
+                out.append(p)
+        return out
 
     def inner(s):
         u = l00 * s
@@ -77,24 +90,36 @@ def _gauss2(f, c: np.ndarray, kinks) -> float:
                               points=cuts([kv / l11 for kv in kinks]) or None, **opts)[0]
     outer = [ku / l00 for ku in kinks]
     if l10 != 0.0:
-        # where v's kink crosses t = 0: for l11 << |l10| (nearly collinear points) the inner
-        # integral jumps there within a width w = l11 / |l10|; cut around it at multiples of w
+        # where v's kink crosses t = 0 (for l11 = 0, v = l10 s has its kinks there: antipodal
+        # points' differ from u's); for l11 << |l10| (nearly collinear points) the inner
+        # integral jumps there within a width w = l11 / |l10|: cut around it at multiples of w
         w = l11 / abs(l10)
         outer += [kv / l10 + m * w for kv in kinks for m in (-8, -3, -1, 0, 1, 3, 8)]
     return integrate.quad(lambda s: inner(s) * phi(s), -12, 12,
                           points=cuts(outer) or None, **opts)[0]
 
 
-def one_layer(act: str, X: np.ndarray, var: float, bias: float) -> dict:
+def one_layer(act: str, X: np.ndarray, var: float, bias: float, nudge: float = 0.0) -> dict:
+    """nudge: every cross-covariance multiplied by 1 + nudge (the conditioning probe of
+    tests/test_exact.py: how much a rounding of the Gram entries moves the kernel)."""
     _, f, df, kinks = ACTS[act]
     n = len(X)
     cov = var * (X @ X.T) / X.shape[1] + bias
+    cov = cov * (1.0 + nudge) - np.diag(np.diag(cov)) * nudge
     out = {"nngp": np.zeros((n, n)), "ntk": np.zeros((n, n))}
     for i in range(n):
         for j in range(n):
             c = np.array([[cov[i, i], cov[i, j]], [cov[i, j], cov[j, j]]])
-            nngp = gauss2(lambda u, v: f(u) * f(v), c, kinks)
-            dd = gauss2(lambda u, v: df(u) * df(v), c, kinks)
+            if act == "sin2":
+                # closed form: scipy cannot integrate sin(2u) at standard deviations of 1e8;
+                # Var(u -+ v) from the rows themselves, not as a difference of large terms
+                dm = var * np.sum((X[i] - X[j]) ** 2) / X.shape[1]
+                dp = var * np.sum((X[i] + X[j]) ** 2) / X.shape[1] + 4 * bias
+                em, ep = math.exp(-2 * dm), math.exp(-2 * dp)
+                nngp, dd = 0.5 * (em - ep), 2 * (em + ep)
+            else:
+                nngp = gauss2(lambda u, v: f(u) * f(v), c, kinks)
+                dd = gauss2(lambda u, v: df(u) * df(v), c, kinks)
             out["nngp"][i, j] = nngp
             out["ntk"][i, j] = nngp + dd * cov[i, j]
     return out

@@ -592,3 +592,46 @@ def plan(expr: sp.Expr, cov) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tu
     if len(lines) == 1:  # arcs of pi are too long for the angular rule: add the axes
         lines = {_direction(list(d)) for d in lines | {(1.0, 0.0), (0.0, 1.0)}}
     return tuple(singles + others + rest), tuple(pair), tuple(sorted(lines)), ()
+
+
+# --- per-piece forms of a kinked integrand ----------------------------------------------------
+
+#: at most this many distinct kink arguments get per-piece forms (2^K branches of code)
+MAX_PIECE_KINKS = 5
+
+
+@functools.lru_cache(maxsize=256)
+def pieces(expr: sp.Expr) -> tuple[tuple[sp.Expr, ...], dict] | None:
+    """The integrand on each side of its kinks, simplified: (the kink arguments a_1..a_K,
+    {(a_1 > 0, ..., a_K > 0): expr with relu, step, abs, abrelu of a_i replaced by their
+    value on that side}), or None (no such kink, or more than MAX_PIECE_KINKS).
+
+    Exact, 0 included (relu(0) = step(0) = abs(0) = 0 on the side a <= 0), and what the split
+    rule evaluates between its cuts: on -1 < u < 1, relu(u + 1) - relu(u - 1) - 1 is u, not
+    (u + 1) - 1, whose rounding is 1e-16 absolute, ~1e-8 relative at u ~ 1e-8 (what a sum of
+    kinked terms that cancels costs at tiny inputs)."""
+    kinks = sorted({f.args[0] for f in expr.atoms(F.Relu, F.Step, F.AbsF, F.ABRelu)},
+                   key=sp.default_sort_key)
+    if not kinks or len(kinks) > MAX_PIECE_KINKS:
+        return None
+    out = {}
+    for pattern in np.ndindex(*(2,) * len(kinks)):
+        on = dict(zip(kinks, (bool(p) for p in pattern)))
+
+        def side(e: sp.Expr) -> sp.Expr:
+            if isinstance(e, (F.Relu, F.Step, F.AbsF, F.ABRelu)) and e.args[0] in on:
+                a = side(e.args[0])
+                pos = on[e.args[0]]
+                if isinstance(e, F.Relu):
+                    return a if pos else sp.S.Zero
+                if isinstance(e, F.Step):
+                    return sp.S.One if pos else sp.S.Zero
+                if isinstance(e, F.AbsF):
+                    return a if pos else -a
+                return (e.args[2] if pos else e.args[1]) * a
+            if not e.args:
+                return e
+            return e.func(*[side(x) for x in e.args])
+
+        out[tuple(bool(p) for p in pattern)] = sp.expand(side(expr))
+    return tuple(kinks), out

@@ -32,6 +32,7 @@ from ..quadrature import (
     careful_rows,
     is_soft,
     legendre_rule,
+    pieces,
     polar_order,
     rayleigh_rule,
     rule,
@@ -283,7 +284,15 @@ def _split_source(q: Integrand, printer: KernelPrinter, jit: str = JIT,
     name, dim, itg = f"quad{q.dim}_{q.name}", q.dim, q.name
     if nodes:
         name = f"_nodes_{q.name}"
-    temps, body = _integrand_cse(q.expr)
+    piecewise = None if nodes else pieces(q.expr)
+    pre_lines: list[str] = []
+    if piecewise is not None:
+        # the integrand per side of its kinks (quadrature.pieces), chosen per node
+        pre_lines = _pieces_source(itg, dim, *piecewise, printer, jit)
+        temps, body = [], sp.Function(f"_pw_{itg}")(*(sp.Symbol(f"z{i}", real=True)
+                                                      for i in range(dim)))
+    else:
+        temps, body = _integrand_cse(q.expr)
     level = {f"z{i}": i for i in range(dim)}
     placed: dict[int, list[str]] = {}
     for sym, e in temps:
@@ -293,7 +302,7 @@ def _split_source(q: Integrand, printer: KernelPrinter, jit: str = JIT,
     value = printer.doprint(body)
     none = "1e300"  # no break on this axis: never inside a panel
     edges = np.array(SPLIT_EDGES)
-    lines = [f"SPE_{itg} = {_array_literal(edges)}"]
+    lines = pre_lines + [f"SPE_{itg} = {_array_literal(edges)}"]
     for a in range(dim):
         x, w = legendre_rule(SPLIT_ORDER[a])
         lines += [f"SPX{a}_{itg} = {_array_literal(x)}", f"SPW{a}_{itg} = {_array_literal(w)}"]
@@ -367,6 +376,25 @@ def _split_source(q: Integrand, printer: KernelPrinter, jit: str = JIT,
         lines += axis(0, outer, "    ", "acc", pre + body1 + ([] if nodes else ["acc += g0 * s1"]))
     lines += ["    return zs[:cnt], ws[:cnt]" if nodes else "    return acc", ""]
     return lines
+
+
+def _pieces_source(itg: str, dim: int, kinks, forms: dict, printer: KernelPrinter,
+                   jit: str) -> list[str]:
+    """_pw_<itg>(z0, ...): the integrand's form on the side of each kink the node is on."""
+    zs = ", ".join(f"z{i}" for i in range(dim))
+    lines = [jit, f"def _pw_{itg}({zs}):"]
+    lines += [f"    k{n} = ({printer.doprint(a)}) > 0.0" for n, a in enumerate(kinks)]
+
+    def tree(prefix: tuple, ind: str) -> list[str]:
+        if len(prefix) == len(kinks):
+            temps, body = _integrand_cse(forms[prefix])
+            out = [f"{ind}{t} = {printer.doprint(e)}" for t, e in temps]
+            return out + [f"{ind}return {printer.doprint(body)}"]
+        n = len(prefix)
+        return ([f"{ind}if k{n}:"] + tree(prefix + (True,), ind + "    ")
+                + [f"{ind}else:"] + tree(prefix + (False,), ind + "    "))
+
+    return lines + tree((), "    ") + [""]
 
 
 def _careful_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str) -> list[str]:

@@ -22,6 +22,7 @@ from ..quadrature import (
     careful_rows,
     cholesky_psd,
     grid,
+    pieces,
     polar_nodes,
     polar_order,
     rule,
@@ -405,8 +406,7 @@ def _split(itg, c: np.ndarray, breaks) -> np.ndarray:
 
     def flush():
         z = np.concatenate([p[1] for p in pending])
-        env = {f"z{i}": z[:, i] for i in range(itg.dim)}
-        vals = np.broadcast_to(evaluate_expr(itg.expr, env), (len(z),))
+        vals = _piecewise_values(itg.expr, z)
         at = 0
         for n, zn, wn in pending:
             out[n] = vals[at:at + len(wn)] @ wn
@@ -423,6 +423,27 @@ def _split(itg, c: np.ndarray, breaks) -> np.ndarray:
             size = 0
     if pending:
         flush()
+    return out
+
+
+def _piecewise_values(expr: sp.Expr, z: np.ndarray) -> np.ndarray:
+    """expr at the nodes z (M, dim), by its form on each node's side of every kink
+    (quadrature.pieces) where it has them, as the Numba backend's split rule evaluates it."""
+    env = {f"z{i}": z[:, i] for i in range(z.shape[1])}
+    forms = pieces(expr)
+    if forms is None:
+        return np.broadcast_to(evaluate_expr(expr, env), (len(z),))
+    kinks, by_side = forms
+    sides = np.stack([np.broadcast_to(evaluate_expr(a, env), (len(z),)) > 0.0 for a in kinks])
+    code = np.zeros(len(z), dtype=np.int64)
+    for row in sides:
+        code = 2 * code + row
+    out = np.empty(len(z))
+    for pattern, form in by_side.items():
+        sel = code == int("".join("1" if p else "0" for p in pattern) or "0", 2)
+        if sel.any():
+            sub = {k: v[sel] for k, v in env.items()}
+            out[sel] = np.broadcast_to(evaluate_expr(form, sub), (int(sel.sum()),))
     return out
 
 

@@ -42,7 +42,7 @@ class KernelPrinter(PythonCodePrinter):
         name = _FUNC_NAMES.get(type(expr))
         if name is None:
             name = type(expr).__name__
-            if name not in helpers.HELPERS and not name.startswith(("quad", "ser")):
+            if name not in helpers.HELPERS and not name.startswith(("quad", "ser", "_pw_")):
                 return super()._print_Function(expr)
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 

@@ -409,12 +409,28 @@ def _opaque_sum(e: sp.Add) -> bool:
     # tanh's of several time steps) are separate, smaller integrals once expanded
     if len({sp.expand(f) for t in terms for f in _forms(t)}) > 1:
         return False
+    if any(_shifted_kink(t) for t in terms):
+        # relu(g) - relu(g - 6): expanded, E[relu(u) relu(v)] (closed form) and the shifted
+        # terms (integrals) are each ~Var(g) and cancel to O(1): at inputs of norm 1e8 that
+        # left 4e-2 of the kernel; whole, the split rule integrates 6 where g > 6
+        return True
     for t in terms:
         _, fs = _factors(t)
         if any(_is_poly(f) or _is_trig(f) or _item(f.as_base_exp()[0]) is not None
                or f.has(sp.Dummy) for f in fs):
             return False
     return True
+
+
+def _shifted_kink(term: sp.Expr) -> bool:
+    """A term with a kink away from 0 (relu(g - 6), step(g + 1)): one of a piecewise sum."""
+    from ..quadrature import KINKED
+
+    for f in term.atoms(*KINKED):
+        aff = _split_affine(f.args[0])
+        if aff is not None and aff[1] != 0:
+            return True
+    return False
 
 
 def _solve_in_span(a: sp.Matrix, e: sp.Matrix):
