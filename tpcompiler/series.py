@@ -548,17 +548,18 @@ SOURCES = (hermite_project, hermite_project2, hdot, _cut2, hdot2, correlation)
 
 # --- the same arithmetic over arrays, for the NumPy reference evaluator
 
-def _hermite_matrix() -> np.ndarray:
-    """h_k(node) for k < K_EXT: (K_EXT, nodes)."""
-    h = np.empty((K_EXT, SER_X.size))
+def hermite_matrix(x: np.ndarray, k: int) -> np.ndarray:
+    """h_j(x) for j < k: (k, nodes), by the recurrence the series uses."""
+    h = np.empty((k, x.size))
     h[0] = 1.0
-    h[1] = SER_X
-    for k in range(2, K_EXT):
-        h[k] = (SER_X * h[k - 1] - SER_P[k] * h[k - 2]) * SER_Q[k]
+    if k > 1:
+        h[1] = x
+    for j in range(2, k):
+        h[j] = (x * h[j - 1] - SER_P[j] * h[j - 2]) * SER_Q[j]
     return h
 
 
-_H = _hermite_matrix()
+_H = hermite_matrix(SER_X, K_EXT)
 
 
 def coefficient_table(fw: np.ndarray) -> np.ndarray:

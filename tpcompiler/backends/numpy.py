@@ -174,28 +174,17 @@ def _vector_table(fn: sp.Expr, kind: str, va: np.ndarray, vb: np.ndarray | None,
     if kind == "1":
         z = sa[:, :, 0] * x[None, :]
         fw = w * np.broadcast_to(evaluate_expr(fn, {"z0": z}), z.shape)
-        out = fw @ _hermite(x, series.K_MAX).T
+        out = fw @ series.hermite_matrix(x, series.K_MAX).T
     else:
         z0, z1 = sa * x[None, :, None], sb * x[None, None, :]
         shape = np.broadcast_shapes(z0.shape, z1.shape)
         grid = np.broadcast_to(evaluate_expr(fn, {"z0": z0, "z1": z1}), shape)
         if kind == "1m":
-            out = (w * (grid @ w)) @ _hermite(x, series.K_MAX).T
+            out = (w * (grid @ w)) @ series.hermite_matrix(x, series.K_MAX).T
         else:
-            h = _hermite(x, 128 if boost else series.K2) * w
+            h = series.hermite_matrix(x, 128 if boost else series.K2) * w
             out = h @ grid @ h.T
     return out[inverse.reshape(-1)]
-
-
-def _hermite(x: np.ndarray, k: int) -> np.ndarray:
-    """h_j(x) for j < k: (k, nodes), by the recurrence the series uses."""
-    h = np.empty((k, x.size))
-    h[0] = 1.0
-    if k > 1:
-        h[1] = x
-    for j in range(2, k):
-        h[j] = (x * h[j - 1] - math.sqrt(j - 1) * h[j - 2]) / math.sqrt(j)
-    return h
 
 
 def _vector_series(call, factors, c: np.ndarray) -> np.ndarray:
