@@ -5,9 +5,11 @@ time per pair and error against an independent reference (issue 13's before/afte
 
 Run it once on the tree before a change (PYTHONPATH pointing at that checkout) and once after,
 then `--table before.json after.json` writes the Markdown table. References: tests/reference.py
-(nested adaptive scipy quadrature split at the kinks) for the one-layer families; for the
-deeper ones, reference-free consistency (a duplicated row against the diagonal, the smallest
-eigenvalue relative to the largest).
+(nested adaptive scipy quadrature split at the kinks) for the one-layer families, the same
+through a hand derivation of the NTK for tanh(h) * tanh(dense(h)), and composite Gauss-Legendre
+4-D integrals for tanh(u) * tanh(u + w) (two resolutions: their difference is the reference's
+own error, reported); reference-free consistency for all (a duplicated row against the
+diagonal, the smallest eigenvalue relative to the largest).
 """
 
 from __future__ import annotations
@@ -54,10 +56,26 @@ def _data(name: str, n: int, rng) -> np.ndarray:
     return x
 
 
+def _references() -> dict:
+    """family -> (X -> (reference kernels, the reference's own error or 0))."""
+    from reference import tanh_product_layer, tanh_two_vectors
+
+    def two_vectors(x):
+        ref = tanh_two_vectors(x, 5.0, nodes=10)
+        fine = tanh_two_vectors(x, 5.0, nodes=12)
+        return fine, max(float(np.max(np.abs(ref[k] - fine[k])) / np.max(np.diag(fine[k])))
+                         for k in fine)
+
+    return {"tanh(h) * tanh(dense(h)), var 4": lambda x: (tanh_product_layer(x, 4.0, 0.1), 0.0),
+            "tanh(u) * tanh(u + w), var 5": two_vectors}
+
+
 def measure(n_time: int = 200, n_ref: int = 6) -> dict:
     import tpcompiler as tp
 
     from reference import ACTS, one_layer
+
+    refs = _references()
 
     out = {}
     for name, (src, act) in FAMILIES.items():
@@ -82,8 +100,12 @@ def measure(n_time: int = 200, n_ref: int = 6) -> dict:
                 row["min_eig"] = min(float(np.linalg.eigvalsh(K[k])[0] /
                                            max(np.linalg.eigvalsh(K[k])[-1], 1e-300))
                                      for k in K)
+            ref = None
             if act is not None:
                 ref = one_layer(act, xs, VAR, BIAS)
+            elif name in refs:
+                ref, row["ref_err"] = refs[name](xs)
+            if ref is not None:
                 row["err"] = max(float(np.max(np.abs(K[k] - ref[k])) /
                                        np.max(np.abs(np.diag(ref[k])))) for k in K)
             X = rng.normal(size=(n_time, 3))

@@ -788,7 +788,7 @@ def report(results: dict, cfg: dict, args) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    from tpcompiler.backends.cache import atomic_write_text
+    from tpcompiler.files import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from tpcompiler import TPError
 from tpcompiler.cli import main as tpc_main
-from tpcompiler.lower import lower
+from tpcompiler.lowering import lower
 from tpcompiler.parse import parse_source
 from tpcompiler.passes.abc import PRESETS, Role, abc_table, kernel_refusals
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import tpcompiler as tp
+from tpcompiler import files
 from tpcompiler.backends import cache
 
 SMALL = """\
@@ -154,4 +155,4 @@ def test_digest_follows_the_program():
 
 
 def test_cache_dir_is_the_session_folder(tpc_cache_dir):
-    assert cache.cache_dir() == tpc_cache_dir
+    assert files.cache_dir() == tpc_cache_dir

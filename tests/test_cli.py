@@ -194,6 +194,27 @@ def test_subcommand_help(command, capsys):
     assert capsys.readouterr().out.startswith(f"usage: tpc {command}")
 
 
+def test_start_up_loads_no_symbolic_or_compiler_stack():
+    """`import tpcompiler` and `tpc --help` stay light (issue 14: fast start): sympy, numba and
+    mpmath load when a program is compiled, not before; every subcommand is still there (an
+    import error in a command's module fails here, it does not drop the command)."""
+    code = ("import sys, tpcompiler, tpcompiler.cli as c; p = c.build_parser(); "
+            "heavy = [m for m in ('sympy', 'numba', 'mpmath', 'lark') if m in sys.modules]; "
+            "assert not heavy, heavy; print(tpcompiler.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert set(_subcommands()) >= {"ir", "kernel-program", "latex", "kernel", "check", "abc",
+                                   "coordcheck"}
+
+
+def test_cli_constants_agree_with_the_modules_they_describe():
+    from tpcompiler import abc_cli, coordcheck
+    from tpcompiler.passes import abc
+
+    assert abc_cli.OPTIMIZERS == abc.OPTIMIZERS
+    assert abc_cli.COORDCHECK_TOLERANCE == coordcheck.TOLERANCE
+
+
 # --- tpc kernel ------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import pytest
 from tpcompiler import coordcheck as cc
 from tpcompiler import simulate
 from tpcompiler.cli import main as tpc_main
-from tpcompiler.lower import lower
+from tpcompiler.lowering import lower
 from tpcompiler.parse import parse_source
 from tpcompiler.passes.abc import abc_table
 

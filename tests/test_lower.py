@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tpcompiler import TPError, ir, lower
 from tpcompiler.functions import ABRelu, Erf, Relu, Sigmoid
-from tpcompiler.lower import MAX_GVARS, MAX_POWER, MAX_SEQ, MAX_STEPS
+from tpcompiler.lowering import MAX_GVARS, MAX_POWER, MAX_SEQ, MAX_STEPS
 from tpcompiler.parse import parse_file, parse_source
 from tpcompiler.syntax import print_module
 
@@ -256,7 +256,7 @@ def test_program_is_a_comparable_hashable_value():
 
 def test_ir_text_is_stable_across_processes():
     """The digest is a cache key: it must not depend on the hash seed or on the process."""
-    code = ("import json, sys\nfrom tpcompiler.lower import lower\n"
+    code = ("import json, sys\nfrom tpcompiler.lowering import lower\n"
             "from tpcompiler.parse import parse_file\n"
             "print(json.dumps([lower(parse_file(p)).digest() for p in sys.argv[1:]]))\n")
     here = [lower(parse_file(p)).digest() for p in EXAMPLES]
@@ -722,7 +722,7 @@ def test_language_doc_errors():
 
 def test_language_doc_states_the_limits_and_builtins():
     from tpcompiler.functions import BUILTINS
-    from tpcompiler.lower import KEYWORDS, MAX_BITS, MAX_EXPONENT, PRESETS
+    from tpcompiler.lowering import KEYWORDS, MAX_BITS, MAX_EXPONENT, PRESETS
     from tpcompiler.parse import MAX_SOURCE_BYTES
 
     doc = DOC.read_text()

@@ -10,7 +10,6 @@ errors). Tolerances are the accuracies claimed in quadrature.py's docstring.
 from __future__ import annotations
 
 import math
-import time
 
 import mpmath as mp
 import numpy as np
@@ -93,11 +92,39 @@ def test_gauss_rules_integrate_polynomials_exactly(maker, moment):
             assert abs(np.sum(w * r**j) - exact) <= 2e-14 * exact, (n, j)
 
 
-def test_gauss_rules_are_fast_to_build():
-    t = time.perf_counter()
-    Q._gauss_from_moments(Q._half_moment, 32)
-    Q._gauss_from_moments(Q._rayleigh_moment, 20)
-    assert time.perf_counter() - t < 1.0
+def _named_orders() -> dict[str, set[int]]:
+    from tpcompiler import series
+
+    half = {*Q.DEFAULT_ORDER.values(), *Q.PER_POINT_ORDER.values(), *Q.PRODUCT_ORDER.values(),
+            *Q.BOOSTED["tensor"].values(), *Q.BOOSTED["product"].values(), series.NODE_ORDER,
+            series.BOOST_NODE_ORDER}
+    rayleigh = {r for _, r in (*Q.POLAR_ORDER.values(), *Q.BOOSTED["polar"].values())}
+    return {"half": half, "rayleigh": rayleigh}
+
+
+def test_shipped_rules_cover_every_order_the_package_names():
+    """gauss_rules.npz holds every order the rules' constants name (else an import or a first
+    kernel would pay ~0.2 s of mpmath per rule), and nothing else."""
+    stored = Q._stored()
+    for kind, orders in _named_orders().items():
+        assert orders <= set(Q.STORED_ORDERS[kind]), (kind, orders - set(Q.STORED_ORDERS[kind]))
+        assert {f"{kind}_{n}" for n in Q.STORED_ORDERS[kind]} <= set(stored)
+    assert len(stored) == sum(len(v) for v in Q.STORED_ORDERS.values())
+
+
+@pytest.mark.parametrize("kind,n", [("half", 7), ("half", 32), ("rayleigh", 12)])
+def test_shipped_rules_are_the_computed_ones(kind, n):
+    """The file is what `python -m tpcompiler.quadrature` computes (bit for bit: the same
+    float64 roundings of 40-digit nodes); every order in test_all_shipped_rules (slow)."""
+    np.testing.assert_array_equal(np.stack(Q.compute_rule(kind, n)), Q._stored()[f"{kind}_{n}"])
+
+
+@pytest.mark.slow
+def test_all_shipped_rules_are_the_computed_ones():
+    for kind, orders in Q.STORED_ORDERS.items():
+        for n in orders:
+            np.testing.assert_array_equal(np.stack(Q.compute_rule(kind, n)),
+                                          Q._stored()[f"{kind}_{n}"], err_msg=f"{kind}_{n}")
 
 
 def test_split_line_rule_is_a_probability_rule():

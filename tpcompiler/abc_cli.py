@@ -1,17 +1,22 @@
 """`tpc abc FILE`: the abc-parametrization table of a .tp program (tpcompiler.passes.abc), and
-`tpc coordcheck FILE`: the coordinate check (tpcompiler.coordcheck), registered alongside.
+`tpc coordcheck FILE`: the coordinate check (tpcompiler.coordcheck).
 
-Registered by tpcompiler.cli (`_extra_commands`); TPErrors propagate to cli.main, which prints
-them and exits 2.
+Registered by tpcompiler.cli (its COMMANDS table); TPErrors propagate to cli.main, which prints
+them and exits 2. The argument parsers only: the work is imported when a command runs, so
+`tpc --help` loads neither sympy nor numba.
 """
 
 from __future__ import annotations
 
 FORMATS = ("text", "markdown", "latex", "json")
+#: passes.abc.OPTIMIZERS and coordcheck.TOLERANCE, here without importing them (tests/test_cli.py
+#: checks that they agree)
+OPTIMIZERS = ("sgd", "adam")
+COORDCHECK_TOLERANCE = 0.25
 
 
 def cmd_abc(args) -> int:
-    from .lower import lower
+    from .lowering import lower
     from .parse import parse_file
     from .passes.abc import abc_table
 
@@ -36,12 +41,34 @@ def register(subparsers) -> None:
                     "nontriviality, feature learning vs kernel regime), which compiled kernels "
                     "are meaningful, and the practitioner's scalings. See docs/abc.md.")
     s.add_argument("file")
-    s.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+    s.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                    help="read the learning-rate exponents c as those of this optimizer "
                         "(default sgd)")
     s.add_argument("--format", choices=FORMATS, default="text", help="output format")
     s.set_defaults(fn=cmd_abc)
 
-    from .coordcheck import register as register_coordcheck
+    s = subparsers.add_parser(
+        "coordcheck", help="coordinate check: train the finite network at several widths",
+        description="Train the finite network of the program (in its declared abc-"
+                    "parametrization) a few steps at each width on a fixed batch, fit the width "
+                    "exponent of every layer's mean |coordinate| and compare it with the abc "
+                    "table's prediction. Exit status 0 when every layer agrees (within the "
+                    f"tolerance {COORDCHECK_TOLERANCE}), 1 when one disagrees. See docs/abc.md.")
+    s.add_argument("file")
+    s.add_argument("--widths", default="128,256,512,1024,2048,4096",
+                   help="comma-separated widths (default 128,...,4096)")
+    s.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
+    s.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    s.add_argument("--lr", type=float, default=0.1, help="eta (default 0.1)")
+    s.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seeds", type=int, default=1,
+                   help="networks per width, mean |coordinate| averaged over them (default 1)")
+    s.add_argument("--plot", help="write the plot to this PNG")
+    s.set_defaults(fn=cmd_coordcheck)
 
-    register_coordcheck(subparsers)
+
+def cmd_coordcheck(args) -> int:
+    from .coordcheck import cmd_coordcheck as run
+
+    return run(args)

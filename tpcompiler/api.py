@@ -20,7 +20,7 @@ from .backends import numpy as numpy_backend
 from .data import check_pair, prepare
 from .errors import TPError, warn
 from .kernel_program import GramLayout, KernelProgram
-from .lower import lower
+from .lowering import lower
 from .parse import parse_file, parse_source
 from .passes import PIPELINE
 from .ranges import ntk_caveats
@@ -266,7 +266,7 @@ def _user_stacklevel() -> int:
 
 def _check_constants(kp: KernelProgram, prog: ir.Program) -> None:
     """TPError, before any code is generated, for a number of the kernel program beyond
-    float64. lower.py bounds every constant of the program (1e100); their products (a variance
+    float64. lowering.py bounds every constant of the program (1e100); their products (a variance
     times coefficients, the expansion of (h + c) ** k, Gaussian moments) are checked here."""
     pieces = [(kp.labels.get(s.name, str(s)), e) for s, e in (*kp.diag, *kp.cross)]
     pieces += [(kind.upper(), e) for kind, pair in kp.outputs.items() for e in pair]

@@ -24,15 +24,14 @@ of the small widths are. The fitted log-log slope is reported (and gated only wi
 from __future__ import annotations
 
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import TPError
+from .files import atomic_path
 
 EXACT = 1e-10  # a relative error below this at every width counts as exact
 Z = 4.0  # an offset counts as significant above Z standard errors
@@ -415,16 +414,8 @@ def convergence_figure(title: str, widths, curves: dict, noise: float | None,
 
 def save_plot(path: Path, fig) -> None:
     """Write the figure as PNG atomically (temp file, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tpc-", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --- the command ---------------------------------------------------------------------------------

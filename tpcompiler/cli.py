@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TPError, TPWarning
+from .files import atomic_path
 
 # what np.load raises for a file that is not a sound .npy/.npz: an empty file (EOFError), a
 # damaged archive (BadZipFile, zlib.error), a truncated array or a pickle (ValueError)
@@ -58,31 +57,15 @@ def _atomic_save(path: Path, arrays: dict, npz: bool) -> None:
 
 
 def _write_then_rename(path: Path, arrays: dict, npz: bool) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=".tpc-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        # mkstemp makes the file private (0600); the output gets the mode a plain open() would
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "wb") as f:
-            if npz:
-                np.savez(f, **arrays)
-            else:
-                np.save(f, next(iter(arrays.values())))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        if npz:
+            np.savez(f, **arrays)
+        else:
+            np.save(f, next(iter(arrays.values())))
 
 
 def cmd_ir(args) -> int:
-    from .lower import lower
+    from .lowering import lower
     from .parse import parse_file
 
     print(lower(parse_file(args.file)).text(), end="")
@@ -165,24 +148,15 @@ def _kernel_to_memmap(net, x1, x2, kind: str, out: Path, progress) -> tuple[int,
 
     n1 = len(next(iter(prepare(net.ir, x1, "X1" if x2 is not None else "X").values())))
     n2 = n1 if x2 is None else len(next(iter(prepare(net.ir, x2, "X2").values())))
-    fd, tmp = tempfile.mkstemp(dir=out.parent or ".", prefix=".tpc-", suffix=".npy")
-    os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(n1, n2))
-        res = net.kernels(x1, x2, (kind,), progress=progress, device="cuda", out={kind: mm})
-        mm.flush()
-        shape = mm.shape
-        del mm, res
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(n1, n2))
+            res = net.kernels(x1, x2, (kind,), progress=progress, device="cuda", out={kind: mm})
+            mm.flush()
+            shape = mm.shape
+            del mm, res
     except OSError as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise TPError(f"--out: cannot write {out}: {err.strerror or err}") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return shape
 
 
@@ -248,21 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "or auto (CUDA when usable, else the CPU)")
     s.set_defaults(fn=cmd_kernel)
 
-    for name, register in _extra_commands():
-        register(sub)
+    # the later stages' commands (check, abc, coordcheck): parsers only, nothing heavy; an
+    # import error here is a bug to see, not a command to drop
+    from . import abc_cli, check_cli
+
+    for module in (check_cli, abc_cli):
+        module.register(sub)
     return p
-
-
-def _extra_commands():
-    """Subcommands from later stages (check, abc, coordcheck) register themselves here."""
-    out = []
-    for modname in ("tpcompiler.check_cli", "tpcompiler.abc_cli"):
-        try:
-            mod = __import__(modname, fromlist=["register"])
-        except ImportError:
-            continue
-        out.append((modname, mod.register))
-    return out
 
 
 def main(argv=None) -> int:

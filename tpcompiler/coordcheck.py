@@ -51,8 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -60,6 +58,7 @@ import numpy as np
 
 from . import ir
 from .errors import TPError
+from .files import atomic_path
 from .passes.abc import OPTIMIZERS, AbcTable, Role, abc_table
 from .simulate import FiniteNetwork, Scale
 
@@ -432,16 +431,9 @@ class CoordCheck:
         fig.suptitle(f"coordinate check: {self.program or ''} ({self.preset}, {self.optimizer}, "
                      f"lr {self.lr:g})")
         fig.tight_layout()
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-        os.close(fd)
         try:
-            fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format="png", dpi=100)
         finally:
             plt.close(fig)
 
@@ -513,7 +505,7 @@ def _widths(text: str) -> list[int]:
 
 
 def cmd_coordcheck(args) -> int:
-    from .lower import lower
+    from .lowering import lower
     from .parse import parse_file
 
     program = lower(parse_file(args.file))
@@ -524,25 +516,3 @@ def cmd_coordcheck(args) -> int:
         res.plot(args.plot)
         print(f"wrote {args.plot}")
     return 1 if res.flags() else 0
-
-
-def register(subparsers) -> None:
-    s = subparsers.add_parser(
-        "coordcheck", help="coordinate check: train the finite network at several widths",
-        description="Train the finite network of the program (in its declared abc-"
-                    "parametrization) a few steps at each width on a fixed batch, fit the width "
-                    "exponent of every layer's mean |coordinate| and compare it with the abc "
-                    "table's prediction. Exit status 0 when every layer agrees (within the "
-                    f"tolerance {TOLERANCE}), 1 when one disagrees. See docs/abc.md.")
-    s.add_argument("file")
-    s.add_argument("--widths", default="128,256,512,1024,2048,4096",
-                   help="comma-separated widths (default 128,...,4096)")
-    s.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
-    s.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    s.add_argument("--lr", type=float, default=0.1, help="eta (default 0.1)")
-    s.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--seeds", type=int, default=1,
-                   help="networks per width, mean |coordinate| averaged over them (default 1)")
-    s.add_argument("--plot", help="write the plot to this PNG")
-    s.set_defaults(fn=cmd_coordcheck)

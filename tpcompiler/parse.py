@@ -25,7 +25,7 @@ def _parser() -> lark.Lark:
     # lark's own cache (a pickle of the LALR tables, keyed by a hash of the grammar and the
     # options, in the tpcompiler cache directory): building the tables costs ~0.7 s a process,
     # most of a warm start (benchmarks/results.md, compile profile); loading them ~0.05 s
-    from .backends.cache import cache_dir
+    from .files import cache_dir
 
     try:
         cache = str(cache_dir() / f"lark-{lark.__version__}.pickle")

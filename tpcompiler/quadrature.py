@@ -34,7 +34,10 @@ give coinciding rays, not sqrt(1e-16)-size noise.
 
 The half-range and Rayleigh rules come from their moments by Golub-Welsch (Hankel Cholesky in
 mpmath at 30 + 2n digits, float64 nodes refined by Newton's method at 40 digits): ~0.2 s for the
-largest, once per process (cached).
+largest. The orders the package uses (`STORED_ORDERS`) are shipped precomputed in
+gauss_rules.npz (written by `python -m tpcompiler.quadrature`, checked against a fresh
+computation by tests/test_quadrature.py), so no import or call pays for mpmath; any other
+order is computed on first use and cached for the process.
 
 Orders, chosen by the measurements below (`DEFAULT_ORDER` is n half-range nodes per axis, each
 used at +-r_i: 2n points per axis):
@@ -93,8 +96,8 @@ from __future__ import annotations
 
 import functools
 import math
+from importlib import resources
 
-import mpmath as mp
 import numpy as np
 import sympy as sp
 
@@ -110,13 +113,54 @@ PRODUCT_ORDER = {1: 16, 2: 8}
 # --- one-dimensional rules -------------------------------------------------------------------
 
 
+#: the orders shipped in gauss_rules.npz: every order named in this module and series.py
+#: (tests/test_quadrature.py checks that), plus the series' boosted reference (128)
+STORED_ORDERS = {"half": (7, 8, 9, 12, 14, 16, 20, 28, 32, 64, 96, 128, 160),
+                 "rayleigh": (12, 18, 20, 40)}
+RULES_FILE = "gauss_rules.npz"
+
+
+@functools.cache
+def _stored() -> dict[str, np.ndarray]:
+    try:
+        with resources.files(__package__).joinpath(RULES_FILE).open("rb") as f:
+            with np.load(f) as z:
+                return {k: z[k] for k in z.files}
+    except FileNotFoundError:  # a checkout before the file was written: compute instead
+        return {}
+
+
+def _rule_of(kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    got = _stored().get(f"{kind}_{n}")
+    if got is not None:
+        return _frozen(np.ascontiguousarray(got[0]), np.ascontiguousarray(got[1]))
+    return compute_rule(kind, n)
+
+
+def compute_rule(kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The half-range ("half") or Rayleigh ("rayleigh") Gauss rule of order n, from its moments
+    in mpmath (what gauss_rules.npz stores)."""
+    return _gauss_from_moments(_half_moment if kind == "half" else _rayleigh_moment, n)
+
+
+def write_rules(path: str) -> None:
+    """Write every rule of STORED_ORDERS to `path` (an .npz file)."""
+    arrays = {f"{kind}_{n}": np.stack(compute_rule(kind, n))
+              for kind, orders in STORED_ORDERS.items() for n in orders}
+    np.savez_compressed(path, **arrays)
+
+
 def _half_moment(j: int):
     """int_0^inf r^j phi(r) dr = 2^(j/2) Gamma((j+1)/2) / (2 sqrt(pi))."""
+    import mpmath as mp
+
     return mp.power(2, mp.mpf(j) / 2) * mp.gamma(mp.mpf(j + 1) / 2) / (2 * mp.sqrt(mp.pi))
 
 
 def _rayleigh_moment(j: int):
     """int_0^inf rho^j rho exp(-rho^2/2) d rho = 2^(j/2) Gamma(j/2 + 1)."""
+    import mpmath as mp
+
     return mp.power(2, mp.mpf(j) / 2) * mp.gamma(mp.mpf(j) / 2 + 1)
 
 
@@ -125,6 +169,8 @@ def _gauss_from_moments(moment, n: int) -> tuple[np.ndarray, np.ndarray]:
     three-term recurrence from the Cholesky factor of the Hankel matrix of moments (in high
     precision: it loses about one digit per node), its Jacobi matrix's eigenvalues in float64 as
     starting points, Newton on the orthonormal polynomial and Christoffel weights at 40 digits."""
+    import mpmath as mp  # only here: the shipped rules need no mpmath at import
+
     with mp.workdps(30 + 2 * n):
         m = [moment(j) for j in range(2 * n + 1)]
         hankel = mp.matrix(n + 1, n + 1)
@@ -164,13 +210,13 @@ def _gauss_from_moments(moment, n: int) -> tuple[np.ndarray, np.ndarray]:
 @functools.cache
 def half_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss rule for phi(r) on [0, inf): n nodes r_i > 0, weights summing to 1/2."""
-    return _gauss_from_moments(_half_moment, n)
+    return _rule_of("half", n)
 
 
 @functools.cache
 def rayleigh_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss rule for rho exp(-rho^2/2) on [0, inf): n nodes, weights summing to 1."""
-    return _gauss_from_moments(_rayleigh_moment, n)
+    return _rule_of("rayleigh", n)
 
 
 @functools.cache
@@ -635,3 +681,9 @@ def pieces(expr: sp.Expr) -> tuple[tuple[sp.Expr, ...], dict] | None:
 
         out[tuple(bool(p) for p in pattern)] = sp.expand(side(expr))
     return tuple(kinks), out
+
+
+if __name__ == "__main__":  # regenerate the shipped rules: python -m tpcompiler.quadrature
+    import os
+
+    write_rules(os.path.join(os.path.dirname(__file__), RULES_FILE))

@@ -42,6 +42,9 @@ K_MAX = 192
 K_EXT = 256
 CHECKPOINTS = (8, 16, 32, 64, 128, 192)
 NODE_ORDER = 96
+#: half-range nodes per half-axis and terms per axis of the NumPy reference's boosted series
+#: (the accuracy probe's reference for the double series)
+BOOST_NODE_ORDER = 128
 TOL = 1e-15
 #: |rho| >= 1 - UNIT counts as |rho| = 1 (the 1-D rule): identical points reach the per-pair
 #: code with rho a few ulps off 1 after a deep recursion (c and d of one point rounded apart);

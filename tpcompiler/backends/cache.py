@@ -10,10 +10,10 @@ import functools
 import hashlib
 import importlib.util
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from ..files import atomic_write_text, cache_dir
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,30 +26,6 @@ def compiler_fingerprint() -> str:
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("TPC_CACHE_DIR")
-    if root:
-        path = Path(root)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path = Path(base) / "tpcompiler"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        # newline="": the bytes on disk are exactly `text`, whose hash names a module file
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def module_path(source: str) -> Path:

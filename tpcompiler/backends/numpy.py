@@ -165,7 +165,7 @@ def _vector_table(fn: sp.Expr, kind: str, va: np.ndarray, vb: np.ndarray | None,
     orders or (boost) at raised ones: 128 half-range nodes per half-axis and 128 x 128 terms,
     what the accuracy probe compares with. Returns (1-D coefficient rows (n, K), or 2-D tables
     (n, K, K))."""
-    x, w = (rule(128) if boost else (series.SER_X, series.SER_W))
+    x, w = (rule(series.BOOST_NODE_ORDER) if boost else (series.SER_X, series.SER_W))
     vb = np.zeros_like(va) if vb is None else vb
     pairs = np.stack([va, vb], axis=1)
     uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
@@ -182,7 +182,7 @@ def _vector_table(fn: sp.Expr, kind: str, va: np.ndarray, vb: np.ndarray | None,
         if kind == "1m":
             out = (w * (grid @ w)) @ series.hermite_matrix(x, series.K_MAX).T
         else:
-            h = series.hermite_matrix(x, 128 if boost else series.K2) * w
+            h = series.hermite_matrix(x, series.BOOST_NODE_ORDER if boost else series.K2) * w
             out = h @ grid @ h.T
     return out[inverse.reshape(-1)]
 
