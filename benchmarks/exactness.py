@@ -70,7 +70,7 @@ def _references() -> dict:
             "tanh(u) * tanh(u + w), var 5": two_vectors}
 
 
-def measure(n_time: int = 200, n_ref: int = 6) -> dict:
+def measure(n_time: int = 200, n_ref: int = 6, only: str | None = None) -> dict:
     import tpcompiler as tp
 
     from reference import ACTS, one_layer
@@ -79,6 +79,8 @@ def measure(n_time: int = 200, n_ref: int = 6) -> dict:
 
     out = {}
     for name, (src, act) in FAMILIES.items():
+        if only and only not in name:
+            continue
         rng = np.random.default_rng(0)
         if src is None:
             src = f"input x\ng = dense(x, var={VAR}, bias={BIAS})\ny = readout({ACTS[act][0]})\n"
@@ -155,12 +157,17 @@ def main() -> None:
     ap.add_argument("--table", nargs=2, metavar=("BEFORE", "AFTER"),
                     help="print the Markdown table of two --json files")
     ap.add_argument("--n", type=int, default=200, help="points of the timed call")
+    ap.add_argument("--only", help="the families whose name contains this text")
+    ap.add_argument("--merge", help="update this --json file with the families measured")
     args = ap.parse_args()
     if args.table:
         with open(args.table[0]) as f0, open(args.table[1]) as f1:
             print(table(json.load(f0), json.load(f1)))
         return
-    res = measure(args.n)
+    res = measure(args.n, only=args.only)
+    if args.merge:
+        with open(args.merge) as f:
+            res = {**json.load(f), **res}
     res["_meta"] = {"load": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                    time.gmtime())}
     if args.json:

@@ -54,7 +54,7 @@ FULL = {
     "budget_s": 20.0, "min_reps": 3, "max_reps": 9,
     # the headline case gets more rounds: its timings vary most on a shared machine
     "case_min_reps": {("relu", 10, 4000): 7},
-    "memory": True, "profile": True,
+    "memory": True,
 }
 QUICK = {
     "mlp_cases": [("relu", 3), ("erf", 3)],
@@ -66,7 +66,7 @@ QUICK = {
     "scale": [],
     "compile_nets": [], "compile_cold_reps": {}, "compile_warm_reps": 0,
     "budget_s": 1.5, "min_reps": 3, "max_reps": 5,
-    "memory": False, "profile": False,
+    "memory": False,
 }
 
 # every section at toy sizes: tests this script, measures nothing (--smoke)
@@ -76,9 +76,7 @@ SMOKE = dict(FULL, mlp_cases=[("relu", 3), ("relu", 10)], mlp_ns=(100, 200),
              rnn_ns=(50,), rnn_subset=10,
              scale=[(3, 300), (10, 300), (30, 300), (3, 600), (10, 600)],
              compile_nets=["relu_mlp.tp", "rnn_erf_8"], compile_cold_reps={},
-             compile_warm_reps=1, budget_s=0.5, profile_sizes=(300, 20))
-FULL["profile_sizes"] = (4000, 100)  # relu N, tanh N of the profiles
-QUICK["profile_sizes"] = (0, 0)
+             compile_warm_reps=1, budget_s=0.5)
 
 PEER_LABEL = {"tpcompiler": "tpcompiler", "nt": "neural-tangents", "naive": "naive NumPy",
               "floor": "floor"}
@@ -754,19 +752,10 @@ def report(results: dict, cfg: dict, args) -> str:
                                                          for k, v in results["import_top"])
                      + ".\n")
 
-    if results.get("profile"):
-        L.append("## 7. Profiles\n")
-        L.append(results["profile"])
-        L.append("")
     if results.get("warm_profile"):
         L.append("<details><summary>cProfile of the warm path after import (relu_mlp.tp, "
                  "cache filled)</summary>\n\n```\n" + results["warm_profile"].strip()
                  + "\n```\n</details>\n")
-
-    notes = Path(args.notes) if getattr(args, "notes", None) else None
-    if notes and notes.exists():
-        L.append("## Analysis (written by hand for this run)\n")
-        L.append(notes.read_text(encoding="utf-8").strip() + "\n")
 
     L.append("## Method\n")
     L.append("- Data: standard normal points, d = 64 (seed 0 for the MLPs, 1 for tanh, 2 for "
@@ -782,8 +771,7 @@ def report(results: dict, cfg: dict, args) -> str:
     L.append("- Accuracy: |a - b| / max |b| per kernel, max over entries; neural-tangents in "
              "float64 (jax_enable_x64).")
     L.append("- Files: `run.py` (this report), `peers.py` (neural-tangents networks, naive "
-             "recursions, .tp sources), `floor.py`, `_probe.py` (fresh-process measurements), "
-             "`profile_tpc.py` (section 7).")
+             "recursions, .tp sources), `floor.py`, `_probe.py` (fresh-process measurements).")
     return "\n".join(L) + "\n"
 
 
@@ -932,27 +920,25 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="Markdown report path (default "
                     "benchmarks/results.md; with --quick benchmarks/results-quick.md)")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: mlp, tanh, "
-                    "rnn, memory, scale, compile, profile")
+                    "rnn, memory, scale, compile")
     ap.add_argument("--no-nt", action="store_true", help="do not use neural-tangents")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--notes", default=str(HERE / "notes.md"),
-                    help="hand-written analysis to include in the report (if the file exists)")
     ap.add_argument("--from-json", metavar="JSON", help="only rebuild the report from a "
-                    "previous run's JSON (e.g. after editing --notes)")
+                    "previous run's JSON, next to it (JSON's name with .md) unless --out")
     args = ap.parse_args(argv)
-    if args.out is None:
-        args.out = str(HERE / ("results-quick.md" if args.quick else
-                               "results-smoke.md" if args.smoke else "results.md"))
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
         args.quick = results.get("quick", False)
         results["headline"] = headline(results)
         cfg = dict(QUICK if args.quick else FULL)
-        if args.out is None:
+        if args.out is None:  # never the full report's name for another run's numbers
             args.out = str(Path(args.from_json).with_suffix(".md"))
         atomic_write(Path(args.out), report(results, cfg, args))
         log(f"wrote {args.out} from {args.from_json}")
         return 0
+    if args.out is None:
+        args.out = str(HERE / ("results-quick.md" if args.quick else
+                               "results-smoke.md" if args.smoke else "results.md"))
     cfg = dict(QUICK if args.quick else SMOKE if args.smoke else FULL)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     started = time.time()
@@ -1000,12 +986,6 @@ def main(argv=None) -> int:
     if cfg["compile_nets"] and "compile" not in skip:
         log("compile time (fresh processes, empty / filled TPC_CACHE_DIR)")
         compile_section(cfg, results)
-    if cfg["profile"] and "profile" not in skip:
-        log("profiles")
-        import profile_tpc
-
-        results["profile"] = profile_tpc.run_all(results, log, *cfg["profile_sizes"])
-
     results["loadavg_end"] = os.getloadavg()
     results["fingerprint_end"] = fingerprint()
     results["headline"] = headline(results)

@@ -208,11 +208,30 @@ def test_start_up_loads_no_symbolic_or_compiler_stack():
 
 
 def test_cli_constants_agree_with_the_modules_they_describe():
-    from tpcompiler import abc_cli, coordcheck
+    from tpcompiler import abc_cli, cli, coordcheck, passes
     from tpcompiler.passes import abc
 
     assert abc_cli.OPTIMIZERS == abc.OPTIMIZERS
     assert abc_cli.COORDCHECK_TOLERANCE == coordcheck.TOLERANCE
+    assert cli.PASSES == passes.PASS_NAMES
+
+
+@pytest.mark.parametrize("after", ["parse", "lower", "recursions", "cse"])
+def test_ir_after_each_pass(after, tmp_path, capsys):
+    """`tpc ir --after PASS`: the AST (the source printed back), the IR, the kernel program
+    before and after common subexpressions are shared."""
+    from tpcompiler import passes
+
+    src = tmp_path / "t.tp"
+    src.write_text("input x\nh = dense(x, var=2.0)\nh = dense(tanh(h) * tanh(h))\n"
+                   "y = readout(relu(h))\n")
+    assert main(["ir", str(src), "--after", after]) == 0
+    out = capsys.readouterr().out
+    want = passes.run(passes.Source(src.read_text(), str(src)), stop=after)
+    assert out.rstrip("\n") == passes.PIPELINE[passes.PASS_NAMES.index(after)].show(
+        want).rstrip("\n")
+    if after == "cse":  # shared subexpressions became temporaries
+        assert "u0 = " in out or "t0 = " in out
 
 
 # --- tpc kernel ------------------------------------------------------------------------------

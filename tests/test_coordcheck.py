@@ -21,6 +21,7 @@ from tpcompiler import coordcheck as cc
 from tpcompiler import simulate
 from tpcompiler.cli import main as tpc_main
 from tpcompiler.lowering import lower
+from tpcompiler.parametrization import scales
 from tpcompiler.parse import parse_source
 from tpcompiler.passes.abc import abc_table
 
@@ -56,19 +57,23 @@ y = readout(h * u + h, var=1.0, bias=0.3)
 
 
 @pytest.mark.parametrize("preset", ["ntk", "sp"])
-def test_scales_reproduce_the_simulator(preset):
+def test_scales_are_the_textbook_ones(preset):
+    """ntk: N(0, 1) entries times sqrt(var / fan-in); sp: N(0, var / fan-in) entries, no
+    multiplier (the simulator and the coordinate check share parametrization.scales)."""
     prog = relu_mlp(preset)
     for n in (16, 300):
-        mine = cc.abc_scales(prog, n, {"x": 5}, abc_table(prog, "sgd"))
-        ref = simulate._scales(prog, n, {"x": 5})
-        assert mine.keys() == ref.keys()
-        for k in ref:
-            assert mine[k].shape == ref[k].shape and mine[k].fan_in == ref[k].fan_in
-            assert math.isclose(mine[k].std, ref[k].std, rel_tol=1e-12), k
-            assert math.isclose(mine[k].mult, ref[k].mult, rel_tol=1e-12), k
-    s = cc.abc_scales(prog, 64, {"x": 5}, abc_table(prog, "sgd"))["A1"]  # hidden, var 2
-    if preset == "ntk":  # a = 1/2, b = 0
-        assert (s.std, s.mult) == (1.0, pytest.approx(math.sqrt(2 / 64)))
+        got = scales(prog, n, {"x": 5})
+        assert got == simulate._scales(prog, n, {"x": 5})
+        for m in prog.matrices:
+            fan = 5 if m.fan_in else n
+            k = math.sqrt(float(m.var) / fan)
+            want = (1.0, k) if preset == "ntk" else (k, 1.0)
+            assert (got[m.name].std, got[m.name].mult) == want, m.name
+            assert got[m.name].fan_in == fan
+        for b in prog.biases:
+            k = math.sqrt(float(b.var))
+            assert (got[b.name].std, got[b.name].mult) == ((1.0, k) if preset == "ntk" else
+                                                         (k, 1.0))
 
 
 def test_network_matches_the_simulator_and_mup_scales():
@@ -77,7 +82,7 @@ def test_network_matches_the_simulator_and_mup_scales():
     net = cc.AbcNetwork(prog, 32, {"x": 5}, seed=4)
     np.testing.assert_allclose(net(x), simulate.FiniteNetwork(prog, 32, 4)(x), rtol=1e-12)
     mup = relu_mlp("mup")
-    sc = cc.abc_scales(mup, 100, {"x": 5}, abc_table(mup, "sgd"))
+    sc = scales(mup, 100, {"x": 5})
     # input a=-1/2, b=1/2: multiplier sqrt(n) sqrt(var/d), init n^-1/2; readout a=b=1/2
     assert sc["A0"].mult == pytest.approx(10 * math.sqrt(2 / 5)) and sc["A0"].std == 0.1
     assert sc["A3"].mult == pytest.approx(0.1) and sc["A3"].std == pytest.approx(0.1)

@@ -220,16 +220,16 @@ def test_render_is_device_code():
 
 @pytest.mark.parametrize("name", ["sin_tanh_relu", "tanh_relu"])
 def test_render_uses_the_cpu_quadrature_source(name):
-    """Every quadrature is the CPU backend's code (numba._quad_source) under the device
+    """Every quadrature is the CPU backend's code (quadsource.quad_source) under the device
     decorator: one implementation of the rules for both backends."""
-    from tpcompiler.backends import numba as numba_backend
+    from tpcompiler.backends import quadsource
     from tpcompiler.backends.printer import KernelPrinter
 
     kp = tp.compile_source(KINKED[name][0]).kernel_program
     src = cuda_backend.render(kp)
     for q in kp.integrands:
-        cpu = numba_backend._quad_source(q, KernelPrinter())
-        dev = numba_backend._quad_source(q, KernelPrinter(), jit=cuda_backend.DEVICE)
+        cpu = quadsource.quad_source(q, KernelPrinter())
+        dev = quadsource.quad_source(q, KernelPrinter(), jit=cuda_backend.DEVICE)
         assert "\n".join(dev) in src
         assert [ln for ln in cpu if "@" not in ln] == [ln for ln in dev if "@" not in ln]
     assert "def _arc_" in src and "def _keep_" in src and "math.atan2(" in src

@@ -3,12 +3,13 @@
 Closed forms are exact to rounding. Every other expectation (a quadrature rule of
 tpcompiler/quadrature.py, or a Mehler series of series.py) is re-evaluated by the reference
 backend with its rule at raised orders (quadrature.BOOSTED; series replaced by quadrature), on a
-few points of the data chosen where rules are hardest: the largest and smallest norms and the
-most nearly collinear (not identical) pairs. Each rule converges geometrically on what reaches
-it, so the raised rule is far more accurate and the change estimates the production rule's
-error; the change of the whole kernel (the recursion run twice) is the estimate that counts,
-relative to the kernel's scale (its largest diagonal entry). Where it exceeds the tolerance the
-user gets a TPWarning naming the integral that moved most.
+few points of the data chosen where rules are hardest: the largest and smallest norms, the
+most nearly collinear (not identical) pairs and an antipodal pair if the data have one. Each
+rule converges geometrically on what reaches it, so the raised rule is far more accurate and
+the change estimates the production rule's error; the change of the whole kernel (the
+recursion run twice) is the estimate that counts, relative to the kernel's scale (its largest
+diagonal entry). Where it exceeds the tolerance the user gets a TPWarning naming the integral
+that moved most.
 
 The estimate is a measurement, not a bound: it is as good as the probe points are
 representative of the data and as the raised rule is of the truth.
@@ -28,7 +29,7 @@ from .kernel_program import KernelProgram
 
 #: default tolerance, relative to the kernel's scale
 DEFAULT_TOL = 1e-10
-#: points the probe takes from the data (pairs: n (n - 1) / 2)
+#: points the probe takes from the data (pairs: n (n - 1) / 2), and 2 more for an antipodal pair
 PROBE_POINTS = 4
 
 
@@ -108,14 +109,21 @@ def probe_indices(arrays: dict, n: int = PROBE_POINTS) -> np.ndarray:
     norms = np.sqrt(np.einsum("ij,ij->i", sub, sub))
     chosen = [int(pool[np.argmax(norms)]), int(pool[np.argmin(norms)])]
     safe = np.where(norms > 0, norms, 1.0)
-    cos = np.abs((sub / safe[:, None]) @ (sub / safe[:, None]).T)
-    np.fill_diagonal(cos, -1.0)
-    cos[cos >= 1.0 - 1e-15] = -1.0  # identical or antipodal: exact paths, no rule error
+    signed = (sub / safe[:, None]) @ (sub / safe[:, None]).T
+    np.fill_diagonal(signed, 0.0)
+    cos = np.abs(signed)
+    cos[signed >= 1.0 - 1e-15] = -1.0  # identical: the diagonal's value, no rule error
+    # antipodal pairs are exact in the closed forms and the 1-D series, not in the double
+    # series (a truncated sum at |rho| = 1): one such pair is probed on top of the n points
+    anti = np.argwhere(signed <= -1.0 + 1e-15)
+    cos[signed <= -1.0 + 1e-15] = -1.0
     for flat_i in np.argsort(cos, axis=None)[::-1][: 2 * n]:
         i, j = np.unravel_index(flat_i, cos.shape)
         new = [r for r in (int(pool[i]), int(pool[j])) if r not in chosen]
         if len(chosen) + len(new) <= n:  # a pair whole, or not at all
             chosen += new
+    if len(anti):
+        chosen += [int(pool[r]) for r in anti[0] if int(pool[r]) not in chosen]
     for r in np.linspace(0, total - 1, n).astype(int):
         if len(chosen) >= n:
             break

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
-from . import __version__, accuracy, ir
+from . import __version__, accuracy, ir, passes
 from .accuracy import DEFAULT_TOL
 from .backends import cache
 from .backends import cuda as cuda_backend
@@ -22,7 +22,6 @@ from .errors import TPError, warn
 from .kernel_program import GramLayout, KernelProgram
 from .lowering import lower
 from .parse import parse_file, parse_source
-from .passes import PIPELINE
 from .ranges import ntk_caveats
 
 KINDS = ("nngp", "ntk")
@@ -51,7 +50,7 @@ class CompiledNetwork:
     @functools.cached_property
     def kernel_program(self) -> KernelProgram:
         """The NNGP/NTK recursion as straight-line scalar code (built on first use)."""
-        kp = PIPELINE.kernel_program(self.ir)
+        kp = passes.kernel_program(self.ir)
         _check_constants(kp, self.ir)
         return kp
 

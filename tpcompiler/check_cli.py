@@ -16,9 +16,10 @@ The gate (judge): per gated kernel, the mean error over the seeds is fitted as
     err(n) = a n^(-1/2) + b
 by weighted least squares (fit_offset). The check FAILS when the offset b is significantly above
 zero: b > z se(b) (z = 4 by default) and b > MIN_OFFSET (0.01). A right limit has b = 0 (the
-fluctuations are O(n^-1/2), THEORY.md §5); a network that converges to another limit K' has an
-error that levels off at ||K' - K|| / ||K||, which the fit sees as b > 0 however large the errors
-of the small widths are. The fitted log-log slope is reported (and gated only with --max-slope).
+fluctuations are O(n^-1/2), shared/THEORY.md §5); a network that converges to another limit K'
+has an error that levels off at ||K' - K|| / ||K||, which the fit sees as b > 0 however large
+the errors of the small widths are. The fitted log-log slope is reported (and gated only with
+--max-slope).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TPError
-from .files import atomic_path
+from .files import UNREADABLE, atomic_path, load_data
 
 EXACT = 1e-10  # a relative error below this at every width counts as exact
 Z = 4.0  # an offset counts as significant above Z standard errors
@@ -219,12 +220,13 @@ def fit_offset(widths, errors) -> OffsetFit:
     """Weighted least squares of the mean error per width on (n^-1/2, 1).
 
     The weights and se(b) come from the spread of the seeds, pooled over the widths: one
-    network's error fluctuates like sigma n^-1/2 (THEORY.md §5), so sigma^2 = mean_i n_i s_i^2
-    (s_i the sample standard deviation at width n_i) has widths * (seeds - 1) degrees of freedom
-    instead of seeds - 1. Measured: with 4 seeds and 3 widths, b > 4 se(b) for a right limit in
-    0.0-0.3 % of runs pooled, 0.2-2.6 % with each width's own spread (a t tail with 3 degrees
-    of freedom). The mean at width n has variance sigma^2 / (n S), so the weights are n_i and
-    Cov(a, b) = sigma^2 / S (X^T diag(n) X)^-1, X = [n^-1/2, 1]."""
+    network's error fluctuates like sigma n^-1/2 (shared/THEORY.md §5), so
+    sigma^2 = mean_i n_i s_i^2 (s_i the sample standard deviation at width n_i) has
+    widths * (seeds - 1) degrees of freedom instead of seeds - 1. Measured: with 4 seeds and 3
+    widths, b > 4 se(b) for a right limit in 0.0-0.3 % of runs pooled, 0.2-2.6 % with each
+    width's own spread (a t tail with 3 degrees of freedom). The mean at width n has variance
+    sigma^2 / (n S), so the weights are n_i and Cov(a, b) = sigma^2 / S (X^T diag(n) X)^-1,
+    X = [n^-1/2, 1]."""
     w = np.asarray(widths, dtype=float)
     e = np.asarray(errors, dtype=float)
     if e.ndim != 2 or e.shape[0] != len(w) or len(w) < 2 or e.shape[1] < 2:
@@ -305,8 +307,6 @@ def rule_text(z: float, min_offset: float, dof: int) -> str:
 
 def load_against(path: str, n_points: int, flag: str = "--against") -> dict[str, np.ndarray]:
     """The kernels of an .npz file: kind -> (N, N) float64, for the kinds it holds."""
-    from .cli import _UNREADABLE
-
     p = Path(path)
     if not p.exists():
         raise TPError(f"{flag}: no such file: {path}")
@@ -320,7 +320,7 @@ def load_against(path: str, n_points: int, flag: str = "--against") -> dict[str,
                               "arrays 'nngp' and/or 'ntk' in an .npz file", hint=_SAVE_HINT)
             with obj:
                 arrays = {k: obj[k] for k in obj.files}
-    except _UNREADABLE as err:
+    except UNREADABLE as err:
         raise TPError(f"{flag}: cannot read {path} as .npz: {err}") from None
     return check_kernels(arrays, n_points, f"{flag} {path}")
 
@@ -480,7 +480,6 @@ def run_check(net, x, widths, samples=200, seeds=4, seed=0, backend="numba", pro
 
 def cmd_check(args) -> int:
     from .api import compile
-    from .cli import _load_data
 
     widths = parse_widths(args.widths)
     for flag, value, least in (("--samples", args.samples, 1), ("--seeds", args.seeds, 2),
@@ -506,7 +505,7 @@ def cmd_check(args) -> int:
             raise TPError(f"--plot: the folder {plot.parent} does not exist")
     net = compile(args.file)
     if args.data:
-        x = _load_data(args.data, net, "--data")
+        x = load_data(args.data, net, "--data")
         what = f"data {args.data}"
     else:
         x = random_data(net.ir, args.points, args.dim, args.seed)

@@ -5,48 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .errors import TPError, TPWarning
-from .files import atomic_path
-
-# what np.load raises for a file that is not a sound .npy/.npz: an empty file (EOFError), a
-# damaged archive (BadZipFile, zlib.error), a truncated array or a pickle (ValueError)
-_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
-
-
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a member first, or an empty archive
-_FORMATS_HINT = ("tpc reads NumPy files: a .npy array (np.save('X.npy', X)) or, for a network "
-                 "with several inputs, a .npz with one array per input name (np.savez('X.npz', "
-                 "x=X, s=S)); a CSV converts with np.save('X.npy', np.loadtxt('X.csv', "
-                 "delimiter=','))")
-
-
-def _load_data(path: str, net, flag: str):
-    p = Path(path)
-    if not p.exists():
-        raise TPError(f"{flag}: no such file: {path}")
-    try:
-        # our own handle: np.load leaks the one it opens when a zip archive is damaged
-        with open(p, "rb") as f:
-            head = f.read(len(_NPY_MAGIC))
-            f.seek(0)
-            # np.load takes anything else for a pickle and says so, a riddle for a CSV file
-            if not head.startswith(_ZIP_MAGIC) and head != _NPY_MAGIC:
-                what = "it is empty" if not head else "it is not a NumPy .npy or .npz file"
-                raise TPError(f"{flag}: cannot read {path}: {what}", hint=_FORMATS_HINT)
-            obj = np.load(f, allow_pickle=False)
-            if isinstance(obj, np.lib.npyio.NpzFile):
-                with obj:  # members are read lazily: a damaged member fails here
-                    return {k: obj[k] for k in obj.files}
-            return obj
-    except _UNREADABLE as err:
-        raise TPError(f"{flag}: cannot read {path} as .npy/.npz: {err}") from None
+from .files import atomic_path, load_data
 
 
 def _atomic_save(path: Path, arrays: dict, npz: bool) -> None:
@@ -64,11 +28,18 @@ def _write_then_rename(path: Path, arrays: dict, npz: bool) -> None:
             np.save(f, next(iter(arrays.values())))
 
 
+#: the compiler's passes (passes.PASS_NAMES, named here without importing them: tests check)
+PASSES = ("parse", "lower", "recursions", "cse")
+
+
 def cmd_ir(args) -> int:
-    from .lowering import lower
+    from . import passes
     from .parse import parse_file
 
-    print(lower(parse_file(args.file)).text(), end="")
+    module = parse_file(args.file)
+    out = module if args.after == "parse" else passes.run(module, "lower", args.after)
+    text = passes.PIPELINE[passes.PASS_NAMES.index(args.after)].show(out)
+    print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 
@@ -78,7 +49,7 @@ def cmd_kernel_program(args) -> int:
     net = compile(args.file, tol=args.tol)
     print(net.kernel_program.text(), end="")
     if args.accuracy:
-        x = _load_data(args.data, net, "--data") if args.data else None
+        x = load_data(args.data, net, "--data") if args.data else None
         print()
         print(net.accuracy(x))
     return 0
@@ -108,8 +79,8 @@ def cmd_kernel(args) -> int:
     if not out.parent.is_dir():  # checked now, not after computing the kernels
         raise TPError(f"--out: {out.parent} is not a folder")
     net = compile(args.file, tol=args.tol)
-    x1 = _load_data(args.data, net, "--data")
-    x2 = _load_data(args.data2, net, "--data2") if args.data2 else None
+    x1 = load_data(args.data, net, "--data")
+    x2 = load_data(args.data2, net, "--data2") if args.data2 else None
     bar = None
     progress = None
     if not args.quiet:
@@ -187,8 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("ir", help="print the tensor-program IR of a .tp file")
+    s = sub.add_parser("ir", help="print the tensor-program IR of a .tp file (or the program "
+                                  "after any pass)")
     s.add_argument("file")
+    s.add_argument("--after", choices=PASSES, default="lower",
+                   help="print the program after this pass (default lower: the IR); each "
+                        "pass's output is verified first (tpcompiler/verify.py)")
     s.set_defaults(fn=cmd_ir)
 
     s = sub.add_parser("kernel-program", help="print the kernel program (scalar recursion)")

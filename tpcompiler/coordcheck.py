@@ -1,6 +1,6 @@
 """The coordinate check (issue 6): train the finite network a few steps at several widths and
 watch how the size of every layer's coordinates scales with the width (TP5 §D; microsoft/mup's
-`get_coord_data`, THEORY.md §4.6).
+`get_coord_data`, shared/THEORY.md §4.6).
 
 `coord_check(program, widths, steps, optimizer, lr, batch, seed)` builds, at each width n, one
 `AbcNetwork` (a `simulate.FiniteNetwork` in the program's abc-parametrization), trains it `steps`
@@ -10,15 +10,8 @@ exponent (slope of log mean|x| against log n) at the last step; `CoordCheck.pred
 abc table implies; `CoordCheck.flags` lists the layers where the two disagree by more than
 `TOLERANCE`.
 
-Parametrization (`abc_scales`): a tensor with exponents (a, b) (from `passes.abc.abc_table`) is
-    W = n^-a * k * w,   w ~ N(0, n^-2b),   learning rate eta * n^-c
-with k the declared constant: sqrt(var/d) for an input matrix (d the data dimension, also for a
-readout of an input), sqrt(var) for hidden and readout matrices, sqrt(bias) for biases. Under
-`sp` the constant goes into the init instead (w ~ N(0, k^2 n^-2b), multiplier n^-a), the
-neural-tangents "standard" / PyTorch convention. With that choice `ntk` and `sp` reproduce
-`simulate._scales` exactly (tested); the other presets and custom blocks follow the same rule with
-k in the multiplier. FINITE parameters (the readout's bias, a readout of an input) have a = b =
-c = 0.
+Parametrization: `parametrization.scales`, the one interpreter the simulator uses too (a tensor
+with exponents (a, b, c) is W = n^-a k w, w ~ N(0, n^-2b), learning rate eta n^-c; see there).
 
 Layers (what is measured): one per INPUT or HIDDEN matrix the output depends on, the mean |.|
 over every G-var that matrix produces (all its uses: a shared `weight` or a recurrence is one
@@ -49,7 +42,6 @@ the theory; at the first steps of an unstable parametrization the measured growt
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -59,8 +51,9 @@ import numpy as np
 from . import ir
 from .errors import TPError
 from .files import atomic_path
+from .parametrization import Scale, scales
 from .passes.abc import OPTIMIZERS, AbcTable, Role, abc_table
-from .simulate import FiniteNetwork, Scale
+from .simulate import FiniteNetwork
 
 TOLERANCE = 0.25  # |fitted slope - predicted exponent| allowed (docs/abc.md "Coordinate check")
 ADAM_BETAS = (0.9, 0.999)
@@ -69,35 +62,6 @@ DEFAULT_DIM = 8  # data dimension of the synthetic batch
 
 
 # --- the parametrization -------------------------------------------------------------------------
-
-
-def abc_scales(program: ir.Program, width: int, dims: dict[str, int],
-               table: AbcTable) -> dict[str, Scale]:
-    """Per Matrix/Bias: Scale(std, mult, shape, fan_in) of the abc-parametrization (module doc)."""
-    n = float(width)
-    in_std = program.parametrization.preset == "sp"  # sp: the constant goes into the init
-    exps = {r.name: (r.a, r.b) for r in table.rows}
-    out: dict[str, Scale] = {}
-
-    def scale(name, var, fan_const, shape, fan_in):
-        a, b = exps.get(name, (Fraction(0), Fraction(0)))
-        k = math.sqrt(float(var) / fan_const)
-        std, mult = n ** -float(b), n ** -float(a)
-        if in_std:
-            std *= k
-        else:
-            mult *= k
-        return Scale(std, mult, shape, fan_in)
-
-    for m in program.matrices:
-        fan = dims[m.fan_in] if m.fan_in is not None else width
-        shape: tuple[int, ...] = (fan,) if m.kind is ir.Kind.READOUT else (width, fan)
-        const = fan if m.fan_in is not None else 1  # sqrt(var/d) for input fan-in
-        out[m.name] = scale(m.name, m.var, const, shape, fan)
-    for b in program.biases:
-        shape = () if b.name == program.readout.bias else (width,)
-        out[b.name] = scale(b.name, b.var, 1, shape, None)
-    return out
 
 
 class AbcNetwork(FiniteNetwork):
@@ -112,24 +76,16 @@ class AbcNetwork(FiniteNetwork):
             raise TPError(f"unknown optimizer '{optimizer}'", hint="use sgd or adam")
         self.table = table if table is not None else abc_table(program, optimizer)
         self.optimizer = optimizer
-        # the base class knows only ntk/sp: build it on an ntk twin (same plan), then install
-        # this program and its abc scales
-        twin = dataclasses.replace(program, parametrization=ir.Parametrization("ntk"))
-        super().__init__(twin, width, seed, dims=dict(dims))
-        self.program = program
-        self._set_dims(dict(dims))
+        super().__init__(program, width, seed, dims=dict(dims))
         self._lr_exp = {r.name: float(r.c) for r in self.table.rows}
         self._adam: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._t = 0
 
-    def _set_dims(self, dims: dict[str, int]) -> None:
-        names = [i.name for i in self.program.inputs]
-        missing = [k for k in names if k not in dims]
-        if missing:
-            raise TPError(f"dims: no dimension for input '{missing[0]}'")
-        self.dims = {k: int(dims[k]) for k in names}
-        if getattr(self, "table", None) is not None:
-            self._scales = abc_scales(self.program, self.width, self.dims, self.table)
+    def _check_parametrization(self) -> None:
+        pass  # any preset or custom block: abc_table has resolved it
+
+    def _scales_for(self, dims: dict[str, int]) -> dict[str, Scale]:
+        return scales(self.program, self.width, dims, self.optimizer)
 
     # --- loss and gradients ----------------------------------------------------------------
 

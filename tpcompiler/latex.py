@@ -9,7 +9,7 @@ from sympy.printing.latex import LatexPrinter
 
 from . import ir
 from .kernel_program import KernelProgram
-from .passes.closedform import LATEX, LATEX_NOTE
+from .passes.closedform import LATEX, LATEX_AUX
 
 
 def _g(name: str) -> str:
@@ -80,14 +80,21 @@ def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
         c = c.xreplace(temps)
         if not (c.is_Symbol and names.get(c.name, "").startswith(r"\mathrm")):
             rows.append(rf"\mathrm{{{kind.upper()}}}(x,x') &= {pr.doprint(c)}")
-    used = set()
-    for _, e in cross:
+    # every helper the rows call, arguments' calls included (rootdet and angle inside
+    # relu_relu_rt's), defined once with its own parameters; auxiliary symbols once, if used
+    used: set[str] = set()
+    for e in [e for _, e in cross] + [c.xreplace(temps) for _, c in kp.outputs.values()]:
         used |= {type(f).__name__ for f in e.atoms(sp.Function)}
+    aux: list[str] = []
     for name in sorted(used & set(LATEX)):
-        rows.append(rf"\operatorname{{{_tex_name(name)}}}(q_1, q_2, k) &= {LATEX[name]}")
-    if used & set(LATEX):
-        rows.append(rf"&\quad {LATEX_NOTE}")
+        params, body, needs = LATEX[name]
+        rows.append(rf"\operatorname{{{_tex_name(name)}}}({', '.join(params)}) &= {body}")
+        aux += [a for a in needs if a not in aux]
+    if aux:
+        rows.append(r"&\quad " + r",\ ".join(LATEX_AUX[a] for a in aux))
     for q in kp.integrands:
+        if not any(n.startswith("quad") and n.split("_", 1)[1] == q.name for n in used):
+            continue  # a per-point integral: the recursion at x' = x, not shown
         zs = ", ".join(f"z_{i}" for i in range(q.dim))
         rows.append(rf"{q.name}({zs}) &= {sp.latex(q.expr)}")
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"

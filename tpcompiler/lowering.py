@@ -16,12 +16,12 @@ from . import ir
 from . import syntax as S
 from .errors import Span, TPError, did_you_mean
 from .functions import BUILTINS
+from .parametrization import PRESETS
 from .ranges import bounded_above, interval, log_scale
 
 MAX_GVARS = 5000  # unrolled program size cap (G-vars): larger programs are almost surely a typo
 MAX_STEPS = 200_000  # statements executed while unrolling
 MAX_SEQ = 10_000
-PRESETS = ("ntk", "sp", "mup", "mf")
 KINDS = ("input", "hidden", "readout", "bias")
 KEYWORDS = ("network", "parametrization", "const", "input", "weight", "act", "repeat", "for", "in")
 MAX_POWER = 16  # vector ** p: moments grow like (2p-1)!!; beyond this they are meaningless

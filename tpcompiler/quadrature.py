@@ -1,7 +1,7 @@
 """Quadrature rules for E[f(z)], z ~ N(0, C), shared by the backends, and the compile-time
-choice between them (`plan`). backends/numpy.py and backends/numba.py follow the plan;
-backends/cuda.py integrates every integrand by the tensor rule at DEFAULT_ORDER in its own
-coordinate order (`grid`).
+choice between them (`plan`). Every backend follows the plan: backends/numpy.py on arrays,
+backends/numba.py and backends/cuda.py through the same scalar source
+(backends/quadsource.py).
 
 Rules (z = L w, L the PSD Cholesky factor of C in an order chosen by `plan`, w ~ N(0, I)):
 
@@ -370,16 +370,7 @@ def arc_keep(low: np.ndarray, forms: np.ndarray, vanishing) -> np.ndarray:
 
 def _branch(f, sign: int) -> sp.Expr:
     """A kink function on the side of 0 where its argument has this sign."""
-    x = f.args[0]
-    if isinstance(f, F.Relu):
-        return x if sign > 0 else sp.S.Zero
-    if isinstance(f, F.Step):
-        return sp.S.One if sign > 0 else sp.S.Zero
-    if isinstance(f, F.Sign):
-        return sp.Integer(sign)
-    if isinstance(f, F.AbsF):
-        return x if sign > 0 else -x
-    return f.args[2] * x if sign > 0 else f.args[1] * x  # ABRelu(x, a, b)
+    return type(f).branches[sign > 0](*f.args)
 
 
 @functools.cache
@@ -530,7 +521,7 @@ def kink_rows(expr: sp.Expr, k: int) -> tuple[tuple[float, ...], ...]:
 
 
 #: functions with a kink or jump at 0 of their first argument
-KINKED = (F.Relu, F.Step, F.Sign, F.AbsF, F.ABRelu)
+KINKED = F.KINKED
 
 
 def _linear_row(arg: sp.Expr, zs: list, constant: bool = False) -> list | None:

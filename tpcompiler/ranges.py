@@ -83,10 +83,14 @@ def interval(e: sp.Expr) -> Interval:
         return out
     if e.is_Pow:
         base, k = e.args
-        if not (k.is_Integer and k >= 0):
+        if not k.is_Integer:
             return -INF, INF
         k = int(k)
         lo, hi = interval(base)
+        if k < 0:  # 1 / base ** |k|, bounded where base stays away from 0 (softsign's 1 + |z|)
+            if lo <= 0 <= hi:
+                return -INF, INF
+            lo, hi, k = 1.0 / hi, 1.0 / lo, -k
         if k % 2:
             return _pow(lo, k), _pow(hi, k)
         small = 0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))
@@ -201,7 +205,13 @@ def log_scale(e: sp.Expr, memo: dict | None = None) -> tuple[float, float]:
             own = sum(k[0] for k in kids)
         elif e.is_Pow:
             k = e.args[1]
-            own = float(k) * kids[0][0] if k.is_number and k >= 0 else INF
+            lo, hi = interval(e.args[0]) if k.is_Integer and k < 0 else (0.0, 0.0)
+            if k.is_number and k >= 0:
+                own = float(k) * kids[0][0]
+            elif not lo <= 0 <= hi:  # 1 / base ** |k|: at most 1 / min|base| ** |k|
+                own = float(k) * math.log10(min(abs(lo), abs(hi)))
+            else:
+                own = INF
         elif f in _BOUNDED:
             own = 0.0
         elif f is sp.exp:

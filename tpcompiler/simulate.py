@@ -13,7 +13,7 @@ i.i.d. N(0, std^2) entries and enters the forward pass as mult * T:
     sp   std sqrt(var/fan_in), mult 1 (biases: std sqrt(bias), mult 1)   neural-tangents 'standard'
 fan_in = the data dimension d for INPUT matrices (and a readout of an input), the width n for
 HIDDEN and READOUT. Gradients are taken w.r.t. T, so under ntk the empirical NTK estimates the
-compiled (M)-convention NTK (THEORY.md §0), under sp it grows like n (THEORY.md §2.2).
+compiled (M)-convention NTK (shared/THEORY.md §0), under sp it grows like n (shared/THEORY.md §2.2).
 
 Backward: with dE the gradient of f w.r.t. an H-var E (an (N, n) array), every G-var g in E gets
 dg += (dE/dg)(forward values) * dE (sympy.diff of the IR expression; Step/Sign derivatives are 0 as
@@ -37,7 +37,6 @@ per use (r <= N * uses) instead of sampling n * m numbers. Gradients need the ex
 
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass
 
@@ -46,9 +45,9 @@ import sympy as sp
 
 from . import functions as F
 from . import ir
-from .backends.numpy import FUNCS, np_erf
 from .data import check_pair, prepare
 from .errors import TPError
+from .parametrization import Scale, scales
 
 PRESETS_SIMULATED = ("ntk", "sp")
 # implicit weights: parts of a new argument smaller than this (relative to its Frobenius norm)
@@ -59,82 +58,18 @@ _RANK_RTOL = 1e-7
 # --- parametrization -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scale:
-    """How one trainable tensor is sampled and used: entries ~ N(0, std^2), forward mult * T."""
-
-    std: float
-    mult: float
-    shape: tuple[int, ...]
-    fan_in: int | None  # None for a bias
-
-
 def _scales(program: ir.Program, width: int, dims: dict[str, int]) -> dict[str, Scale]:
-    """Per Matrix/Bias name: (init std of the trainable tensor, forward multiplier, shape).
-
-    The one place that knows the parametrization; dims maps input name -> data dimension d."""
+    """Per Matrix/Bias name: (init std of the trainable tensor, forward multiplier, shape), by
+    the parametrization's interpreter (parametrization.scales); the presets a kernel is
+    compiled for only, since the limit compared with is the compiled one."""
     preset = program.parametrization.preset
     if preset not in PRESETS_SIMULATED:
         raise TPError(f"simulation of parametrization {preset} is not implemented yet",
                       hint=f"simulated parametrizations: {', '.join(PRESETS_SIMULATED)}")
-    out: dict[str, Scale] = {}
-    for m in program.matrices:
-        fan = dims[m.fan_in] if m.fan_in is not None else width
-        if m.kind is ir.Kind.READOUT:
-            shape: tuple[int, ...] = (fan,)
-        else:
-            shape = (width, fan)
-        var = float(m.var)
-        if preset == "ntk":
-            out[m.name] = Scale(1.0, math.sqrt(var / fan), shape, fan)
-        else:
-            out[m.name] = Scale(math.sqrt(var / fan), 1.0, shape, fan)
-    for b in program.biases:
-        shape = () if b.name == program.readout.bias else (width,)
-        var = float(b.var)
-        if preset == "ntk":
-            out[b.name] = Scale(1.0, math.sqrt(var), shape, None)
-        else:
-            out[b.name] = Scale(math.sqrt(var), 1.0, shape, None)
-    return out
+    return scales(program, width, dims)
 
 
 # --- numeric evaluation of H-vars ----------------------------------------------------------------
-
-_fast_erf = None
-
-
-def _erf(x):
-    """erf, vectorised with Numba for large arrays (the frompyfunc reference is ~15x slower)."""
-    global _fast_erf
-    x = np.asarray(x, dtype=np.float64)
-    if x.size < 4096:
-        return np_erf(x)
-    if _fast_erf is None:
-        from numba import float64, vectorize
-
-        def verf(z):  # pragma: no cover - compiled
-            return math.erf(z)
-
-        try:
-            _fast_erf = vectorize([float64(float64)], cache=True)(verf)
-        except RuntimeError:  # no writable cache location: compile in memory
-            _fast_erf = vectorize([float64(float64)])(verf)
-    return _fast_erf(x)
-
-
-def _phi_cdf(x):
-    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
-
-
-_FUNCS = dict(FUNCS)
-_FUNCS.update({
-    F.Erf: _erf,
-    sp.erf: _erf,
-    F.Gelu: lambda x: x * _phi_cdf(x),
-    F.DGelu: lambda x: _phi_cdf(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi),
-})
-
 
 def _evaluate(e: sp.Expr, env: dict, memo: dict):
     """Value of an IR expression; env: G-var name -> (N, n) array; memo: expr -> value."""
@@ -159,7 +94,7 @@ def _evaluate(e: sp.Expr, env: dict, memo: dict):
             base, p = args
             v = base ** int(e.args[1]) if e.args[1].is_Integer else np.power(base, p)
         else:
-            fn = _FUNCS.get(type(e))
+            fn = F.numpy_function(type(e))
             if fn is None:
                 raise TPError(f"simulation has no numeric rule for {type(e).__name__}")
             v = fn(*args)
@@ -320,8 +255,7 @@ class FiniteNetwork:
         self._scales: dict[str, Scale] | None = None
         self._params: dict[str, np.ndarray] = {}
         self._implicit: dict[str, _Implicit] = {}
-        if program.parametrization.preset not in PRESETS_SIMULATED:
-            _scales(program, self.width, {})  # raises the TPError now, not at the first call
+        self._check_parametrization()  # a TPError now, not at the first call
         if dims is not None:
             self._set_dims(dict(dims))
 
@@ -337,7 +271,14 @@ class FiniteNetwork:
         if missing:
             raise TPError(f"dims: no dimension for input '{missing[0]}'")
         self.dims = {n: int(dims[n]) for n in names}
-        self._scales = _scales(self.program, self.width, self.dims)
+        self._scales = self._scales_for(self.dims)
+
+    def _check_parametrization(self) -> None:
+        if self.program.parametrization.preset not in PRESETS_SIMULATED:
+            _scales(self.program, self.width, {})
+
+    def _scales_for(self, dims: dict[str, int]) -> dict[str, Scale]:
+        return _scales(self.program, self.width, dims)
 
     def _rng(self, name: str) -> np.random.Generator:
         return np.random.default_rng([*self.seed, self._plan.param_index[name]])

@@ -2,7 +2,7 @@
 
 The generated module reuses the CPU renderer's pieces (backends/printer.py): the runtime functions
 and helpers as `@cuda.jit(device=True)` functions, the quadrature rules as the CPU backend
-renders them (backends/numba._quad_source with the device decorator: scalar code, nodes as
+renders them (backends/quadsource.quad_source with the device decorator: scalar code, nodes as
 module-level arrays, which numba.cuda turns into constant arrays; so both backends integrate
 with the same rules, quadrature.plan's kink-aware choice included) and the kernel program's
 straight-line code.
@@ -12,7 +12,7 @@ Two kernels:
   the whole depth in registers; only j > i when sym (the host mirrors the tile on write).
 The Gram entries are computed on the host exactly as the CPU backend does (BLAS per row tile,
 the same exact fix-up for identical and antipodal points: backends/coincident.py,
-_self_gram), so both backends see bit-identical Gram entries.
+gram.self_gram), so both backends see bit-identical Gram entries.
 
 The module is a content-addressed file (backends/cache.load_module, its own index entry
 "<key>-cuda"), so numba.cuda's cache=True can keep the compiled kernels on disk next to it (on a
@@ -32,8 +32,9 @@ from ..errors import TPError
 from ..kernel_program import KernelProgram, twin
 from . import cache
 from .coincident import coincident
-from .numba import _quad_source, _self_gram, _vec
-from .printer import KernelPrinter, emit_block, runtime_lines
+from .gram import call_shape, self_gram, vec
+from .printer import KernelPrinter, emit_block, per_point_body, runtime_lines
+from .quadsource import quad_source
 
 DEVICE = "@cuda.jit(device=True, cache=True)"
 KERNEL = "@cuda.jit(cache=True)"
@@ -51,7 +52,7 @@ def render(kp: KernelProgram) -> str:
     needed = kp.diag_needed()
     lines: list[str] = []
     for q in kp.integrands:
-        lines += _quad_source(q, pr, jit=DEVICE)
+        lines += quad_source(q, pr, jit=DEVICE)
 
     outs = [sp.Symbol(f"out_{k}") for k in kinds]
     gd = [f"G{n}" for n in range(len(kp.diag_gram))]
@@ -59,12 +60,7 @@ def render(kp: KernelProgram) -> str:
               "    i = cuda.grid(1)",
               "    if i >= n:",
               "        return"]
-    for name, g in zip(gd, kp.diag_gram):
-        lines.append(f"    {g.symbol} = {name}[i]")
-    lines += emit_block(list(kp.diag) + [(o, kp.outputs[k][0]) for o, k in zip(outs, kinds)],
-                        pr, "    ")
-    for n, s in enumerate(needed):
-        lines.append(f"    D[i, {n}] = {s}")
+    lines += per_point_body(kp, kinds, needed, outs, pr, "    ")
     for n, o in enumerate(outs):
         lines.append(f"    OUT[i, {n}] = {o}")
     lines += [""]
@@ -203,13 +199,10 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
 
     inputs, dgram, cgram = meta.inputs, meta.diag_gram, meta.cross_gram
     kinds = module.KINDS
-    sym = arrays2 is None
-    a2 = arrays1 if sym else arrays2
-    n1 = len(next(iter(arrays1.values())))
-    n2 = len(next(iter(a2.values())))
+    sym, a2, n1, n2 = call_shape(arrays1, arrays2)
 
     def per_point(arrays, n):
-        gd = [cuda.to_device(np.ascontiguousarray(_self_gram(arrays, g.a, g.b))) for g in dgram]
+        gd = [cuda.to_device(np.ascontiguousarray(self_gram(arrays, g.a, g.b))) for g in dgram]
         d = cuda.device_array((n, module.N_DIAG), dtype=np.float64)
         o = cuda.device_array((n, len(kinds)), dtype=np.float64)
         if n > 0:
@@ -228,7 +221,7 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
     # (position in the module's outputs, host array) of every kind copied back
     ks = [(kinds.index(k), out[k]) for k in get]
     same, anti = coincident(arrays1, a2, inputs)
-    exact = [_self_gram(arrays1, g.a, g.b) for g in cgram] if (same or anti) else []
+    exact = [self_gram(arrays1, g.a, g.b) for g in cgram] if (same or anti) else []
 
     budget = _free_bytes() if max_gpu_bytes is None else int(max_gpu_bytes)
     rows = tile_rows(n1, n2, len(cgram), len(kinds), budget)
@@ -238,7 +231,7 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
         col0 = lo if sym else 0
         grams = []
         for n, g in enumerate(cgram):
-            a, b = _vec(arrays1, g.a)[lo:hi], _vec(a2, g.b)[col0:]
+            a, b = vec(arrays1, g.a)[lo:hi], vec(a2, g.b)[col0:]
             gram = a @ b.T / a.shape[-1]
             if exact:
                 for i, j in same:

@@ -7,7 +7,6 @@ point (diag) or pair (cross) is one element of a broadcast array; helpers run el
 from __future__ import annotations
 
 import contextvars
-import math
 
 import numpy as np
 import sympy as sp
@@ -32,41 +31,6 @@ from ..quadrature import (
 )
 from .coincident import coincident
 
-_erf = np.frompyfunc(math.erf, 1, 1)
-
-
-def np_erf(x):
-    return np.asarray(_erf(x), dtype=np.float64)
-
-
-def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def _phi_cdf(x):
-    return 0.5 * (1.0 + np_erf(x / math.sqrt(2.0)))
-
-
-#: numeric meaning of every IR function, elementwise over arrays
-FUNCS = {
-    F.Relu: lambda x: np.maximum(x, 0.0),
-    F.Step: lambda x: (x > 0).astype(np.float64),
-    F.Sign: np.sign,
-    F.AbsF: np.abs,
-    F.ABRelu: lambda x, a, b: a * np.minimum(x, 0.0) + b * np.maximum(x, 0.0),
-    F.Erf: np_erf,
-    F.Gauss: lambda x: np.exp(-x * x),
-    F.Sigmoid: _sigmoid,
-    F.Gelu: lambda x: x * _phi_cdf(x),
-    F.DGelu: lambda x: _phi_cdf(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi),
-    F.Softplus: lambda x: np.logaddexp(0.0, x),
-    sp.erf: np_erf,
-    sp.tanh: np.tanh,
-    sp.sin: np.sin,
-    sp.cos: np.cos,
-    sp.exp: np.exp,
-}
-
 
 def evaluate_expr(e: sp.Expr, env: dict, program: KernelProgram | None = None):
     """Value of a sympy expression over arrays in env (symbol name -> array)."""
@@ -90,7 +54,7 @@ def evaluate_expr(e: sp.Expr, env: dict, program: KernelProgram | None = None):
         if e.args[1].is_Integer:
             return np.power(base, int(e.args[1]))
         return np.power(base, p)
-    fn = FUNCS.get(type(e))
+    fn = F.numpy_function(type(e))
     if fn is not None:
         return fn(*args)
     name = type(e).__name__

@@ -13,23 +13,12 @@ from sympy.printing.pycode import PythonCodePrinter
 from .. import functions as F
 from .. import helpers
 
-#: scalar code of the IR's functions, (name, source); numba compiles them with the module
-RUNTIME: tuple[tuple[str, str], ...] = (
-    ("_relu", "def _relu(x):\n    return x if x > 0.0 else 0.0\n"),
-    ("_step", "def _step(x):\n    return 1.0 if x > 0.0 else 0.0\n"),
-    ("_sign", "def _sign(x):\n    return 1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0)\n"),
-    ("_abrelu", "def _abrelu(x, a, b):\n    return b * x if x > 0.0 else a * x\n"),
-    ("_sigmoid", "def _sigmoid(x):\n    return 0.5 * (1.0 + math.tanh(0.5 * x))\n"),
-    ("_gelu", "def _gelu(x):\n    return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))\n"),
-    ("_dgelu", "def _dgelu(x):\n    return 0.5 * (1.0 + math.erf(x * 0.7071067811865476)) + "
-               "x * math.exp(-0.5 * x * x) * 0.3989422804014327\n"),
-    ("_softplus", "def _softplus(x):\n    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))\n"),
-    ("_gauss", "def _gauss(x):\n    return math.exp(-x * x)\n"),
-)
+#: scalar code of the IR's functions, (name, source) from the registry (functions.py); numba
+#: compiles them with the module
+RUNTIME: tuple[tuple[str, str], ...] = tuple((c.runtime_name(), c.scalar) for c in F.PRIMITIVES
+                                             if c.scalar is not None)
 
-_FUNC_NAMES = {F.Relu: "_relu", F.Step: "_step", F.Sign: "_sign", F.AbsF: "abs",
-               F.ABRelu: "_abrelu", F.Sigmoid: "_sigmoid", F.Gelu: "_gelu", F.DGelu: "_dgelu",
-               F.Softplus: "_softplus", F.Gauss: "_gauss", F.Erf: "math.erf"}
+_FUNC_NAMES = {c: c.runtime_name() for c in F.PRIMITIVES}
 
 
 class KernelPrinter(PythonCodePrinter):
@@ -99,3 +88,14 @@ def runtime_lines(body: list[str], decorator: str) -> list[str]:
 def emit_block(assigns, printer: KernelPrinter, indent: str) -> list[str]:
     """One line per assignment (the kernel program already holds shared subexpressions once)."""
     return [f"{indent}{sym} = {printer.doprint(e)}" for sym, e in assigns]
+
+
+def per_point_body(kp, kinds, needed, outs, printer: KernelPrinter, indent: str) -> list[str]:
+    """The per-point driver's body at point i, shared by the Numba and CUDA renderers: the
+    Gram entries G<n>[i], the diag block and the diagonal outputs, and the per-point values
+    the pair block reads stored in D[i, :] (`needed`, in order)."""
+    lines = [f"{indent}{g.symbol} = G{n}[i]" for n, g in enumerate(kp.diag_gram)]
+    lines += emit_block(list(kp.diag) + [(o, kp.outputs[k][0]) for o, k in zip(outs, kinds)],
+                        printer, indent)
+    lines += [f"{indent}D[i, {n}] = {s}" for n, s in enumerate(needed)]
+    return lines

@@ -33,70 +33,21 @@ kernels are meaningful limits. Pure functions of the IR: importing this module h
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass
 from fractions import Fraction
 
 from .. import ir
-from ..errors import TPError
+from ..parametrization import OPTIMIZERS, TABLE, Role, exponents
 
-OPTIMIZERS = ("sgd", "adam")
 ZERO = Fraction(0)
 HALF = Fraction(1, 2)
 ONE = Fraction(1)
 
 
-class Role(enum.Enum):
-    INPUT = "input"
-    HIDDEN = "hidden"
-    READOUT = "readout"
-    FINITE = "finite"
+#: preset -> optimizer -> entry -> (a, b, c): the table of parametrization.py
+PRESETS = TABLE
 
-
-def _abc(a: str, b: str, c: str) -> tuple[Fraction, Fraction, Fraction]:
-    return Fraction(a), Fraction(b), Fraction(c)
-
-
-# Preset -> optimizer -> entry (weight kind or "bias") -> (a, b, c). For each preset a and b (the
-# network) are the same for both optimizers; only the learning-rate exponents c differ.
-#   sp   TP4 Sec. 3 ("SP": a = 0, b_1 = 0, b_l = 1/2, c = 0) = TP IVb Example 2.2.2.
-#   ntk  TP4 Table 1 (NTP: a_1 = 0, a_l = 1/2 (l >= 2), b = 0, c = 0); Adam: TP IVb Def. 2.4.1
-#        (c = d = 1/2 | 1 | 1/2; d is redundant for Adam, Remark 2.2.6).
-#   mup  TP4 Def. 5.1 (c = 0, b = 1/2, a = -1/2 | 0 | 1/2); Adam: TP IVb Def. 2.5.1
-#        ((0,0,0) | (0,1/2,1) | (1,0,0), d dropped) moved by the Adam symmetry (a+t, b-t, c-t),
-#        t = -1/2, onto the same a, b: c = 1/2 | 1 | 1/2. Equals TP5 Table 9 (and Table 3 with
-#        the multipliers moved into the learning rates).
-#   mf   TP4 Table 1 MFP (one hidden layer: a = 0 | 1, b = 0, c = -1). For hidden layers the
-#        TP4 table has no entry; this package uses muP moved by t = 1/2 on every layer (the
-#        b = 0 gauge), which is TP4's MFP when L = 1: a = 0 | 1/2 | 1, b = 0, c = -1 (SGD).
-# Biases behave like input weights (TP4 Sec. 3, TP5 Table 3 "input weights & all biases").
-PRESETS: dict[str, dict[str, dict[str, tuple[Fraction, Fraction, Fraction]]]] = {
-    "sp": {
-        "sgd": {"input": _abc("0", "0", "0"), "hidden": _abc("0", "1/2", "0"),
-                "readout": _abc("0", "1/2", "0"), "bias": _abc("0", "0", "0")},
-        "adam": {"input": _abc("0", "0", "0"), "hidden": _abc("0", "1/2", "0"),
-                 "readout": _abc("0", "1/2", "0"), "bias": _abc("0", "0", "0")},
-    },
-    "ntk": {
-        "sgd": {"input": _abc("0", "0", "0"), "hidden": _abc("1/2", "0", "0"),
-                "readout": _abc("1/2", "0", "0"), "bias": _abc("0", "0", "0")},
-        "adam": {"input": _abc("0", "0", "1/2"), "hidden": _abc("1/2", "0", "1"),
-                 "readout": _abc("1/2", "0", "1/2"), "bias": _abc("0", "0", "1/2")},
-    },
-    "mup": {
-        "sgd": {"input": _abc("-1/2", "1/2", "0"), "hidden": _abc("0", "1/2", "0"),
-                "readout": _abc("1/2", "1/2", "0"), "bias": _abc("-1/2", "1/2", "0")},
-        "adam": {"input": _abc("-1/2", "1/2", "1/2"), "hidden": _abc("0", "1/2", "1"),
-                 "readout": _abc("1/2", "1/2", "1/2"), "bias": _abc("-1/2", "1/2", "1/2")},
-    },
-    "mf": {
-        "sgd": {"input": _abc("0", "0", "-1"), "hidden": _abc("1/2", "0", "-1"),
-                "readout": _abc("1", "0", "-1"), "bias": _abc("0", "0", "-1")},
-        "adam": {"input": _abc("0", "0", "0"), "hidden": _abc("1/2", "0", "1/2"),
-                 "readout": _abc("1", "0", "0"), "bias": _abc("0", "0", "0")},
-    },
-}
 
 # The per-layer invariants of NTP under the symmetry (a+t, b-t, c-2t) (SGD): (a+b, 2a+c).
 _NTP_INVARIANTS = {Role.INPUT: (ZERO, ZERO), Role.HIDDEN: (HALF, ONE), Role.READOUT: (HALF, ONE)}
@@ -450,26 +401,9 @@ def _layers(program: ir.Program) -> list[_Layer]:
 
 def _exponents(program: ir.Program, layer: _Layer, optimizer: str):
     """(a, b, c, source) of one layer."""
-    par = program.parametrization
-    if layer.role is Role.FINITE:
-        return ZERO, ZERO, ZERO, "finite: fixed 0"
     entry = "bias" if layer.param == "bias" else layer.kind.value
-    if par.preset != "custom":
-        if par.preset not in PRESETS:
-            raise TPError(f"unknown parametrization '{par.preset}'")
-        a, b, c = PRESETS[par.preset][optimizer][entry]
-        return a, b, c, f"preset {par.preset}"
-    entries = {e.target: e for e in par.entries}
-    # a named weight's own entry applies to its matrix; its bias takes the `bias` entry
-    if layer.param == "weight" and layer.label in entries:
-        e = entries[layer.label]
-        return e.a, e.b, e.c, f"custom {layer.label}"
-    if entry not in entries:
-        raise TPError(f"the custom parametrization has no entry for '{entry}' (needed by "
-                      f"{layer.label})", layer.span,
-                      f"add e.g.  {entry}: a=0, b=0, c=0  to the parametrization block")
-    e = entries[entry]
-    return e.a, e.b, e.c, f"custom {entry}"
+    return exponents(program.parametrization, layer.role, entry, layer.label, optimizer,
+                     layer.span)
 
 
 def _init_requirement(role: Role) -> tuple[str, object]:

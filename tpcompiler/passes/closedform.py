@@ -60,29 +60,36 @@ PAIR = {
     ("dgelu", "dgelu"): lambda q1, q2, k: helper("dgelu_dgelu", q1, q2, k),
 }
 
-#: LaTeX for the helpers (tpc latex writes the closed forms out).
+#: LaTeX of the helpers that closed forms call (tpc latex defines each one it uses):
+#: name -> (parameters as the helper takes them, body, auxiliary symbols the body uses)
 LATEX = {
-    "relu_relu": r"\frac{\sqrt{q_1 q_2 - k^2} + (\pi - \theta) k}{2\pi}",
-    "step_step": r"\frac{\pi - \theta}{2\pi}",
-    "relu_relu_rt": r"\frac{\sqrt{q_1 q_2 - k^2} + (\pi - \theta) k}{2\pi}",
-    "step_step_t": r"\frac{\pi - \theta}{2\pi}",
-    "step_step_q": r"\frac{\pi - \theta}{2\pi}\ (0 \text{ if } q_1 q_2 = 0)",
-    "step_mean": r"\tfrac12\ (0 \text{ if } q = 0)",
-    "expm1h": r"e^{x} - 1",
-    "relu_step": r"\frac{\sqrt{q_1}\,(1 + \cos\theta)}{2\sqrt{2\pi}}",
-    "lin_step": r"\frac{k}{\sqrt{2\pi q_2}}",
-    "relu_mean": r"\sqrt{q/2\pi}",
-    "erf_erf": r"\frac{2}{\pi}\arcsin\frac{2k}{\sqrt{(1+2q_1)(1+2q_2)}}",
-    "erf_lin": r"\frac{2k}{\sqrt{\pi(1+2q_1)}}",
-    "gelu_gelu": r"\tfrac{k}{4} + \tfrac{1}{2\pi}\Big[k A + \tfrac{k^2 + q_1 q_2 \Delta}"
-                 r"{P\sqrt{\Delta}}\Big]",
-    "dgelu_dgelu": r"\tfrac14 + \tfrac{A}{2\pi} + \tfrac{k}{2\pi\sqrt\Delta}\Big(\tfrac1\Delta"
-                   r" + \tfrac{1 - q_1 q_2}{P} + 1\Big)",
-    "gelu_mean": r"\frac{q}{\sqrt{2\pi(1+q)}}",
-    "gelu_lin": r"k\,E[\mathrm{gelu}'(u)]",
+    "rootdet": (("q_1", "q_2", "k"), r"\sqrt{q_1 q_2 - k^2}", ()),
+    "angle": (("q_1", "q_2", "r", "k"),
+              r"\operatorname{atan2}(r, k)\ (\tfrac{\pi}{2} \text{ if } q_1 q_2 = 0)", ()),
+    "relu_relu_rt": ((r"r", r"\theta", "k"), r"\frac{r + (\pi - \theta) k}{2\pi}", ()),
+    "step_step_q": (("q_1", "q_2", r"\theta"),
+                    r"\frac{\pi - \theta}{2\pi}\ (0 \text{ if } q_1 q_2 = 0)", ()),
+    "step_mean": (("q",), r"\tfrac12\ (0 \text{ if } q = 0)", ()),
+    "expm1h": (("x",), r"e^{x} - 1", ()),
+    "relu_step": (("q_1", "q_2", "k"),
+                  r"\frac{\sqrt{q_1}\,(1 + k / \sqrt{q_1 q_2})}{2\sqrt{2\pi}}", ()),
+    "lin_step": (("q_2", "k"), r"\frac{k}{\sqrt{2\pi q_2}}", ()),
+    "relu_mean": (("q",), r"\sqrt{q/2\pi}", ()),
+    "erf_erf": (("q_1", "q_2", "k"),
+                r"\frac{2}{\pi}\arcsin\frac{2k}{\sqrt{(1+2q_1)(1+2q_2)}}", ()),
+    "erf_lin": (("q_1", "q_2", "k"), r"\frac{2k}{\sqrt{\pi(1+2q_1)}}", ()),
+    "gelu_gelu": (("q_1", "q_2", "k"),
+                  r"\tfrac{k}{4} + \tfrac{1}{2\pi}\Big[k A + \tfrac{k^2 + q_1 q_2 \Delta}"
+                  r"{P\sqrt{\Delta}}\Big]", ("P", "Delta", "A")),
+    "dgelu_dgelu": (("q_1", "q_2", "k"),
+                    r"\tfrac14 + \tfrac{A}{2\pi} + \tfrac{k}{2\pi\sqrt\Delta}\Big(\tfrac1\Delta"
+                    r" + \tfrac{1 - q_1 q_2}{P} + 1\Big)", ("P", "Delta", "A")),
+    "gelu_mean": (("q",), r"\frac{q}{\sqrt{2\pi(1+q)}}", ()),
+    "gelu_lin": (("q_1", "q_2", "k"), r"\tfrac{k}{2}", ()),
 }
-LATEX_NOTE = (r"\theta = \operatorname{atan2}(\sqrt{q_1 q_2 - k^2}, k),\ "
-              r"P = (1+q_1)(1+q_2),\ \Delta = P - k^2,\ A = \arcsin(k/\sqrt{P})")
+#: the auxiliary symbols of LATEX's bodies (functions of the body's q_1, q_2, k)
+LATEX_AUX = {"P": r"P = (1+q_1)(1+q_2)", "Delta": r"\Delta = P - k^2",
+             "A": r"A = \arcsin(k/\sqrt{P})"}
 
 
 def canonical(expr: sp.Expr) -> sp.Expr:

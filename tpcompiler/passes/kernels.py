@@ -19,7 +19,7 @@ import sympy as sp
 
 from .. import ir, quadrature
 from ..errors import TPError
-from ..kernel_program import GramEntry, Integrand, KernelProgram, cse_block, twin
+from ..kernel_program import GramEntry, Integrand, KernelProgram, twin
 from .abc import kernel_refusals
 from .expect import Expectation, Quadrature
 
@@ -268,9 +268,9 @@ def build_kernel_program(prog: ir.Program) -> KernelProgram:
     return KernelProgram(
         inputs=prog.inputs,
         diag_gram=tuple(b.diag_gram.values()),
-        diag=cse_block(b.diag, "t"),
+        diag=tuple(b.diag),
         cross_gram=tuple(b.cross_gram.values()),
-        cross=cse_block(b.cross, "u"),
+        cross=tuple(b.cross),
         outputs=outputs,
         integrands=tuple(b.integrands.values()),
         labels=b.labels,

@@ -1,0 +1,88 @@
+"""Invariants of what crosses a stage: the IR (one rule per Op) and the kernel program
+(straight-line code). The pipeline (passes/__init__.py) runs them after every pass; a violation
+is a compiler bug, reported as an AssertionError naming the rule, never a user's TPError.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from . import ir
+from .kernel_program import KernelProgram, twin
+
+
+def _check(ok: bool, rule: str) -> None:
+    if not ok:
+        raise AssertionError(f"verify: {rule}")
+
+
+def _gvar_rules() -> dict:
+    """One rule per Op: what a G-var of that Op must look like, given the program."""
+
+    def input_(p: ir.Program, g: ir.GVar, seen: set) -> None:
+        _check(isinstance(g.arg, ir.InputRef), f"{g.name}: an INPUT G-var reads an input")
+        _check(g.arg.input in {i.name for i in p.inputs}, f"{g.name}: unknown input")
+        _check(p.matrix(g.param).kind is ir.Kind.INPUT, f"{g.name}: its matrix is an input one")
+
+    def bias(p: ir.Program, g: ir.GVar, seen: set) -> None:
+        _check(g.param in {b.name for b in p.biases}, f"{g.name}: unknown bias {g.param}")
+
+    def matmul(p: ir.Program, g: ir.GVar, seen: set) -> None:
+        _check(g.param in {m.name for m in p.matrices}, f"{g.name}: unknown matrix {g.param}")
+        used = set(ir.gvars_of(g.arg))
+        _check(used <= seen, f"{g.name}: reads {sorted(used - seen)} before their definition")
+
+    return {ir.Op.INPUT: input_, ir.Op.BIAS: bias, ir.Op.MATMUL: matmul}
+
+
+GVAR_RULES = _gvar_rules()
+
+
+def verify_program(p: ir.Program) -> ir.Program:
+    """SSA (each G-var defined once, read only after its definition), every Op by its rule,
+    the readout reading defined G-vars. Returns p (so that it chains in the pipeline)."""
+    _check(set(GVAR_RULES) == set(ir.Op), "every Op has a rule")
+    seen: set[str] = set()
+    for g in p.gvars:
+        _check(g.name not in seen, f"{g.name} is defined twice")
+        GVAR_RULES[g.op](p, g, seen)
+        seen.add(g.name)
+    r = p.readout
+    _check(r is not None, "the program has a readout")
+    if not isinstance(r.arg, ir.InputRef):
+        used = set(ir.gvars_of(r.arg))
+        _check(used <= seen, f"the readout reads undefined G-vars {sorted(used - seen)}")
+    return p
+
+
+def verify_kernel_program(kp: KernelProgram) -> KernelProgram:
+    """Straight-line code: every symbol read is a Gram entry, an earlier assignment (the cross
+    block also reads the first point's diag values d_i and the second's e_i), or an
+    integration variable; assigned once; every quadrature call names an integrand; the outputs
+    read defined symbols. Returns kp."""
+    integrands = {q.name for q in kp.integrands}
+    diag = {g.symbol for g in kp.diag_gram}
+    for s, e in kp.diag:
+        _check(s not in diag, f"{s} is assigned twice in the diag block")
+        _check(e.free_symbols <= diag, f"{s} reads {sorted(map(str, e.free_symbols - diag))} "
+                                      "before their assignment (diag)")
+        diag.add(s)
+    # the per-point values the pair block may read: the d_i (Gram entries and recursion, not
+    # the diag block's temporaries) of both points
+    values = {g.symbol for g in kp.diag_gram} | {s for s, _ in kp.diag if s.name[0] == "d"}
+    cross = {g.symbol for g in kp.cross_gram} | values | {twin(s) for s in values}
+    for s, e in kp.cross:
+        _check(s not in cross, f"{s} is assigned twice")
+        _check(e.free_symbols <= cross, f"{s} reads {sorted(map(str, e.free_symbols - cross))} "
+                                       "before their assignment (cross)")
+        cross.add(s)
+    for kind, (d, c) in kp.outputs.items():
+        _check(d.free_symbols <= diag, f"the {kind} diagonal reads undefined symbols")
+        _check(c.free_symbols <= cross, f"the {kind} kernel reads undefined symbols")
+        _check(kind in ("nngp", "ntk"), f"an output of unknown kind {kind}")
+    for _, e in (*kp.diag, *kp.cross):
+        for f in e.atoms(sp.Function):
+            name = type(f).__name__
+            if name.startswith("quad"):
+                _check(name.split("_", 1)[1] in integrands, f"{name} has no integrand")
+    return kp
