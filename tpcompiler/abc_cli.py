@@ -16,20 +16,15 @@ COORDCHECK_TOLERANCE = 0.25
 
 
 def cmd_abc(args) -> int:
+    from . import abc_report
     from .lowering import lower
     from .parse import parse_file
     from .passes.abc import abc_table
 
     table = abc_table(lower(parse_file(args.file)), args.optimizer)
-    if args.format == "json":
-        out = table.json() + "\n"
-    elif args.format == "markdown":
-        out = table.markdown()
-    elif args.format == "latex":
-        out = table.latex()
-    else:
-        out = table.text()
-    print(out, end="")
+    render = {"json": lambda t: abc_report.json_text(t) + "\n", "markdown": abc_report.markdown,
+              "latex": abc_report.latex, "text": abc_report.text}[args.format]
+    print(render(table), end="")
     return 0
 
 

@@ -212,10 +212,11 @@ def fingerprint(arrays: dict) -> str:
     return h.hexdigest()
 
 
-def warn_if_inaccurate(report: AccuracyReport, name: str | None) -> None:
-    """A TPWarning per kernel whose estimated error exceeds the tolerance."""
+def warn_if_inaccurate(report: AccuracyReport, name: str | None, kinds=None) -> None:
+    """A TPWarning per kernel (of `kinds`, default all) whose estimated error exceeds the
+    tolerance."""
     for kind, err in report.kernels.items():
-        if err <= report.tol:
+        if err <= report.tol or (kinds is not None and kind not in kinds):
             continue
         used = report.uses.get(kind)
         worst = max((r for r in report.integrals if used is None or r.name in used),

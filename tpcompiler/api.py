@@ -42,7 +42,7 @@ class CompiledNetwork:
         self.ir = program
         self.name = program.name
         self.tol = float(tol)
-        self._probed: set[str] = set()
+        self._probed: dict[str, tuple] = {}  # data fingerprint -> (report, kinds warned)
         self._ntk_caveats_told = False
 
     # --- stages ----------------------------------------------------------------------
@@ -159,12 +159,14 @@ class CompiledNetwork:
             return
         data = a if b is None else {k: np.concatenate([a[k], b[k]]) for k in a}
         key = accuracy.fingerprint(data)
-        if key in self._probed:
-            return
-        self._probed.add(key)
-        kp = self.kernel_program
-        report = accuracy.estimate(kp, data, self.tol, kp.kinds)
-        accuracy.warn_if_inaccurate(report, self.name)
+        if key not in self._probed:  # every kind at once: one run of the raised recursion
+            kp = self.kernel_program
+            self._probed[key] = (accuracy.estimate(kp, data, self.tol, kp.kinds), set())
+        report, warned = self._probed[key]
+        # about the kinds asked for, once each
+        kinds = [k for k in get if k in report.kernels and k not in warned]
+        warned.update(kinds)
+        accuracy.warn_if_inaccurate(report, self.name, kinds)
 
     def accuracy(self, x=None, get=KINDS) -> accuracy.AccuracyReport:
         """Every integral of the kernel program with its dimension, method and estimated error
@@ -267,7 +269,8 @@ def _check_constants(kp: KernelProgram, prog: ir.Program) -> None:
     """TPError, before any code is generated, for a number of the kernel program beyond
     float64. lowering.py bounds every constant of the program (1e100); their products (a variance
     times coefficients, the expansion of (h + c) ** k, Gaussian moments) are checked here."""
-    pieces = [(kp.labels.get(s.name, str(s)), e) for s, e in (*kp.diag, *kp.cross)]
+    pieces = [(str(kp.labels[s.name][0]) if s.name in kp.labels else str(s), e)
+              for s, e in (*kp.diag, *kp.cross)]
     pieces += [(kind.upper(), e) for kind, pair in kp.outputs.items() for e in pair]
     pieces += [(f"the integrand {q.name}", q.expr) for q in kp.integrands]
     for label, expr in pieces:

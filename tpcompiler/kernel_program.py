@@ -17,6 +17,29 @@ from .ir import Input, InputRef
 
 
 @dataclass(frozen=True)
+class Label:
+    """What a symbol of the kernel program means, as data (latex.py and the text form render
+    it): `kind` is "cov" (Sigma of two G-vars), "dcov" (their D, the NTK's backward
+    covariance), "gram" (<x_a, x_b>/d of two input vectors), "nngp" or "ntk"; `a`, `b` the
+    G-var or input names; `same_point` whether both sides are one point (the diag block)."""
+
+    kind: str
+    a: str = ""
+    b: str = ""
+    same_point: bool = True
+
+    def __str__(self) -> str:
+        prime = "" if self.same_point else "'"
+        if self.kind == "cov":
+            return f"Cov({self.a}, {self.b})" + (" at one point" if self.same_point else "'")
+        if self.kind == "dcov":
+            return f"D({self.a}, {self.b}{prime})"
+        if self.kind == "gram":
+            return f"<{self.a}, {self.b}{prime}>/d"
+        return self.kind.upper()
+
+
+@dataclass(frozen=True)
 class GramEntry:
     symbol: sp.Symbol
     a: InputRef  # at the first point
@@ -78,7 +101,8 @@ class KernelProgram:
     cross: tuple[tuple[sp.Symbol, sp.Expr], ...]
     outputs: dict  # {"nngp": (diag expr, cross expr), "ntk": (...)}: only the kinds available
     integrands: tuple[Integrand, ...]
-    labels: dict = field(default_factory=dict, compare=False)  # symbol name -> meaning
+    #: symbol name -> its meanings (Label; several when value numbering shared the symbol)
+    labels: dict = field(default_factory=dict, compare=False)
     refused: dict = field(default_factory=dict)  # kind -> why it is not available
 
     @property
@@ -122,8 +146,8 @@ class KernelProgram:
 
 
 def _comment(labels, s) -> str:
-    label = labels.get(s.name)
-    return f"    # {label}" if label else ""
+    meanings = labels.get(s.name)
+    return f"    # {'; '.join(map(str, meanings))}" if meanings else ""
 
 
 @dataclass(frozen=True)

@@ -2,36 +2,29 @@
 
 from __future__ import annotations
 
-import re
-
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from . import ir
-from .kernel_program import KernelProgram
+from .kernel_program import KernelProgram, Label, twin
 from .passes.closedform import LATEX, LATEX_AUX
 
 
 def _g(name: str) -> str:
-    return f"g_{{{name[1:]}}}"
+    head = name.rstrip("0123456789")
+    return f"{head}_{{{name[len(head):]}}}"
 
 
-def _label_tex(label: str, side: str) -> str:
-    label = label.split("; ")[0]  # a shared value is shown under its first meaning
+def _label_tex(label: Label, side: str) -> str:
+    """A meaning of a symbol at one side: "11" (x, x), "22" (x', x') or "12" (x, x')."""
     pt = {"11": "(x,x)", "22": "(x',x')", "12": "(x,x')"}[side]
-    if label.startswith("Cov("):
-        a, b = re.findall(r"g\d+", label)
-        return rf"\Sigma_{{{_g(a)}{_g(b)}}}{pt}"
-    if label.startswith("D("):
-        a, b = re.findall(r"g\d+", label)
-        return rf"D_{{{_g(a)}{_g(b)}}}{pt}"
-    if label.startswith("<"):
-        refs = label[1:].split(">")[0].replace("'", "").split(", ")
-        x1 = refs[0]
-        x2 = refs[1]
+    if label.kind in ("cov", "dcov"):
+        head = r"\Sigma" if label.kind == "cov" else "D"
+        return rf"{head}_{{{_g(label.a)}{_g(label.b)}}}{pt}"
+    if label.kind == "gram":
         p1, p2 = {"11": ("", ""), "22": ("'", "'"), "12": ("", "'")}[side]
-        return rf"\langle {x1}{p1}, {x2}{p2}\rangle / d"
-    return rf"\mathrm{{{label}}}{pt}"
+        return rf"\langle {label.a}{p1}, {label.b}{p2}\rangle / d"
+    return rf"\mathrm{{{label.kind.upper()}}}{pt}"
 
 
 def _tex_name(name: str) -> str:
@@ -59,10 +52,12 @@ class _Printer(LatexPrinter):
 def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
     """An aligned block: the per-point and per-pair recursions, then the closed forms used."""
     names = {}
-    for s, label in kp.labels.items():
-        if s.startswith("d"):
+    diag = {s.name for s, _ in kp.diag} | {g.symbol.name for g in kp.diag_gram}
+    for s, meanings in kp.labels.items():
+        label = meanings[0]  # a shared value is shown under its first meaning
+        if s in diag:
             names[s] = _label_tex(label, "11")
-            names["e" + s[1:]] = _label_tex(label, "22")
+            names[twin(sp.Symbol(s)).name] = _label_tex(label, "22")
         else:
             names[s] = _label_tex(label, "12")
     pr = _Printer(names)
@@ -78,7 +73,8 @@ def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
         rows.append(f"{names.get(s.name, s.name)} &= {pr.doprint(e)}")
     for kind, (_, c) in kp.outputs.items():
         c = c.xreplace(temps)
-        if not (c.is_Symbol and names.get(c.name, "").startswith(r"\mathrm")):
+        shown = c.is_Symbol and kp.labels.get(c.name, (Label(""),))[0].kind in ("nngp", "ntk")
+        if not shown:  # else the output is the row of its own symbol already
             rows.append(rf"\mathrm{{{kind.upper()}}}(x,x') &= {pr.doprint(c)}")
     # every helper the rows call, arguments' calls included (rootdet and angle inside
     # relu_relu_rt's), defined once with its own parameters; auxiliary symbols once, if used

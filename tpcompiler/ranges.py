@@ -250,7 +250,7 @@ def ntk_caveats(prog: ir.Program) -> tuple[tuple[Span | None, str], ...]:
             if node in seen or bounded_above(node.args[0]):
                 continue
             seen.add(node)
-            names = sorted((s.name for s in node.free_symbols), key=lambda n: int(n[1:]))
+            names = ir.gvars_of(node)
             legend = "; ".join(_describe(prog.gvar(n)) for n in names)
             out.append((span, f"{sp.sstr(node)}{f' ({legend})' if legend else ''}"))
     return tuple(out)

@@ -33,7 +33,6 @@ kernels are meaningful limits. Pure functions of the IR: importing this module h
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -202,125 +201,8 @@ class AbcTable:
             "practice": practice,
         }
 
-    def json(self) -> str:
-        return json.dumps(self.to_json(), indent=2)
-
-    def text(self) -> str:
-        head = ["param", "label", "kind", "a", "b", "c", "from", "a+b", "init", "r_l",
-                self.update_formula, "moves f"]
-        lines = [self._title(),
-                 "convention (TP4): W = n^-a w,  w ~ N(0, n^-2b),  learning rate eta n^-c;  "
-                 "n = width", ""]
-        lines += _aligned([head] + [self._row_cells(r) for r in self.rows])
-        lines.append("")
-        lines.append(self._summary())
-        lines.append("")
-        lines.append("verdicts:")
-        width = max(len(v.title) for v in self.verdicts)
-        for v in self.verdicts:
-            lines.append(f"  {v.title:<{width}}  {_yes(v.holds):<4} {v.reason}")
-        lines.append("")
-        lines.append("kernels computed by tpcompiler:")
-        for kind, why in self.refusals:
-            lines.append(f"  {kind:<5} {'meaningful' if why is None else 'refused: ' + why}")
-        if self.notes:
-            lines.append("")
-            lines.append("notes:")
-            for n in self.notes:
-                lines.append(f"  - {n}")
-        lines.append("")
-        lines.append("practitioner table (n = the layer's width dimension; TP5 Tables 3/9):")
-        phead = ["param", "label", "width", "multiplier", "init var", "SGD lr", "Adam lr", "|",
-                 "no multiplier: init var", "SGD lr", "Adam lr"]
-        prows = [[p.name, p.label, p.width, *(_power(p.width, getattr(p, k)) for k in (
-            "multiplier", "init_var", "sgd_lr", "adam_lr")), "|",
-            *(_power(p.width, getattr(p, k)) for k in ("init_var0", "sgd_lr0", "adam_lr0"))]
-            for p in self.practice]
-        lines += _aligned([phead] + prows)
-        return "\n".join(lines) + "\n"
-
-    def markdown(self) -> str:
-        head = ["param", "label", "kind", "a", "b", "c", "from", "a+b", "init", "r_l",
-                self.update_formula, "moves f"]
-        out = [f"## {self._title()}", "",
-               "Convention (TP4): $W = n^{-a} w$, $w \\sim N(0, n^{-2b})$, learning rate "
-               "$\\eta n^{-c}$.", ""]
-        out += _md_table(head, [self._row_cells(r) for r in self.rows])
-        out += ["", self._summary(), "", "| verdict | holds | decided by |", "|---|---|---|"]
-        out += [f"| {v.title} | {_yes(v.holds)} | {_md(v.reason)} |" for v in self.verdicts]
-        out += ["", "| kernel | status |", "|---|---|"]
-        out += [f"| {k} | {'meaningful' if w is None else 'refused: ' + _md(w)} |"
-                for k, w in self.refusals]
-        if self.notes:
-            out += ["", "Notes:", ""] + [f"- {n}" for n in self.notes]
-        out += ["", "Practitioner table (n = the layer's width dimension):", ""]
-        phead = ["param", "label", "width", "multiplier", "init var", "SGD lr", "Adam lr",
-                 "init var (no mult.)", "SGD lr (no mult.)", "Adam lr (no mult.)"]
-        out += _md_table(phead, [[p.name, p.label, p.width, *(_power(p.width, getattr(p, k))
-                                                             for k in _PRACTICE_FIELDS)]
-                                 for p in self.practice])
-        return "\n".join(out) + "\n"
-
-    def latex(self) -> str:
-        upd = "2a+c" if self.optimizer == "sgd" else "a+c"
-        out = [f"% {self._title()}",
-               "% convention (TP4): W = n^{-a} w, w ~ N(0, n^{-2b}), learning rate eta n^{-c}",
-               "\\begin{tabular}{lllrrrrlrr}", "\\hline",
-               f"param & label & kind & $a$ & $b$ & $c$ & $a+b$ & init & $r_l$ & ${upd}$ \\\\",
-               "\\hline"]
-        for r in self.rows:
-            cells = [r.name, _tex_text(r.label), _kind_text(r), _tex(r.a), _tex(r.b), _tex(r.c),
-                     _tex(r.a_plus_b), _tex_text(r.init_required + (" ok" if r.init_ok else
-                                                                    " fails")
-                                                 if r.init_required else "--"),
-                     _tex(r.r), _tex(r.update)]
-            out.append(" & ".join(cells) + " \\\\")
-        out += ["\\hline", "\\end{tabular}", "", "\\begin{itemize}"]
-        out.append(f"  \\item $r = {_tex_raw(self.r)}$; regime: {_tex_text(self.regime)}")
-        for v in self.verdicts:
-            out.append(f"  \\item {_tex_text(v.title)}: {_yes(v.holds)} "
-                       f"({_tex_text(v.reason)})")
-        for k, w in self.refusals:
-            out.append(f"  \\item {k.upper()}: "
-                       f"{'meaningful' if w is None else 'refused: ' + _tex_text(w)}")
-        for n in self.notes:
-            out.append(f"  \\item {_tex_text(n)}")
-        out += ["\\end{itemize}", "", "\\begin{tabular}{lllllllll}", "\\hline",
-                "param & width & multiplier & init var & SGD lr & Adam lr & init var$^0$ & "
-                "SGD lr$^0$ & Adam lr$^0$ \\\\", "\\hline"]
-        for p in self.practice:
-            cells = [p.name, _tex_text(p.width)] + [
-                _tex_power(p.width, getattr(p, k)) for k in _PRACTICE_FIELDS]
-            out.append(" & ".join(cells) + " \\\\")
-        out += ["\\hline", "\\end{tabular}",
-                "% ^0: the multiplier-free form (TP5 Table 3), by the per-layer symmetry"]
-        return "\n".join(out) + "\n"
-
-    def _title(self) -> str:
-        name = f"'{self.program}'" if self.program else "the program"
-        return (f"abc-parametrization of {name}: preset {self.preset}, optimizer "
-                f"{self.optimizer}")
-
-    def _summary(self) -> str:
-        if self.readout_init is None:
-            return f"regime: {self.regime}"
-        return (f"readout: a+b = {_q(self.readout_init)}, {self.update_formula} = "
-                f"{_q(self.readout_update)};  r = min r_l = {_q(self.r)};  "
-                f"regime: {self.regime}")
-
-    def _row_cells(self, r: AbcRow) -> list[str]:
-        if r.init_required:
-            init = f"{r.init_required} {'ok' if r.init_ok else 'FAILS'}"
-        else:
-            init = "-"
-        term = "-" if r.contributes is None else ("yes" if r.contributes else "no")
-        src = r.source if r.used else r.source + " (unused)"
-        return [r.name, r.label, _kind_text(r), _q(r.a), _q(r.b), _q(r.c), src,
-                _q(r.a_plus_b), init, _q(r.r) if r.r is not None else "-",
-                _q(r.update) if r.update is not None else "-", term]
-
-
-_PRACTICE_FIELDS = ("multiplier", "init_var", "sgd_lr", "adam_lr", "init_var0", "sgd_lr0",
+#: the fields of a PracticeRow, in the order the tables show them
+PRACTICE_FIELDS = ("multiplier", "init_var", "sgd_lr", "adam_lr", "init_var0", "sgd_lr0",
                     "adam_lr0")
 
 
@@ -406,14 +288,30 @@ def _exponents(program: ir.Program, layer: _Layer, optimizer: str):
                      layer.span)
 
 
-def _init_requirement(role: Role) -> tuple[str, object]:
-    if role is Role.INPUT:
-        return "= 0", lambda s: s == 0
-    if role is Role.HIDDEN:
-        return "= 1/2", lambda s: s == HALF
-    if role is Role.READOUT:
-        return ">= 1/2", lambda s: s >= HALF
-    return "", lambda s: True
+@dataclass(frozen=True)
+class Requirement:
+    """What stability at init asks of a + b for a role: `op` ("=" or ">=") `target`."""
+
+    op: str
+    target: Fraction
+
+    def holds(self, s: Fraction) -> bool:
+        return s == self.target if self.op == "=" else s >= self.target
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.target}"
+
+
+_INIT = {Role.INPUT: Requirement("=", ZERO), Role.HIDDEN: Requirement("=", HALF),
+         Role.READOUT: Requirement(">=", HALF)}
+
+
+def _init_requirement(role: Role) -> tuple[Requirement | str, object]:
+    """(the requirement as the table shows it, its test); none for FINITE tensors."""
+    req = _INIT.get(role)
+    if req is None:
+        return "", lambda s: True
+    return req, req.holds
 
 
 def abc_table(program: ir.Program, optimizer: str = "sgd") -> AbcTable:
@@ -467,7 +365,7 @@ def abc_table(program: ir.Program, optimizer: str = "sgd") -> AbcTable:
         elif L.role is Role.READOUT:
             term = uR == 1
         rows.append(AbcRow(L.name, L.label, L.param, L.kind, L.role, L.fan_in, L.fan_out,
-                           a, b, c, src, L.used, req, ok, rl, upd, term))
+                           a, b, c, src, L.used, str(req), ok, rl, upd, term))
     rows = tuple(rows)
 
     verdicts = _verdicts(opt, rows, feats, readout, sR, uR, bR, cR, r, rls, bad_init)
@@ -501,7 +399,7 @@ def _verdicts(opt, rows, feats, readout, sR, uR, bR, cR, r, rls, bad_init):
         for L, s, req in bad_init:
             what = {Role.INPUT: "input weight" if L.param == "weight" else "bias",
                     Role.HIDDEN: "hidden weight", Role.READOUT: "readout"}[L.role]
-            target = Fraction(req.split()[-1])
+            target = req.target
             if L.role is Role.READOUT:
                 effect = "the output blows up at init"
             elif s < target:
@@ -780,7 +678,7 @@ def _width_independent(program, layers, exps, opt) -> AbcTable:
         req, ok_fn = _init_requirement(L.role)
         rows.append(AbcRow(L.name, L.label, L.param, L.kind, L.role, L.fan_in, L.fan_out,
                            a, b, c, src, False if L.role is not Role.FINITE else L.used,
-                           req, ok_fn(a + b), None, None, None))
+                           str(req), ok_fn(a + b), None, None, None))
     rows = tuple(rows)
     why = "no width-n vector reaches the output: the network does not depend on the width"
     verdicts = (Verdict("stable_at_init", True, why), Verdict("stable", True, why),
@@ -837,16 +735,6 @@ def _npow(k: Fraction) -> str:
     return f"n^{k}" if k.denominator == 1 else f"n^({k})"
 
 
-def _yes(h: bool | None) -> str:
-    return "n/a" if h is None else ("yes" if h else "no")
-
-
-def _kind_text(r: AbcRow) -> str:
-    if r.param == "bias":
-        return "bias" if r.role is Role.INPUT else "bias (out)"
-    return r.kind.value if r.role is not Role.FINITE else "readout (finite)"
-
-
 def _power(width: str, k: Fraction) -> str:
     """n^k written with the layer's width name: 1, fan_in, 1/fan_in^2, sqrt(fan_out), ..."""
     if k == 0 or width == "1":
@@ -861,46 +749,6 @@ def _power(width: str, k: Fraction) -> str:
     return base if k > 0 else f"1/{base}"
 
 
-def _aligned(table: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-
-
-def _md(s: str) -> str:
-    return s.replace("|", "\\|")
-
-
-def _md_table(head, rows) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
-    return out
-
-
-def _tex_raw(x: Fraction | None) -> str:
-    if x is None:
-        return "\\text{--}"
-    if x.denominator == 1:
-        return str(x.numerator)
-    sign = "-" if x < 0 else ""
-    return f"{sign}\\tfrac{{{abs(x.numerator)}}}{{{x.denominator}}}"
-
-
-def _tex(x: Fraction | None) -> str:
-    return "--" if x is None else f"${_tex_raw(x)}$"
-
-
-_TEX_ESCAPE = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#",
-               "_": "\\_", "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}",
-               "^": "\\textasciicircum{}", "<": "\\textless{}", ">": "\\textgreater{}",
-               "|": "\\textbar{}"}
-
-
-def _tex_text(s: str) -> str:
-    return "".join(_TEX_ESCAPE.get(ch, ch) for ch in s)
-
-
-def _tex_power(width: str, k: Fraction) -> str:
-    if k == 0 or width == "1":
-        return "$1$"
-    w = "\\mathrm{" + width.replace("_", "\\_") + "}"
-    return f"${w}^{{{_tex_raw(k)}}}$"
+#: the formatting that the renderers (abc_report.py) share with the analysis' messages
+frac_text = _q
+power_text = _power

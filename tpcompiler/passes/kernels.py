@@ -19,7 +19,7 @@ import sympy as sp
 
 from .. import ir, quadrature
 from ..errors import TPError
-from ..kernel_program import GramEntry, Integrand, KernelProgram, twin
+from ..kernel_program import GramEntry, Integrand, KernelProgram, Label, twin
 from .abc import kernel_refusals
 from .expect import Expectation, Quadrature
 
@@ -40,6 +40,7 @@ def at_side(h: sp.Expr, side: int) -> sp.Expr:
 class _Builder:
     def __init__(self, prog: ir.Program):
         self.p = prog
+        self.position = {g.name: i for i, g in enumerate(prog.gvars)}  # SSA order
         self.diag_gram: dict[tuple, GramEntry] = {}
         self.cross_gram: dict[tuple, GramEntry] = {}
         self.diag: list[tuple[sp.Symbol, sp.Expr]] = []
@@ -60,14 +61,14 @@ class _Builder:
 
     # --- symbols -----------------------------------------------------------------------
 
-    def _new(self, block: str, expr: sp.Expr, label: str) -> sp.Expr:
+    def _new(self, block: str, expr: sp.Expr, label: Label) -> sp.Expr:
         if expr.is_Number or expr.is_Symbol:
             return expr
         # value numbering: an expression already assigned in this block reuses its symbol
         # (e.g. D(g0, g0) == D(g1, g1) for a layer's bias and weight)
         known = self.values.get((block, expr))
         if known is not None:
-            self.labels[known.name] += f"; {label}"
+            self.labels[known.name] += (label,)
             return known
         if block == "diag":
             s = sp.Symbol(f"d{self.ndiag}", real=True)
@@ -77,7 +78,7 @@ class _Builder:
             s = sp.Symbol(f"c{self.ncross}", real=True)
             self.ncross += 1
             self.cross.append((s, expr))
-        self.labels[s.name] = label
+        self.labels[s.name] = (label,)
         self.values[(block, expr)] = s
         return s
 
@@ -120,22 +121,20 @@ class _Builder:
         return self.cov_cross(na, nb) if sa == 1 else self.cov_cross(nb, na)
 
     def _order(self, a: str, b: str) -> tuple[str, str]:
-        ia, ib = int(a[1:]), int(b[1:])
-        return (a, b) if ia <= ib else (b, a)
+        return (a, b) if self.position[a] <= self.position[b] else (b, a)
 
     def cov_diag(self, a: str, b: str) -> sp.Expr:
         a, b = self._order(a, b)
         key = ("S", "diag", a, b)
         if key not in self.memo:
-            self.memo[key] = self._new("diag", self._cov_rule(a, b, 1, 1),
-                                       f"Cov({a}, {b}) at one point")
+            self.memo[key] = self._new("diag", self._cov_rule(a, b, 1, 1), Label("cov", a, b))
         return self.memo[key]
 
     def cov_cross(self, a: str, b: str) -> sp.Expr:
         key = ("S", "cross", a, b)
         if key not in self.memo:
             self.memo[key] = self._new("cross", self._cov_rule(a, b, 1, 2),
-                                       f"Cov({a}, {b}')")
+                                       Label("cov", a, b, same_point=False))
         return self.memo[key]
 
     def _cov_rule(self, a: str, b: str, sa: int, sb: int) -> sp.Expr:
@@ -165,7 +164,7 @@ class _Builder:
                 sym = sp.Symbol(f"c{self.ncross}", real=True)
                 self.ncross += 1
             entry = table[key] = GramEntry(sym, key[0], key[1])
-            self.labels[sym.name] = f"<{key[0]}, {key[1]}{'' if same_point else chr(39)}>/d"
+            self.labels[sym.name] = (Label("gram", str(key[0]), str(key[1]), same_point),)
         return entry.symbol
 
     # --- the backward program ----------------------------------------------------------
@@ -198,7 +197,7 @@ class _Builder:
                 if dd == 0:
                     continue
                 total += var * dd * self.E(at_side(da, sa) * at_side(db, sb))
-        self.memo[key] = self._new(block, total, f"D({a}, {b}{'' if block == 'diag' else chr(39)})")
+        self.memo[key] = self._new(block, total, Label("dcov", a, b, block == "diag"))
         return self.memo[key]
 
     # --- outputs -----------------------------------------------------------------------
@@ -212,7 +211,7 @@ class _Builder:
         else:
             inner = self.E(at_side(r.arg, sa) * at_side(r.arg, sb))
         bias = self.p.param_var(r.bias) if r.bias else sp.S.Zero
-        return self._new(block, var * inner + bias, "NNGP")
+        return self._new(block, var * inner + bias, Label("nngp"))
 
     def ntk(self, block: str, nngp: sp.Expr) -> sp.Expr:
         by_param: dict[str, list[ir.GVar]] = {}
@@ -224,7 +223,7 @@ class _Builder:
                 continue
             for ga in gs:
                 for gb in gs:
-                    if block == "diag" and int(gb.name[1:]) < int(ga.name[1:]):
+                    if block == "diag" and self.position[gb.name] < self.position[ga.name]:
                         continue
                     mult = 2 if block == "diag" and ga.name != gb.name else 1
                     d = self.dcov(ga.name, gb.name, block)
@@ -233,7 +232,7 @@ class _Builder:
                     c = self.cov_diag(ga.name, gb.name) if block == "diag" else \
                         self.cov_cross(ga.name, gb.name)
                     total += mult * d * c
-        return self._new(block, total, "NTK")
+        return self._new(block, total, Label("ntk"))
 
 
 def refusals(prog: ir.Program) -> dict[str, str]:
