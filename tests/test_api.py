@@ -252,10 +252,18 @@ def _available(net):
     return kp.kinds
 
 
+#: the examples whose Numba compile takes 15-20 s: their rules (user acts through the Mehler
+#: series, nested nonlinearities through 3-D quadrature) have default cases in test_series.py
+#: and test_quadrature.py, so the whole example runs under -m slow
+HEAVY_EXAMPLES = {"user_act", "nested_nonlin"}
+
+
 # agreement of backends / with finite networks at their own tolerances, not the
 # accuracy probe: its warnings (4-D rules at ~1e-6) are what tests/test_exact.py checks
 @pytest.mark.filterwarnings("ignore::tpcompiler.errors.TPWarning")
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow)
+                                  if p.stem in HEAVY_EXAMPLES else p for p in EXAMPLES],
+                         ids=[p.stem for p in EXAMPLES])
 def test_example_numba_equals_reference(path):
     net = tp.compile(path)
     kinds = _available(net)

@@ -25,7 +25,7 @@ import sympy as sp
 
 from .backends import numpy as ref
 from .errors import warn
-from .kernel_program import KernelProgram
+from .kernel_program import KernelProgram, QuadCall
 
 #: default tolerance, relative to the kernel's scale
 DEFAULT_TOL = 1e-10
@@ -81,7 +81,7 @@ def method(program: KernelProgram, itg) -> str:
     """How an integrand is evaluated, in words."""
     from .quadrature import SPLIT_ORDER, polar_order, tensor_order
 
-    series = {type(call).__name__.split("_", 1)[1] for call in ref._series_calls(program)}
+    series = {call.integrand for call in ref._series_calls(program)}
     if itg.breaks:
         base = (f"split rule at {len(itg.breaks)} kink(s), Legendre "
                 f"{'x'.join(str(o) for o in SPLIT_ORDER[:itg.dim])}/piece")
@@ -180,10 +180,7 @@ def _integrals_of(program: KernelProgram, kind: str) -> frozenset[str]:
     todo = list(program.outputs[kind])
     while todo:
         e = todo.pop()
-        for f in e.atoms(sp.Function):
-            name = type(f).__name__
-            if name.startswith("quad"):
-                names.add(name.split("_", 1)[1])
+        names |= {f.integrand for f in e.atoms(QuadCall)}
         for s in e.free_symbols:
             if s not in seen and s in defs:
                 seen.add(s)

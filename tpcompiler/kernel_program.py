@@ -9,11 +9,29 @@ Quadratures are calls quad<k>_<name>(C[0][0], C[1][0], C[1][1], ...) of named in
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import sympy as sp
 
 from .ir import Input, InputRef
+
+
+class QuadCall(sp.Function):
+    """E[integrand(z)], z ~ N(0, C), as it appears in the kernel program: the arguments are the
+    lower triangle of C, row by row. One subclass per integrand (`quad_call`), carrying the
+    integrand's name and dimension as data: nothing reads them back out of the printed name
+    (quad<dim>_<name>, what generated code calls)."""
+
+    integrand: str = ""
+    dim: int = 0
+
+
+@functools.cache
+def quad_call(name: str, dim: int) -> type[QuadCall]:
+    """The QuadCall class of integrand `name` (one class per integrand: equal calls compare
+    equal)."""
+    return type(f"quad{dim}_{name}", (QuadCall,), {"integrand": name, "dim": dim})
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from . import ir
-from .kernel_program import KernelProgram, Label, twin
+from .kernel_program import KernelProgram, Label, QuadCall, twin
 from .passes.closedform import LATEX, LATEX_AUX
 
 
@@ -42,8 +42,8 @@ class _Printer(LatexPrinter):
     def _print_Function(self, expr, exp=None):
         name = type(expr).__name__
         args = ", ".join(self._print(a) for a in expr.args)
-        if name.startswith("quad"):
-            q = name.split("_", 1)[1]
+        if isinstance(expr, QuadCall):
+            q = expr.integrand
             return rf"\mathbb{{E}}_{{z\sim\mathcal N(0, C)}}[{q}(z)]_{{C=({args})}}"
         text = rf"\operatorname{{{_tex_name(name)}}}({args})"
         return text if exp is None else f"{text}^{{{exp}}}"
@@ -79,8 +79,10 @@ def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
     # every helper the rows call, arguments' calls included (rootdet and angle inside
     # relu_relu_rt's), defined once with its own parameters; auxiliary symbols once, if used
     used: set[str] = set()
+    quads: set[str] = set()
     for e in [e for _, e in cross] + [c.xreplace(temps) for _, c in kp.outputs.values()]:
         used |= {type(f).__name__ for f in e.atoms(sp.Function)}
+        quads |= {f.integrand for f in e.atoms(QuadCall)}
     aux: list[str] = []
     for name in sorted(used & set(LATEX)):
         params, body, needs = LATEX[name]
@@ -89,7 +91,7 @@ def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
     if aux:
         rows.append(r"&\quad " + r",\ ".join(LATEX_AUX[a] for a in aux))
     for q in kp.integrands:
-        if not any(n.startswith("quad") and n.split("_", 1)[1] == q.name for n in used):
+        if q.name not in quads:
             continue  # a per-point integral: the recursion at x' = x, not shown
         zs = ", ".join(f"z_{i}" for i in range(q.dim))
         rows.append(rf"{q.name}({zs}) &= {sp.latex(q.expr)}")

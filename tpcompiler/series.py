@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from .kernel_program import KernelProgram
+from .kernel_program import KernelProgram, QuadCall
 from .quadrature import KINKED, rule
 
 K_MAX = 192
@@ -275,15 +275,15 @@ def plan(kp: KernelProgram, first_column: int) -> SeriesPlan:
     """The cross block's quad2 calls that the series can evaluate (and the 3-D and 4-D calls
     of `_vectors`), and the per-point factors they need (columns from first_column on)."""
     env = _resolve(kp)
-    integrands = {f"quad2_{q.name}": q for q in kp.integrands if q.dim == 2 and not q.kinked}
-    vectors = {f"quad{q.dim}_{q.name}": q for q in kp.integrands
+    integrands = {q.name: q for q in kp.integrands if q.dim == 2 and not q.kinked}
+    vectors = {q.name: q for q in kp.integrands
                if q.dim in (3, 4) and q.layout and not q.expr.atoms(*KINKED)}
     factors: dict[tuple, int] = {}
     calls: dict = {}
     exprs = [e for _, e in kp.cross] + [c for _, c in kp.outputs.values()]
     for e in exprs:
-        for call in e.atoms(sp.Function):
-            name = type(call).__name__
+        for call in e.atoms(QuadCall):
+            name = call.integrand
             if name in vectors and call not in calls:
                 got = _vectors(vectors[name], call, env, factors)
                 if got is not None:

@@ -5,10 +5,8 @@ is a compiler bug, reported as an AssertionError naming the rule, never a user's
 
 from __future__ import annotations
 
-import sympy as sp
-
 from . import ir
-from .kernel_program import KernelProgram, twin
+from .kernel_program import KernelProgram, QuadCall, twin
 
 
 def _check(ok: bool, rule: str) -> None:
@@ -81,8 +79,6 @@ def verify_kernel_program(kp: KernelProgram) -> KernelProgram:
         _check(c.free_symbols <= cross, f"the {kind} kernel reads undefined symbols")
         _check(kind in ("nngp", "ntk"), f"an output of unknown kind {kind}")
     for _, e in (*kp.diag, *kp.cross):
-        for f in e.atoms(sp.Function):
-            name = type(f).__name__
-            if name.startswith("quad"):
-                _check(name.split("_", 1)[1] in integrands, f"{name} has no integrand")
+        for f in e.atoms(QuadCall):
+            _check(f.integrand in integrands, f"{type(f).__name__} has no integrand")
     return kp

@@ -22,7 +22,7 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__, series
-from ..kernel_program import Integrand, KernelProgram, twin
+from ..kernel_program import Integrand, KernelProgram, quad_call, twin
 from ..quadrature import (
     careful_rows,
 )
@@ -48,9 +48,9 @@ def _careful_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str) -
     lines: list[str] = []
     shared = Integrand("careful2", 2, sp.S.Zero, breaks=careful_rows(sp.S.Zero, 2))
     lines += split_source(shared, printer, jit, nodes=True)
-    for quad, expr in dict.fromkeys((type(c.call).__name__, c.integrand) for c in plan.calls
+    for name, expr in dict.fromkeys((c.call.integrand, c.integrand) for c in plan.calls
                                     if not c.rhos):
-        fb = Integrand(quad.split("_", 1)[1] + "fb", 2, expr, breaks=careful_rows(expr, 2))
+        fb = Integrand(name + "fb", 2, expr, breaks=careful_rows(expr, 2))
         if fb.breaks != shared.breaks:  # kinks of its own: a rule of its own
             lines += split_source(fb, printer, jit)
             continue
@@ -146,8 +146,7 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
         if c.rhos:
             lines += _vectors_source(c, plan, inline)
             continue
-        quad = printer.doprint(sp.Function(type(c.call).__name__ + "fb")(
-            *sp.symbols("c00 c10 c11")))
+        quad = printer.doprint(quad_call(c.call.integrand + "fb", 2)(*sp.symbols("c00 c10 c11")))
         lines += [inline, f"def {c.name}(c00, c10, c11, D1, D2, i, j):",
                   "    rho = correlation(c00, c10, c11)",
                   f"    if abs(rho) >= {1.0 - series.UNIT!r}:",

@@ -13,7 +13,7 @@ import sympy as sp
 
 from .. import functions as F
 from .. import helpers, series
-from ..kernel_program import KernelProgram, twin
+from ..kernel_program import KernelProgram, QuadCall, twin
 from ..quadrature import (
     DEFAULT_ORDER,
     MAX_SPLIT_DIM,
@@ -60,17 +60,16 @@ def evaluate_expr(e: sp.Expr, env: dict, program: KernelProgram | None = None):
     name = type(e).__name__
     if name in helpers.HELPERS:
         return np.vectorize(helpers.HELPERS[name], otypes=[np.float64])(*args)
-    if name.startswith("quad") and program is not None:
-        return _quadrature(program, name, args, e)
+    if isinstance(e, QuadCall) and program is not None:
+        return _quadrature(program, e.integrand, args, e)
     raise NotImplementedError(f"no numeric rule for {name}")
 
 
-def _quadrature(program: KernelProgram, name: str, tri: list, call: sp.Expr | None = None):
+def _quadrature(program: KernelProgram, qname: str, tri: list, call: sp.Expr | None = None):
     """quad<k>_<name>(lower triangle of C) elementwise over the broadcast pairs, by the
     integrand's rule (quadrature.py), in chunks of pairs that keep the node arrays small; a
     call that the series plan rewrites (series.py) takes the Mehler series as the Numba
     backend does."""
-    qname = name.split("_", 1)[1]
     itg = next(q for q in program.integrands if q.name == qname)
     k = itg.dim
     shape = np.broadcast(*[np.asarray(t) for t in tri]).shape

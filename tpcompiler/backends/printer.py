@@ -12,6 +12,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from .. import functions as F
 from .. import helpers
+from ..kernel_program import QuadCall
 
 #: scalar code of the IR's functions, (name, source) from the registry (functions.py); numba
 #: compiles them with the module
@@ -31,7 +32,10 @@ class KernelPrinter(PythonCodePrinter):
         name = _FUNC_NAMES.get(type(expr))
         if name is None:
             name = type(expr).__name__
-            if name not in helpers.HELPERS and not name.startswith(("quad", "ser", "_pw_")):
+            # a helper, an integrand's rule, or what a backend generates next to them (its
+            # series functions ser<n> and piecewise bodies _pw_<name>); else sympy's (strict)
+            known = name in helpers.HELPERS or isinstance(expr, QuadCall)
+            if not known and not name.startswith(("ser", "_pw_")):
                 return super()._print_Function(expr)
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 

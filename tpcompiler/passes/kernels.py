@@ -19,7 +19,7 @@ import sympy as sp
 
 from .. import ir, quadrature
 from ..errors import TPError
-from ..kernel_program import GramEntry, Integrand, KernelProgram, Label, twin
+from ..kernel_program import GramEntry, Integrand, KernelProgram, Label, quad_call, twin
 from .abc import kernel_refusals
 from .expect import Expectation, Quadrature
 
@@ -109,7 +109,7 @@ class _Builder:
                             forms, breaks, layout, per_point)
             self.integrands[key] = itg
         args = [q.cov[i][j] for i in range(len(q.cov)) for j in range(i + 1)]
-        return sp.Function(f"quad{itg.dim}_{itg.name}")(*args)
+        return quad_call(itg.name, itg.dim)(*args)
 
     # --- covariances -------------------------------------------------------------------
 
