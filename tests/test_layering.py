@@ -35,8 +35,8 @@ STAGES = (
     ("coordcheck", "check_cli", "abc_report", "abc_cli", "cli", "testing", "__init__"),
 )
 STAGE = {m: i for i, group in enumerate(STAGES) for m in group}
-#: lines per module: an alarm, not a style (the largest today is under it)
-LINE_BUDGET = 1000
+#: lines per module: an alarm, not a style (the largest today, lowering.py, has 850)
+LINE_BUDGET = 900
 
 
 def _modules() -> dict[str, Path]:
