@@ -19,7 +19,7 @@ STAGES = (
     # text -> AST
     ("syntax", "parse"),
     # AST -> IR
-    ("ir", "ranges", "parametrization", "lowering", "data"),
+    ("ir", "ranges", "parametrization", "check", "lowering", "data"),
     # IR -> kernel program (and the abc analysis of the IR)
     ("kernel_program", "verify", "quadrature", "series", "passes", "passes.closedform",
      "passes.expect", "passes.kernels", "passes.abc"),
@@ -35,7 +35,7 @@ STAGES = (
     ("coordcheck", "check_cli", "abc_report", "abc_cli", "cli", "testing", "__init__"),
 )
 STAGE = {m: i for i, group in enumerate(STAGES) for m in group}
-#: lines per module: an alarm, not a style (the largest today, lowering.py, has 850)
+#: lines per module: an alarm, not a style (the largest today, passes/abc.py, has 754)
 LINE_BUDGET = 900
 
 

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tpcompiler import TPError, ir, lower
+from tpcompiler.check import MAX_GVARS, MAX_POWER, MAX_SEQ, MAX_STEPS
 from tpcompiler.functions import ABRelu, Erf, Relu, Sigmoid
-from tpcompiler.lowering import MAX_GVARS, MAX_POWER, MAX_SEQ, MAX_STEPS
 from tpcompiler.parse import parse_file, parse_source
 from tpcompiler.syntax import print_module
 
@@ -721,8 +721,9 @@ def test_language_doc_errors():
 
 
 def test_language_doc_states_the_limits_and_builtins():
+    from tpcompiler.check import KEYWORDS, MAX_BITS, MAX_EXPONENT
     from tpcompiler.functions import BUILTINS
-    from tpcompiler.lowering import KEYWORDS, MAX_BITS, MAX_EXPONENT, PRESETS
+    from tpcompiler.parametrization import PRESETS
     from tpcompiler.parse import MAX_SOURCE_BYTES
 
     doc = DOC.read_text()

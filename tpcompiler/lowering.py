@@ -1,7 +1,8 @@
-"""AST -> IR: checks names, kinds and dimensions, unrolls loops, builds the NETSOR program.
+"""AST -> IR: builds the NETSOR program, unrolling loops and inlining acts.
 
-The lowering is a small interpreter over the AST: every construct is one case here, and every
-mistake a user can make ends in a TPError pointing at the offending node.
+The lowering is a small interpreter over the AST: every construct is one case here. The rules
+that do not build anything (limits, reserved names, constants' range, vector sizes) are in
+check.py; every mistake a user can make ends in a TPError pointing at the offending node.
 """
 
 from __future__ import annotations
@@ -14,36 +15,26 @@ import sympy as sp
 
 from . import ir
 from . import syntax as S
+from .check import (
+    KEYWORDS,
+    KINDS,
+    MAX_ABC_EXPONENT,
+    MAX_GVARS,
+    MAX_NUMBER,
+    MAX_POWER,
+    MAX_SEQ,
+    MAX_STEPS,
+    NUMBER_HINT,
+    check_finite,
+    check_name,
+    check_scale,
+    fraction,
+    in_range,
+    show,
+)
 from .errors import Span, TPError, did_you_mean
 from .functions import BUILTINS
 from .parametrization import PRESETS
-from .ranges import bounded_above, interval, log_scale
-
-MAX_GVARS = 5000  # unrolled program size cap (G-vars): larger programs are almost surely a typo
-MAX_STEPS = 200_000  # statements executed while unrolling
-MAX_SEQ = 10_000
-KINDS = ("input", "hidden", "readout", "bias")
-KEYWORDS = ("network", "parametrization", "const", "input", "weight", "act", "repeat", "for", "in")
-MAX_POWER = 16  # vector ** p: moments grow like (2p-1)!!; beyond this they are meaningless
-MAX_EXPONENT = 400  # |e| in a literal 1.5e<e>: 10**e is computed exactly, so it must stay small
-MAX_BITS = 4096  # numerator/denominator size of an exact constant (1e-1000 needs 3322 bits)
-MAX_NUMBER = 10**300  # a constant (exact, in constant expressions) must be a float64 with room
-NUMBER_HINT = ("numbers must lie between about 1e-400 and 1e300 in magnitude, or be 0 (and "
-               "those that enter the network, at most 1e100)")
-# The largest constant that may enter the network (a variance, a slope, a coefficient, an added
-# constant) and the largest size of a vector expression (its coefficients multiplied together,
-# ranges.log_scale). The kernel program multiplies a variance by two such sizes into one number
-# (Cov = var * E[h h'], D = var * E[h' h'']): 1e100 ** 3 = 1e300 stays below float64's 1.8e308
-# with a factor 1e8 to spare for Gaussian moments and closed-form constants. 1e150, each
-# number merely squared, is not enough: var=1e150 on a coefficient of 1e150 gives 1e450.
-MAX_CONSTANT = 10**100  # exact: compared with exact rationals
-MAX_LOG_SCALE = 100
-# |a|, |b|, |c| of a custom parametrization: n ** e must stay finite for the widths of finite
-# networks (tpc coordcheck, simulate): n <= 1e7 gives n ** 20 <= 1e140
-MAX_ABC_EXPONENT = 20
-RANGE_HINT = ("the kernels multiply a variance by the squares of the network's constants, "
-              "so each must be at most 1e100 in magnitude for float64 (whose largest number "
-              "is 1.8e308); rescale it")
 
 
 @dataclass(frozen=True)
@@ -91,52 +82,6 @@ def _what(v) -> str:
     return _WHAT[type(v)]
 
 
-def _fraction(text: str, span) -> Fraction:
-    mantissa, _, exponent = text.lower().partition("e")
-    exponent = exponent.lstrip("+-").lstrip("0")
-    if len(mantissa) > MAX_EXPONENT or len(exponent) > 3 or int(exponent or 0) > MAX_EXPONENT:
-        # Fraction("1e-99999999") would build 10**99999999 exactly and never finish
-        raise TPError(f"the number {text[:20]}{'...' if len(text) > 20 else ''} is out of range",
-                      span, NUMBER_HINT)
-    try:
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise TPError(f"malformed number {text!r}", span) from None
-
-
-def _show(value: sp.Expr) -> str:
-    """An exact number as a user reads it: itself when short, else rounded (1.23e+45)."""
-    text = str(value)
-    if len(text) <= 20:
-        return text
-    try:
-        f = float(value)
-        if math.isfinite(f):
-            return f"{f:.3g}"
-    except (TypeError, ValueError, OverflowError):
-        pass
-    mag = math.log10(abs(int(value.p))) - math.log10(int(value.q))
-    return f"{'-' if value < 0 else ''}1e{mag:+.0f}"
-
-
-def _check_finite(value: sp.Expr, span: Span | None) -> sp.Expr:
-    bad = value.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or not value.is_real
-    if not bad:
-        try:
-            f = float(value)
-            bad = not math.isfinite(f) or abs(f) > 1e300
-        except (TypeError, ValueError, OverflowError):
-            bad = True
-    if bad:
-        raise TPError("this constant expression is not a finite real number", span,
-                      "check for a division by zero, an overflow or a root of a negative number")
-    if value.is_Rational and max(abs(int(value.p)), int(value.q)).bit_length() > MAX_BITS:
-        # exact rationals double in size with every product: stop before they become huge
-        raise TPError(f"this constant needs more than {MAX_BITS} bits to be kept exact", span,
-                      "constants must be moderate numbers (roughly 1e-1000 .. 1e300)")
-    return value
-
-
 class _Lowerer:
     def __init__(self, module: S.Module):
         self.module = module
@@ -177,14 +122,7 @@ class _Lowerer:
         self.env[name] = value
         self.defined_at[name] = span
 
-    @staticmethod
-    def _check_name(name: str, span, what: str) -> None:
-        if name in KEYWORDS:  # the contextual lexer lets `input for` through; `for = ..` can't be
-            raise TPError(f"'{name}' is a keyword and cannot be used as a name", span,
-                          "choose another name")
-        if name in BUILTINS or name in ("dense", "readout"):
-            raise TPError(f"'{name}' is a built-in function and cannot be redefined as {what}",
-                          span, "choose another name")
+    _check_name = staticmethod(check_name)
 
     def _lookup(self, name: str, span):
         if name in self.env:
@@ -234,22 +172,16 @@ class _Lowerer:
     def integer(self, e: S.Expr, what: str, lo: int | None = None, hi: int | None = None) -> int:
         v = self.scalar(e, what)
         if not v.is_Integer:
-            raise TPError(f"{what} must be an integer, got {_show(v)}", e.span)
+            raise TPError(f"{what} must be an integer, got {show(v)}", e.span)
         n = int(v)
         if lo is not None and n < lo:
-            raise TPError(f"{what} must be at least {lo}, got {_show(v)}", e.span)
+            raise TPError(f"{what} must be at least {lo}, got {show(v)}", e.span)
         if hi is not None and n > hi:
-            raise TPError(f"{what} is {_show(v)}, more than the limit {hi}", e.span,
+            raise TPError(f"{what} is {show(v)}, more than the limit {hi}", e.span,
                           "the program is unrolled; keep loops and sequences small")
         return n
 
-    @staticmethod
-    def in_range(v: sp.Expr, span, what: str) -> sp.Expr:
-        """A constant that enters the network (var=, bias=, slope=, ...): |v| <= MAX_CONSTANT."""
-        if abs(v) > MAX_CONSTANT:
-            raise TPError(f"{what} is {_show(v)}, more than the largest constant a network may "
-                          f"use (1e100)", span, RANGE_HINT)
-        return v
+    in_range = staticmethod(in_range)
 
     def vec(self, expr: sp.Expr, span) -> Vec:
         """A vector whose size (ranges.log_scale: its coefficients multiplied together, and
@@ -260,7 +192,7 @@ class _Lowerer:
     def variance(self, kw: S.Kwarg) -> sp.Expr:
         v = self.scalar(kw.value, f"a number for {kw.name}=")
         if v.is_negative:
-            raise TPError(f"{kw.name}= is a variance and must be >= 0, got {_show(v)}",
+            raise TPError(f"{kw.name}= is a variance and must be >= 0, got {show(v)}",
                           kw.value.span, "variances are sigma^2; use a non-negative number")
         return self.in_range(v, kw.value.span, f"{kw.name}=")
 
@@ -372,7 +304,7 @@ class _Lowerer:
                 if not v.is_Rational:
                     raise TPError(f"{kw.name}= must be a rational number, got {v}", kw.value.span)
                 if abs(v) > MAX_ABC_EXPONENT:
-                    raise TPError(f"{kw.name}= is {_show(v)}, beyond the largest width exponent "
+                    raise TPError(f"{kw.name}= is {show(v)}, beyond the largest width exponent "
                                   f"({MAX_ABC_EXPONENT})", kw.value.span,
                                   "width ** exponent must stay finite in float64 for the "
                                   "finite networks (tpc coordcheck); exponents are small "
@@ -477,11 +409,11 @@ class _Lowerer:
         return getattr(self, "expr_" + type(e).__name__)(e)
 
     def expr_Number(self, e: S.Number):
-        f = _fraction(e.text, e.span)
+        f = fraction(e.text, e.span)
         if abs(f) > MAX_NUMBER:
-            raise TPError(f"the number {_show(sp.Rational(f.numerator, f.denominator))} is out of "
+            raise TPError(f"the number {show(sp.Rational(f.numerator, f.denominator))} is out of "
                           f"range", e.span, NUMBER_HINT)
-        return Scalar(_check_finite(sp.Rational(f.numerator, f.denominator), e.span))
+        return Scalar(check_finite(sp.Rational(f.numerator, f.denominator), e.span))
 
     def expr_Name(self, e: S.Name):
         v = self._lookup(e.id, e.span)
@@ -545,7 +477,7 @@ class _Lowerer:
             raise TPError("an exponent must be a constant integer, not a vector", e.right.span)
         if not (y.is_Integer and 0 <= int(y) <= MAX_POWER):
             raise TPError(f"a vector can only be raised to an integer power 0..{MAX_POWER}, "
-                          f"got {_show(y)}", e.right.span, "use a non-negative integer exponent")
+                          f"got {show(y)}", e.right.span, "use a non-negative integer exponent")
         return self.vec(x ** int(y), e.span)
 
     def _scalar_op(self, op, x, y, e) -> sp.Expr:
@@ -567,7 +499,7 @@ class _Lowerer:
                     raise TPError("this constant is too large to be a finite number", e.span)
         ops = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
                "/": lambda: x / y, "**": lambda: x**y}
-        return _check_finite(ops[op](), e.span)
+        return check_finite(ops[op](), e.span)
 
     def _check_unique_kwargs(self, kwargs) -> None:
         seen = set()
@@ -775,7 +707,7 @@ class _ActBody:
         if a.has(self.z):
             if not (b.is_Integer and 0 <= int(b) <= MAX_POWER):
                 raise TPError(f"the variable can only be raised to an integer power "
-                              f"0..{MAX_POWER}, got {_show(b)}", e.right.span)
+                              f"0..{MAX_POWER}, got {show(b)}", e.right.span)
             return a ** int(b)
         return self.outer._scalar_op("**", a, b, e)
 
@@ -809,38 +741,6 @@ class _ActBody:
         if e.kwargs:
             raise TPError(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
         return f.body.xreplace({f.param: z})
-
-
-def check_scale(expr: sp.Expr, span: Span | None, memo: dict) -> None:
-    """TPError when a vector expression is too large for float64 kernels (MAX_LOG_SCALE)."""
-    own, worst = log_scale(expr, memo)
-    if worst <= MAX_LOG_SCALE:
-        return
-    # the smallest sub-expression over the limit says what made it so large
-    culprit = expr
-    while True:
-        bigger = [a for a in culprit.args if log_scale(a, memo)[1] > MAX_LOG_SCALE]
-        if not bigger:
-            break
-        culprit = bigger[0]
-    size = log_scale(culprit, memo)[0]
-    hint = RANGE_HINT
-    if culprit.is_number:
-        what = f"the constant {_show(culprit)}"
-    elif isinstance(culprit, sp.exp):
-        if bounded_above(culprit.args[0]):
-            top = interval(culprit.args[0])[1]
-            what = f"exp() of an argument up to {top:.3g} reaches about 1e{size:.0f}"
-            hint = "lower the constant added to exp's argument"
-        else:
-            what = (f"exp() of an argument that is not bounded above reaches about "
-                    f"1e{size:.0f} where the vectors in its argument are of size 1")
-            hint = ("the kernel of exp(c * g) grows like e^(2 c^2 q): scale its argument down "
-                    "(exp(-c * g ** 2) and other arguments bounded above have no such limit)")
-    else:
-        what = f"its coefficients multiply to about 1e{size:.0f}"
-    raise TPError(f"this expression is too large for float64 kernels: {what}, more than "
-                  f"1e100", span, hint)
 
 
 def lower(module: S.Module) -> ir.Program:

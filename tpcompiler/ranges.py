@@ -5,7 +5,7 @@
   nonlinearities with polynomially bounded derivatives; `exp(v)` meets that exactly when v is
   bounded above (exp(-g ** 2), exp(tanh(g))), and `ntk_caveats` names every exp that does not.
 - `log_scale(e)`: log10 of how large e is when its G-vars are O(1), the quantity whose square
-  (times a variance) the kernel program forms. lowering.py keeps it <= MAX_LOG_SCALE.
+  (times a variance) the kernel program forms. check.py keeps it <= MAX_LOG_SCALE.
 
 Both are sufficient tests, not exact ones: an expression they cannot bound is reported (a
 warning too many), never passed silently.
