@@ -43,6 +43,7 @@ RANGE_HINT = ("the kernels multiply a variance by the squares of the network's c
 
 
 def fraction(text: str, span) -> Fraction:
+    """A numeric literal as an exact rational, or a TPError for one out of range."""
     mantissa, _, exponent = text.lower().partition("e")
     exponent = exponent.lstrip("+-").lstrip("0")
     if len(mantissa) > MAX_EXPONENT or len(exponent) > 3 or int(exponent or 0) > MAX_EXPONENT:
@@ -71,6 +72,7 @@ def show(value: sp.Expr) -> str:
 
 
 def check_finite(value: sp.Expr, span: Span | None) -> sp.Expr:
+    """A constant expression's value, or a TPError if it is not a finite, moderate real."""
     bad = value.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or not value.is_real
     if not bad:
         try:
