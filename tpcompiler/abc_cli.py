@@ -1,7 +1,7 @@
 """`tpc abc FILE`: the abc-parametrization table of a .tp program (tpcompiler.passes.abc), and
 `tpc coordcheck FILE`: the coordinate check (tpcompiler.coordcheck).
 
-Registered by tpcompiler.cli (its COMMANDS table); TPErrors propagate to cli.main, which prints
+Registered by tpcompiler.cli (`build_parser`); TPErrors propagate to cli.main, which prints
 them and exits 2. The argument parsers only: the work is imported when a command runs, so
 `tpc --help` loads neither sympy nor numba.
 """

@@ -505,7 +505,7 @@ def cmd_check(args) -> int:
             raise TPError(f"--plot: the folder {plot.parent} does not exist")
     net = compile(args.file)
     if args.data:
-        x = load_data(args.data, net, "--data")
+        x = load_data(args.data, "--data")
         what = f"data {args.data}"
     else:
         x = random_data(net.ir, args.points, args.dim, args.seed)

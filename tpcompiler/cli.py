@@ -49,7 +49,7 @@ def cmd_kernel_program(args) -> int:
     net = compile(args.file, tol=args.tol)
     print(net.kernel_program.text(), end="")
     if args.accuracy:
-        x = load_data(args.data, net, "--data") if args.data else None
+        x = load_data(args.data, "--data") if args.data else None
         print()
         print(net.accuracy(x))
     return 0
@@ -79,8 +79,8 @@ def cmd_kernel(args) -> int:
     if not out.parent.is_dir():  # checked now, not after computing the kernels
         raise TPError(f"--out: {out.parent} is not a folder")
     net = compile(args.file, tol=args.tol)
-    x1 = load_data(args.data, net, "--data")
-    x2 = load_data(args.data2, net, "--data2") if args.data2 else None
+    x1 = load_data(args.data, "--data")
+    x2 = load_data(args.data2, "--data2") if args.data2 else None
     bar = None
     progress = None
     if not args.quiet:

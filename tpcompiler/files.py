@@ -40,17 +40,16 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, public: bool = True) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary file name in `path`'s folder; on a clean exit the file is renamed
-    over `path` (os.replace: atomic on one file system), on any exception it is removed.
-    public: give it the mode a plain open() would (mkstemp makes it private, 0600)."""
+    over `path` (os.replace: atomic on one file system), on any exception it is removed. The
+    file gets the mode a plain open() would give it (mkstemp makes it private, 0600)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".tpc-",
                                suffix=path.suffix)
     os.close(fd)
     try:
-        if public:
-            os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, path)
     except BaseException:
@@ -78,7 +77,7 @@ _FORMATS_HINT = ("tpc reads NumPy files: a .npy array (np.save('X.npy', X)) or, 
                  "delimiter=','))")
 
 
-def load_data(path: str, net, flag: str):
+def load_data(path: str, flag: str):
     """The data of a .npy (an array) or .npz (input name -> array) file, or a TPError that
     names the flag it came from and how to make such a file."""
     p = Path(path)

@@ -205,13 +205,14 @@ def log_scale(e: sp.Expr, memo: dict | None = None) -> tuple[float, float]:
             own = sum(k[0] for k in kids)
         elif e.is_Pow:
             k = e.args[1]
-            lo, hi = interval(e.args[0]) if k.is_Integer and k < 0 else (0.0, 0.0)
             if k.is_number and k >= 0:
                 own = float(k) * kids[0][0]
-            elif not lo <= 0 <= hi:  # 1 / base ** |k|: at most 1 / min|base| ** |k|
-                own = float(k) * math.log10(min(abs(lo), abs(hi)))
             else:
                 own = INF
+                if k.is_Integer:  # 1 / base ** |k|: at most 1 / min|base| ** |k|
+                    lo, hi = interval(e.args[0])
+                    if not lo <= 0 <= hi:
+                        own = float(k) * math.log10(min(abs(lo), abs(hi)))
         elif f in _BOUNDED:
             own = 0.0
         elif f is sp.exp:

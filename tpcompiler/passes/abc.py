@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .. import ir
-from ..parametrization import OPTIMIZERS, TABLE, Role, exponents
+from ..parametrization import OPTIMIZERS, TABLE, Role, bias_role, exponents, matrix_role
 
 ZERO = Fraction(0)
 HALF = Fraction(1, 2)
@@ -254,22 +254,16 @@ def _layers(program: ir.Program) -> list[_Layer]:
     first = {}
     for i, g in enumerate(program.gvars):
         first.setdefault(g.param, i)
-    r = program.readout
     out = []
     for m in program.matrices:
-        if m.kind is ir.Kind.INPUT:
-            role, fan_in, fan_out = Role.INPUT, f"dim({m.fan_in})", "n"
-        elif m.kind is ir.Kind.HIDDEN:
-            role, fan_in, fan_out = Role.HIDDEN, "n", "n"
-        elif m.fan_in:  # a readout of an input: finite -> finite
-            role, fan_in, fan_out = Role.FINITE, f"dim({m.fan_in})", "1"
-        else:
-            role, fan_in, fan_out = Role.READOUT, "n", "1"
+        role = matrix_role(m)  # a readout of an input is FINITE: finite -> finite
+        fan_in = f"dim({m.fan_in})" if m.fan_in else "n"
+        fan_out = "n" if role in (Role.INPUT, Role.HIDDEN) else "1"
         out.append((first.get(m.name, len(program.gvars)),
                     _Layer(m.name, m.label, "weight", m.kind, role, fan_in, fan_out,
                            m.name in used, m.span)))
     for b in program.biases:
-        if b.name == r.bias:
+        if bias_role(program, b) is Role.FINITE:  # the readout's
             layer = _Layer(b.name, b.label, "bias", ir.Kind.READOUT, Role.FINITE, "1", "1",
                            True, b.span)
         else:
