@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -156,3 +157,82 @@ def test_digest_follows_the_program():
 
 def test_cache_dir_is_the_session_folder(tpc_cache_dir):
     assert files.cache_dir() == tpc_cache_dir
+
+
+# --- the warm start of `tpc kernel` (tpcompiler/warm.py) -----------------------------------
+
+WARM_RUN = textwrap.dedent("""
+    import json, sys, warnings
+    from tpcompiler import cli
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status = cli.main(sys.argv[1:])
+    print(json.dumps({"status": status, "sympy": "sympy" in sys.modules,
+                      "lark": "lark" in sys.modules,
+                      "warnings": [str(w.message) for w in caught]}))
+""")
+
+
+def _tpc_kernel(tmp_path, cache_dir, tp_file, out) -> dict:
+    env = dict(os.environ, TPC_CACHE_DIR=str(cache_dir))
+    proc = subprocess.run([sys.executable, "-c", WARM_RUN, "kernel", str(tp_file), "--data",
+                           str(tmp_path / "x.npy"), "--kind", "both", "--out", str(out),
+                           "--force", "--quiet"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+EXP_NET = "input x\nh = dense(x, var=0.5)\ny = readout(exp(h))\n"
+
+
+@pytest.mark.parametrize("text", [SMALL, EXP_NET], ids=["relu", "exp-caveat"])
+def test_tpc_kernel_runs_a_known_file_without_the_front_end(text, tmp_path):
+    """The second `tpc kernel` of an unchanged file loads neither lark nor sympy, writes the
+    same kernels bit for bit and tells the same warnings; an edited file is compiled again and
+    gives the kernels of the edited network."""
+    tp_file = tmp_path / "net.tp"
+    tp_file.write_text(text)
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    np.save(tmp_path / "x.npy", x)
+    cache_dir = tmp_path / "cache"
+    first = _tpc_kernel(tmp_path, cache_dir, tp_file, tmp_path / "a.npz")
+    second = _tpc_kernel(tmp_path, cache_dir, tp_file, tmp_path / "b.npz")
+    assert first["sympy"] and first["lark"]
+    assert not second["sympy"] and not second["lark"], "the warm start ran the front end"
+    assert second["warnings"] == first["warnings"]
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    for kind in ("nngp", "ntk"):
+        np.testing.assert_array_equal(b[kind], a[kind])
+    tp_file.write_text(text.replace("var=", "var=1.5 * "))
+    edited = _tpc_kernel(tmp_path, cache_dir, tp_file, tmp_path / "c.npz")
+    assert edited["sympy"], "an edited file was taken from the record of the old text"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tp.TPWarning)  # the caveat, compared above
+        want = tp.compile(tp_file).kernels(x)
+    c = np.load(tmp_path / "c.npz")
+    for kind in ("nngp", "ntk"):
+        np.testing.assert_allclose(c[kind], want[kind], rtol=1e-14, atol=0)
+        assert not np.allclose(c[kind], a[kind])
+
+
+def test_warm_start_skips_programs_that_need_the_probe_and_damaged_records(tmp_path,
+                                                                          monkeypatch):
+    """A program with integrals is never run from a record (its first kernels on new data run
+    the accuracy probe, which needs the kernel program); a damaged record is a miss."""
+    from tpcompiler import warm
+
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("TPC_CACHE_DIR", str(cache_dir))
+    tanh = tmp_path / "tanh.tp"
+    tanh.write_text("input x\nh = dense(x, var=2.0)\ny = readout(tanh(h))\n")
+    tp.compile(tanh).prepare()
+    assert warm.load(str(tanh), 1e-10) is None
+    relu = tmp_path / "relu.tp"
+    relu.write_text(SMALL)
+    tp.compile(relu).prepare()
+    assert warm.load(str(relu), 1e-10) is not None
+    assert warm.load(str(relu), 1e-8) is None  # another tolerance: another record
+    for record in cache_dir.glob("w_*.json"):
+        record.write_text("{not json")
+    assert warm.load(str(relu), 1e-10) is None

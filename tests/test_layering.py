@@ -26,9 +26,9 @@ STAGES = (
     # kernel program -> code and numbers
     ("backends", "backends.printer", "backends.coincident", "backends.gram",
      "backends.quadsource", "backends.cache", "backends.numpy", "backends.numba",
-     "backends.cuda", "latex"),
+     "backends.cuda", "backends.runner", "latex"),
     # what runs the backends: the probe and the finite-width simulator
-    ("accuracy", "simulate"),
+    ("accuracy", "simulate", "warm"),
     # the API that wires the stages together
     ("api",),
     # users of the API: commands and test helpers

@@ -21,7 +21,7 @@ import tpcompiler as tp
 from tpcompiler import functions as F
 from tpcompiler import quadrature as Q
 from tpcompiler import series
-from tpcompiler.backends import cache
+from tpcompiler.backends import cache, runner
 from tpcompiler.backends import numba as numba_backend
 from tpcompiler.backends import numpy as numpy_backend
 from tpcompiler.data import prepare
@@ -230,7 +230,7 @@ def test_large_variance_falls_back_to_the_careful_rule():
     x = rng.normal(size=(4, 5))
     x[1] = x[0] + 1e-6 * rng.normal(size=5)  # rho ~ 1 - 1e-13: not snapped to 1 (series.UNIT)
     data = prepare(net.ir, x, "X")
-    plain = numba_backend.run(cache.load_module(numba_backend.render(kp, use_series=False)), kp,
+    plain = runner.run(cache.load_module(numba_backend.render(kp, use_series=False)), kp,
                               data, None)
     got = net.kernels(x)
     cov = 20.0 * x @ x.T / x.shape[1]
@@ -250,7 +250,7 @@ def test_the_quadrature_only_module_equals_the_quadrature_only_reference(monkeyp
     module = cache.load_module(numba_backend.render(kp, use_series=False))
     x = np.random.default_rng(5).normal(size=(5, 4))
     x[3] = x[1]
-    got = numba_backend.run(module, kp, prepare(net.ir, x, "X"), None)
+    got = runner.run(module, kp, prepare(net.ir, x, "X"), None)
     with monkeypatch.context() as m:
         _quadrature_only(m)
         want = net.kernels(x, backend="numpy")

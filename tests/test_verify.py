@@ -57,3 +57,26 @@ def test_kernel_program_violations_are_caught():
     ghost = ((s0, e0 + quad_call("Q99", 2)(gram, gram, gram)), *rest)
     with pytest.raises(AssertionError, match="quad2_Q99 has no integrand"):
         verify_kernel_program(dataclasses.replace(kp, cross=ghost))
+
+
+def test_per_point_values_and_sides_are_typed_not_named():
+    """The kernel program's per-point values carry their index and point as fields, the pair
+    code's G-vars their G-var and side: nothing downstream parses a symbol's name (a symbol
+    merely named like one is not one)."""
+    from tpcompiler.kernel_program import PointValue, is_first_point, twin, untwin
+    from tpcompiler.passes.kernels import Sided, at_side
+
+    _, kp = _stages()
+    firsts = [s for s, _ in kp.diag if is_first_point(s)]
+    assert firsts and all(isinstance(s, PointValue) and s.point == 1 for s in firsts)
+    temps = [s for s, _ in kp.diag if not is_first_point(s)]
+    assert temps, "the cse pass should leave temporaries in this program"
+    with pytest.raises(TypeError):
+        twin(temps[0])
+    e = twin(firsts[0])
+    assert (e.index, e.point, e.name) == (firsts[0].index, 2, "e" + firsts[0].name[1:])
+    assert untwin(e) == firsts[0]
+    assert not is_first_point(sp.Symbol(firsts[0].name, real=True))
+    g = at_side(sp.Symbol("g3", real=True) + 1, 2).free_symbols.pop()
+    assert isinstance(g, Sided) and (g.gvar, g.side) == ("g3", 2)
+    assert g != sp.Symbol("g3_2", real=True)

@@ -5,23 +5,24 @@ from __future__ import annotations
 import functools
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import sympy as sp
 
-from . import __version__, accuracy, ir, passes
+from . import __version__, accuracy, ir, passes, warm
 from .accuracy import DEFAULT_TOL
-from .backends import cache
+from .backends import cache, runner
 from .backends import cuda as cuda_backend
 from .backends import numba as numba_backend
 from .backends import numpy as numpy_backend
-from .data import check_pair, prepare
-from .errors import TPError, warn
-from .kernel_program import GramLayout, KernelProgram
+from .backends.gram import GramLayout
+from .data import DataSpec, check_pair, prepare
+from .errors import TPError
+from .files import read_source
+from .kernel_program import KernelProgram
 from .lowering import lower
-from .parse import parse_file, parse_source
+from .parse import parse_source
 from .ranges import ntk_caveats
 
 KINDS = ("nngp", "ntk")
@@ -42,6 +43,8 @@ class CompiledNetwork:
         self.ir = program
         self.name = program.name
         self.tol = float(tol)
+        self.spec = DataSpec.of(program)  # what checking data needs
+        self._warm_key: str | None = None  # set by compile(): record the warm start
         self._probed: dict[str, tuple] = {}  # data fingerprint -> (report, kinds warned)
         self._ntk_caveats_told = False
 
@@ -66,6 +69,7 @@ class CompiledNetwork:
             self._kinds, self._refused = tuple(entry["kinds"]), dict(entry["refused"])
             self._meta = GramLayout.from_json(entry["layout"])
             self._integrals = entry.get("integrals", True)
+            self._record_warm()
             return cache.load_module(entry["source"])
         kp = self.kernel_program
         self._kinds, self._refused = kp.kinds, dict(kp.refused)
@@ -79,7 +83,14 @@ class CompiledNetwork:
                                             "kinds": list(kp.kinds), "refused": kp.refused,
                                             "integrals": bool(kp.integrands),
                                             "layout": self._meta.to_json()})
+        self._record_warm()
         return module
+
+    def _record_warm(self) -> None:
+        """For a network compiled from a file: the record that lets `tpc kernel` run it next
+        time without the front end (tpcompiler/warm.py)."""
+        if self._warm_key is not None and not self._integrals and self._kinds:
+            warm.record(self._warm_key, self._cache_key, self.name, self.spec, self._caveats)
 
     def prepare(self) -> CompiledNetwork:
         """Compile now (otherwise the first kernel call does it); returns self."""
@@ -110,19 +121,16 @@ class CompiledNetwork:
         Returns:
             dict kind -> (N1, N2) array.
         """
-        get = (get,) if isinstance(get, str) else tuple(get)
-        for k in get:
-            if k not in KINDS:
-                raise TPError(f"unknown kernel '{k}'", hint="use 'nngp' or 'ntk'")
-        a = prepare(self.ir, x1, "X1" if x2 is not None else "X")
+        get = warm.check_get(get)
+        a = prepare(self.spec, x1, "X1" if x2 is not None else "X")
         b = None
         if x2 is not None:
-            b = prepare(self.ir, x2, "X2")
-            check_pair(self.ir, a, b)
+            b = prepare(self.spec, x2, "X2")
+            check_pair(self.spec, a, b)
         out_dtype = _out_dtype(dtype)
         if backend == "numpy":
             kp = self.kernel_program
-            self._check_kinds(get, kp.kinds, kp.refused)
+            warm.check_kinds(get, kp.kinds, kp.refused)
             self._tell_ntk_caveats(get)
             res = numpy_backend.evaluate(kp, a, b, get)
             self._probe(a, b, get)
@@ -130,14 +138,14 @@ class CompiledNetwork:
         if backend != "numba":
             raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
         module = self._module
-        self._check_kinds(get, self._kinds, self._refused)
+        warm.check_kinds(get, self._kinds, self._refused)
         self._tell_ntk_caveats(get)
         if cuda_backend.resolve(device) == "cuda":
             cmod = cuda_backend.load(self._cache_key, lambda: self.kernel_program)
             res = cuda_backend.run(cmod, self._meta, a, b, progress=progress,
                                    max_gpu_bytes=max_gpu_bytes, out=out, get=get)
         else:
-            res = numba_backend.run(module, self._meta, a, b, progress=progress)
+            res = runner.run(module, self._meta, a, b, progress=progress)
             if out is not None:
                 for kind in get:
                     out[kind][...] = res[kind]
@@ -179,34 +187,35 @@ class CompiledNetwork:
             rng = np.random.default_rng(0)
             x = {i.name: rng.normal(size=(8, 8) if i.length is None else (8, i.length, 8))
                  for i in self.ir.inputs}
-        data = prepare(self.ir, x, "X")
+        data = prepare(self.spec, x, "X")
         return accuracy.estimate(kp, data, self.tol, get)
 
     def _tell_ntk_caveats(self, get) -> None:
         """Once per network, when its NTK is first computed: a TPWarning for each exp() whose
-        argument is not bounded above (ranges.ntk_caveats). Its NTK is the formal limit, the
-        one neural-tangents computes, but no Tensor Programs theorem covers it."""
+        argument is not bounded above (`_caveats`)."""
         if "ntk" not in get or self._ntk_caveats_told:
             return
         self._ntk_caveats_told = True
+        warm.tell_caveats(self._caveats)
+
+    @functools.cached_property
+    def _caveats(self) -> list[tuple[str, str]]:
+        """(message, hint) for each exp() of the NTK whose argument is not bounded above
+        (ranges.ntk_caveats): its NTK is the formal limit, the one neural-tangents computes,
+        but no Tensor Programs theorem covers it."""
+        out = []
         for span, what in ntk_caveats(self.ir):
             where = f"{span.where}: " if span is not None else ""
             shown = f"\n{span.render()}" if span is not None else ""
-            warn(f"{where}the NTK goes through {what} here, and that argument is not bounded "
-                 f"above: exp and its derivative are then not polynomially bounded, a "
-                 f"hypothesis of the Tensor Programs NTK theorem (TP II, Cor. 7.3; TP IIb for "
-                 f"training). The kernel is computed as the formal infinite-width limit (the "
-                 f"recursion neural-tangents' stax.Exp computes), which that theorem does not "
-                 f"guarantee{shown}",
-                 hint="exp of an argument bounded above is inside the theorem: e.g. "
-                      "exp(-h ** 2), exp(-(a * h + b) ** 2), exp(tanh(h))",
-                 stacklevel=_user_stacklevel())
-
-    def _check_kinds(self, get, kinds, refused) -> None:
-        for k in get:
-            if k not in kinds:
-                raise TPError(f"the {k.upper()} of this network is not available: "
-                              f"{refused.get(k, 'not computed')}")
+            out.append((f"{where}the NTK goes through {what} here, and that argument is not "
+                        f"bounded above: exp and its derivative are then not polynomially "
+                        f"bounded, a hypothesis of the Tensor Programs NTK theorem (TP II, "
+                        f"Cor. 7.3; TP IIb for training). The kernel is computed as the formal "
+                        f"infinite-width limit (the recursion neural-tangents' stax.Exp "
+                        f"computes), which that theorem does not guarantee{shown}",
+                        "exp of an argument bounded above is inside the theorem: e.g. "
+                        "exp(-h ** 2), exp(-(a * h + b) ** 2), exp(tanh(h))"))
+        return out
 
     def nngp(self, x1, x2=None, **kw) -> np.ndarray:
         """The NNGP kernel (output covariance of the infinite-width network)."""
@@ -254,17 +263,6 @@ class CompiledNetwork:
         return f"<CompiledNetwork {self.name or '<unnamed>'}({ins}), {len(self.ir.gvars)} G-vars>"
 
 
-def _user_stacklevel() -> int:
-    """The stacklevel for errors.warn, called by the caller of this function, that points at
-    the first frame outside tpcompiler: the user's line, however many wrappers (net.ntk,
-    net.kernels) lie between."""
-    frame, level = sys._getframe(1), 2  # errors.warn's level 2 is its caller
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
-            "tpcompiler."):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def _check_constants(kp: KernelProgram, prog: ir.Program) -> None:
     """TPError, before any code is generated, for a number of the kernel program beyond
     float64. lowering.py bounds every constant of the program (1e100); their products (a variance
@@ -309,7 +307,10 @@ def compile(path: str | Path, tol: float = DEFAULT_TOL) -> CompiledNetwork:  # n
     """Compile a .tp file. Raises TPError for any mistake in it. tol: the accuracy every
     kernel is held to, relative to its scale; a kernel that misses it comes with a
     TPWarning."""
-    return CompiledNetwork(lower(parse_file(path)), tol)
+    text = read_source(path)
+    net = CompiledNetwork(lower(parse_source(text, str(path))), tol)
+    net._warm_key = warm.key(str(path), text, net.tol)
+    return net
 
 
 def compile_source(text: str, path: str = "<string>",

@@ -63,8 +63,6 @@ def cmd_latex(args) -> int:
 
 
 def cmd_kernel(args) -> int:
-    from .api import compile
-
     out = Path(args.out)
     kinds = ("nngp", "ntk") if args.kind == "both" else (args.kind,)
     npz = len(kinds) > 1
@@ -78,7 +76,16 @@ def cmd_kernel(args) -> int:
         raise TPError(f"--out: the folder {out.parent} does not exist")
     if not out.parent.is_dir():  # checked now, not after computing the kernels
         raise TPError(f"--out: {out.parent} is not a folder")
-    net = compile(args.file, tol=args.tol)
+    device = getattr(args, "device", "cpu")
+    net = None
+    if device == "cpu":  # compiled before with this text: straight from the cache
+        from .warm import load
+
+        net = load(args.file, args.tol)
+    if net is None:
+        from .api import compile
+
+        net = compile(args.file, tol=args.tol)
     x1 = load_data(args.data, "--data")
     x2 = load_data(args.data2, "--data2") if args.data2 else None
     bar = None
@@ -92,10 +99,10 @@ def cmd_kernel(args) -> int:
             bar.n = int(100 * done / total)
             bar.refresh()
 
-    from .backends import cuda as cuda_backend
+    if device != "cpu":
+        from .backends import cuda as cuda_backend
 
-    # before any work: a missing GPU fails now
-    device = cuda_backend.resolve(getattr(args, "device", "cpu"))
+        device = cuda_backend.resolve(device)  # before any work: a missing GPU fails now
     try:
         if device == "cuda" and not npz:
             shape = _kernel_to_memmap(net, x1, x2, kinds[0], out, progress)

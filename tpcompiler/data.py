@@ -14,20 +14,59 @@ the kernels grow as the program makes them (depth, powers, exp): that is not bou
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import ir
 from .errors import TPError
+
+if TYPE_CHECKING:  # the IR is only read by DataSpec.of: a warm start checks data without it
+    from . import ir
 
 MAX_INPUT_COVARIANCE = 1e150  # v * <x, x>/d: its square must be a float64 (above)
 HINT_SCALE = ("standardise the data (e.g. X = (X - X.mean(0)) / X.std(0)): the kernels see the "
               "data only through <x, x'>/d, so a common scale factor is a choice of units")
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """What checking data needs from a program: its inputs (name, steps or None), the largest
+    variance of a matrix that reads each, and the pairs of inputs one matrix reads (their
+    dimensions must agree). Kept in the compile cache as JSON (tpcompiler/warm.py)."""
+
+    inputs: tuple[tuple[str, int | None], ...]
+    variances: tuple[tuple[str, float], ...]
+    tied: tuple[tuple[str, str], ...]
+
+    @staticmethod
+    def of(prog: ir.Program) -> DataSpec:
+        v = input_variances(prog)
+        return DataSpec(tuple((i.name, i.length) for i in prog.inputs),
+                        tuple((i.name, v[i.name]) for i in prog.inputs),
+                        tuple(input_dims_tied(prog)))
+
+    def to_json(self) -> dict:
+        return {"inputs": [list(i) for i in self.inputs],
+                "variances": [list(v) for v in self.variances],
+                "tied": [list(t) for t in self.tied]}
+
+    @staticmethod
+    def from_json(data: dict) -> DataSpec:
+        return DataSpec(tuple((n, ln) for n, ln in data["inputs"]),
+                        tuple((n, float(v)) for n, v in data["variances"]),
+                        tuple((a, b) for a, b in data["tied"]))
+
+
+def _spec(prog) -> DataSpec:
+    return prog if isinstance(prog, DataSpec) else DataSpec.of(prog)
+
+
 def input_variances(prog: ir.Program) -> dict[str, float]:
     """Input name -> the largest variance of a matrix that reads it (at least 1, so that the
     data bound never exceeds MAX_INPUT_COVARIANCE)."""
+    from . import ir
+
     out = {i.name: 1.0 for i in prog.inputs}
     for g in prog.gvars:
         if g.op is ir.Op.INPUT:
@@ -41,6 +80,8 @@ def input_variances(prog: ir.Program) -> dict[str, float]:
 
 def input_dims_tied(prog: ir.Program) -> list[tuple[str, str]]:
     """Pairs of inputs that one input matrix reads, so they must share their dimension d."""
+    from . import ir
+
     seen: dict[str, str] = {}
     pairs = []
     for g in prog.gvars:
@@ -51,9 +92,10 @@ def input_dims_tied(prog: ir.Program) -> list[tuple[str, str]]:
     return pairs
 
 
-def prepare(prog: ir.Program, data, which: str = "X") -> dict[str, np.ndarray]:
+def prepare(prog: ir.Program | DataSpec, data, which: str = "X") -> dict[str, np.ndarray]:
     """Validate one data set: input name -> float64 C-contiguous array."""
-    names = [i.name for i in prog.inputs]
+    spec = _spec(prog)
+    names = [name for name, _ in spec.inputs]
     if not isinstance(data, dict):
         if len(names) != 1:
             raise TPError(f"{which}: this network has {len(names)} inputs ({', '.join(names)}); "
@@ -69,10 +111,10 @@ def prepare(prog: ir.Program, data, which: str = "X") -> dict[str, np.ndarray]:
                       hint=f"the network's inputs are: {', '.join(names)}")
     out: dict[str, np.ndarray] = {}
     n_points = None
-    variances = input_variances(prog)
-    for inp in prog.inputs:
-        what = f"{which}['{inp.name}']" if len(names) > 1 else which
-        arr = data[inp.name]
+    variances = dict(spec.variances)
+    for name, length in spec.inputs:
+        what = f"{which}['{name}']" if len(names) > 1 else which
+        arr = data[name]
         if not isinstance(arr, np.ndarray):
             try:
                 arr = np.asarray(arr)
@@ -81,15 +123,15 @@ def prepare(prog: ir.Program, data, which: str = "X") -> dict[str, np.ndarray]:
         if arr.dtype.kind not in "fiu":  # integers are numbers too, like a list of ints
             raise TPError(f"{what} has dtype {arr.dtype}; kernels need real numbers",
                           hint="convert it to floating point, e.g. X.astype(np.float64)")
-        want = 2 if inp.length is None else 3
+        want = 2 if length is None else 3
         if arr.ndim != want:
-            shape = "(N, d)" if want == 2 else f"(N, {inp.length}, d)"
+            shape = "(N, d)" if want == 2 else f"(N, {length}, d)"
             hint = "for one point use X.reshape(1, -1)" if arr.ndim == 1 and want == 2 else None
-            raise TPError(f"{what} has shape {arr.shape}; input '{inp.name}' needs {shape}",
+            raise TPError(f"{what} has shape {arr.shape}; input '{name}' needs {shape}",
                           hint=hint)
-        if want == 3 and arr.shape[1] != inp.length:
-            raise TPError(f"{what} has {arr.shape[1]} steps; input '{inp.name}' is declared "
-                          f"with {inp.length}")
+        if want == 3 and arr.shape[1] != length:
+            raise TPError(f"{what} has {arr.shape[1]} steps; input '{name}' is declared "
+                          f"with {length}")
         if arr.shape[0] == 0 or arr.shape[-1] == 0:
             raise TPError(f"{what} is empty (shape {arr.shape})")
         raw = arr
@@ -102,13 +144,13 @@ def prepare(prog: ir.Program, data, which: str = "X") -> dict[str, np.ndarray]:
                 raise TPError(f"{what} has values beyond float64's range, about 1.8e308 (first "
                               f"in row {row})", hint=HINT_SCALE)
             raise TPError(f"{what} contains NaN or infinity (first in row {row})")
-        _check_size(arr, what, inp.name, variances[inp.name])
+        _check_size(arr, what, name, variances[name])
         if n_points is not None and arr.shape[0] != n_points:
             raise TPError(f"{which}: inputs have different numbers of points "
                           f"({n_points} and {arr.shape[0]})")
         n_points = arr.shape[0]
-        out[inp.name] = arr
-    for a, b in input_dims_tied(prog):
+        out[name] = arr
+    for a, b in spec.tied:
         if out[a].shape[-1] != out[b].shape[-1]:
             raise TPError(f"{which}: inputs '{a}' and '{b}' go through the same weight, so they "
                           f"need the same dimension, got {out[a].shape[-1]} and "
@@ -135,9 +177,9 @@ def _check_size(arr: np.ndarray, what: str, name: str, var: float) -> None:
                   f"var * <x, x'>/d, so it needs <x, x>/d <= {limit:.3g}{by}", hint=HINT_SCALE)
 
 
-def check_pair(prog: ir.Program, x1: dict, x2: dict) -> None:
-    for inp in prog.inputs:
-        d1, d2 = x1[inp.name].shape[-1], x2[inp.name].shape[-1]
+def check_pair(prog: ir.Program | DataSpec, x1: dict, x2: dict) -> None:
+    for name, _ in _spec(prog).inputs:
+        d1, d2 = x1[name].shape[-1], x2[name].shape[-1]
         if d1 != d2:
-            raise TPError(f"X1 and X2 differ in the dimension of input '{inp.name}' "
+            raise TPError(f"X1 and X2 differ in the dimension of input '{name}' "
                           f"({d1} and {d2})")

@@ -99,3 +99,18 @@ def load_data(path: str, flag: str):
             return obj
     except UNREADABLE as err:
         raise TPError(f"{flag}: cannot read {path} as .npy/.npz: {err}") from None
+
+
+def read_source(path: str | Path) -> str:
+    """The text of a .tp file; a missing or unreadable file is a TPError."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8-sig")  # -sig: drop a byte-order mark
+    except FileNotFoundError:
+        raise TPError(f"no such file: {p}", hint="check the path") from None
+    except IsADirectoryError:
+        raise TPError(f"{p} is a directory, not a .tp file") from None
+    except UnicodeDecodeError:
+        raise TPError(f"{p} is not UTF-8 text") from None
+    except OSError as err:
+        raise TPError(f"cannot read {p}: {err.strerror}") from None

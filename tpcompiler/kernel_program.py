@@ -140,7 +140,7 @@ class KernelProgram:
         """Diag symbols that the cross block reads (as the twins e_i of the second point)."""
         names = self.cross_reads()
         out = [g.symbol for g in self.diag_gram] + [s for s, _ in self.diag
-                                                    if s.name.startswith("d")]
+                                                    if is_first_point(s)]
         return tuple(s for s in out if s.name in names or twin(s).name in names)
 
     def text(self) -> str:
@@ -168,35 +168,6 @@ def _comment(labels, s) -> str:
     return f"    # {'; '.join(map(str, meanings))}" if meanings else ""
 
 
-@dataclass(frozen=True)
-class GramLayout:
-    """What a backend needs besides its generated module: the inputs and Gram entries (kept in
-    the compile cache, so that a warm start needs no KernelProgram)."""
-
-    inputs: tuple[Input, ...]
-    diag_gram: tuple[GramEntry, ...]
-    cross_gram: tuple[GramEntry, ...]
-
-    @staticmethod
-    def of(kp: KernelProgram) -> GramLayout:
-        return GramLayout(kp.inputs, kp.diag_gram, kp.cross_gram)
-
-    def to_json(self) -> dict:
-        def entry(g):
-            return [g.symbol.name, [g.a.input, g.a.index], [g.b.input, g.b.index]]
-        return {"inputs": [[i.name, i.length] for i in self.inputs],
-                "diag_gram": [entry(g) for g in self.diag_gram],
-                "cross_gram": [entry(g) for g in self.cross_gram]}
-
-    @staticmethod
-    def from_json(data: dict) -> GramLayout:
-        def entry(e):
-            return GramEntry(sp.Symbol(e[0], real=True), InputRef(*e[1]), InputRef(*e[2]))
-        return GramLayout(tuple(Input(n, ln) for n, ln in data["inputs"]),
-                          tuple(entry(e) for e in data["diag_gram"]),
-                          tuple(entry(e) for e in data["cross_gram"]))
-
-
 def cse_block(assigns, prefix: str) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
     """Straight-line code with common subexpressions as temporaries (prefix0, prefix1, ...),
     each placed right before its first use (a temporary may read earlier assignments)."""
@@ -221,7 +192,38 @@ def cse_block(assigns, prefix: str) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
     return tuple(out)
 
 
-def twin(s: sp.Symbol) -> sp.Symbol:
-    """The second point's copy of a diag symbol d_i (e_i)."""
-    assert s.name.startswith("d")
-    return sp.Symbol("e" + s.name[1:], real=True)
+class PointValue(sp.Symbol):
+    """A per-point value of the kernel program, its identity held as fields: `index` i and
+    `point` 1 (d_i, the first point of a pair: the per-point block computes it) or 2 (e_i, its
+    twin, the same value at the second point)."""
+
+    __slots__ = ("index", "point")
+
+    def __new__(cls, index: int, point: int = 1):
+        if point not in (1, 2):
+            raise ValueError(f"point {point}: a pair has points 1 and 2")
+        obj = sp.Symbol.__xnew__(cls, f"{'de'[point - 1]}{index}", real=True)
+        obj.index, obj.point = index, point
+        return obj
+
+    def __getnewargs_ex__(self):
+        return (self.index, self.point), {}
+
+
+def is_first_point(s: sp.Basic) -> bool:
+    """A per-point value of the first point (d_i), not a temporary or a pair's value."""
+    return isinstance(s, PointValue) and s.point == 1
+
+
+def twin(s: PointValue) -> PointValue:
+    """The second point's copy of a per-point value d_i (e_i)."""
+    if not is_first_point(s):
+        raise TypeError(f"{s!r} is not a per-point value of the first point")
+    return PointValue(s.index, 2)
+
+
+def untwin(s: PointValue) -> PointValue:
+    """The first point's d_i for the second point's e_i (and d_i itself)."""
+    if not isinstance(s, PointValue):
+        raise TypeError(f"{s!r} is not a per-point value")
+    return PointValue(s.index, 1)

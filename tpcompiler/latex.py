@@ -52,12 +52,12 @@ class _Printer(LatexPrinter):
 def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
     """An aligned block: the per-point and per-pair recursions, then the closed forms used."""
     names = {}
-    diag = {s.name for s, _ in kp.diag} | {g.symbol.name for g in kp.diag_gram}
+    diag = {s.name: s for s, _ in kp.diag} | {g.symbol.name: g.symbol for g in kp.diag_gram}
     for s, meanings in kp.labels.items():
         label = meanings[0]  # a shared value is shown under its first meaning
         if s in diag:
             names[s] = _label_tex(label, "11")
-            names[twin(sp.Symbol(s)).name] = _label_tex(label, "22")
+            names[twin(diag[s]).name] = _label_tex(label, "22")
         else:
             names[s] = _label_tex(label, "12")
     pr = _Printer(names)

@@ -11,6 +11,7 @@ from lark import Transformer, v_args
 
 from . import syntax as S
 from .errors import Source, Span, TPError
+from .files import read_source
 
 MAX_SOURCE_BYTES = 1_000_000
 
@@ -306,15 +307,4 @@ def parse_source(text: str, path: str = "<string>") -> S.Module:
 
 def parse_file(path: str | Path) -> S.Module:
     """Parse a .tp file; a missing or unreadable file is a TPError too."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")  # -sig: drop a byte-order mark
-    except FileNotFoundError:
-        raise TPError(f"no such file: {p}", hint="check the path") from None
-    except IsADirectoryError:
-        raise TPError(f"{p} is a directory, not a .tp file") from None
-    except UnicodeDecodeError:
-        raise TPError(f"{p} is not UTF-8 text") from None
-    except OSError as err:
-        raise TPError(f"cannot read {p}: {err.strerror}") from None
-    return parse_source(text, str(path))
+    return parse_source(read_source(path), str(path))

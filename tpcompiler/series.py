@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from .kernel_program import KernelProgram, QuadCall
+from .kernel_program import KernelProgram, PointValue, QuadCall, untwin
 from .quadrature import KINKED, rule
 
 K_MAX = 192
@@ -183,13 +183,14 @@ def _resolve(kp: KernelProgram) -> dict:
     return env
 
 
-def _one_point(e: sp.Expr, prefix: str) -> bool:
-    return all(s.name.startswith(prefix) for s in e.free_symbols)
+def _one_point(e: sp.Expr, point: int) -> bool:
+    """Does e read per-point values of that point (1: d_i, 2: e_i) only?"""
+    return all(isinstance(s, PointValue) and s.point == point for s in e.free_symbols)
 
 
 def _untwin(e: sp.Expr) -> sp.Expr:
     """The second point's expression as the same expression of its own d* symbols."""
-    return e.xreplace({s: sp.Symbol("d" + s.name[1:], real=True) for s in e.free_symbols})
+    return e.xreplace({s: untwin(s) for s in e.free_symbols})
 
 
 def _vectors(itg, call: sp.Expr, env: dict, factors: dict) -> SeriesCall | None:
@@ -228,7 +229,7 @@ def _vectors(itg, call: sp.Expr, env: dict, factors: dict) -> SeriesCall | None:
         first.sort(key=lambda i: shared.index(layout[i][1]))
         order[p] = first + [i for i in side[p] if layout[i][1] not in shared]
         for i in order[p]:
-            if not _one_point(c(i, i), "d" if p == 1 else "e"):
+            if not _one_point(c(i, i), 1 if p == 1 else 2):
                 return None
     local = {p: {sp.Symbol(f"z{i}", real=True): (Z0, Z1)[m] for m, i in enumerate(order[p])}
              for p in (1, 2)}
@@ -294,13 +295,13 @@ def plan(kp: KernelProgram, first_column: int) -> SeriesPlan:
                 continue
             expr = integrands[name].expr
             c00, _, c11 = (a.xreplace(env) for a in call.args)
-            if _one_point(c00, "e") and _one_point(c11, "d") and c00.free_symbols:
+            if _one_point(c00, 2) and _one_point(c11, 1) and c00.free_symbols:
                 # the second point's coordinate first: the same series with the roles of the
                 # coordinates exchanged (the call and its fallbacks keep their order)
                 expr = expr.xreplace({Z0: Z1, Z1: Z0})
                 c00, c11 = c11, c00
             parts = separable(expr)
-            if parts is None or not _one_point(c00, "d") or not _one_point(c11, "e"):
+            if parts is None or not _one_point(c00, 1) or not _one_point(c11, 2):
                 continue
             var_b = _untwin(c11)
             terms = []

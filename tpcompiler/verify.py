@@ -6,7 +6,7 @@ is a compiler bug, reported as an AssertionError naming the rule, never a user's
 from __future__ import annotations
 
 from . import ir
-from .kernel_program import KernelProgram, QuadCall, twin
+from .kernel_program import KernelProgram, QuadCall, is_first_point, twin
 
 
 def _check(ok: bool, rule: str) -> None:
@@ -67,7 +67,7 @@ def verify_kernel_program(kp: KernelProgram) -> KernelProgram:
         diag.add(s)
     # the per-point values the pair block may read: the d_i (Gram entries and recursion, not
     # the diag block's temporaries) of both points
-    values = {g.symbol for g in kp.diag_gram} | {s for s, _ in kp.diag if s.name[0] == "d"}
+    values = {g.symbol for g in kp.diag_gram} | {s for s, _ in kp.diag if is_first_point(s)}
     cross = {g.symbol for g in kp.cross_gram} | values | {twin(s) for s in values}
     for s, e in kp.cross:
         _check(s not in cross, f"{s} is assigned twice")

@@ -3,6 +3,8 @@ points gets bit-identical values on both sides, whichever backend computes them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -24,3 +26,58 @@ def call_shape(arrays1: dict, arrays2: dict | None) -> tuple[bool, dict, int, in
     sym = arrays2 is None
     a2 = arrays1 if sym else arrays2
     return sym, a2, len(next(iter(arrays1.values()))), len(next(iter(a2.values())))
+
+
+@dataclass(frozen=True)
+class InputShape:
+    name: str
+    length: int | None  # None for a vector input, T for a sequence
+
+
+@dataclass(frozen=True)
+class Ref:
+    """The input vector (index None) or step `index` of a sequence input."""
+
+    input: str
+    index: int | None
+
+
+@dataclass(frozen=True)
+class GramPair:
+    a: Ref  # at the first point
+    b: Ref  # at the first point (diag) or the second point (cross)
+
+
+@dataclass(frozen=True)
+class GramLayout:
+    """What running a generated module needs besides the module: the inputs and the Gram
+    entries in the order of its arguments. Kept in the compile cache as JSON, so that a warm
+    start needs no KernelProgram (and no sympy)."""
+
+    inputs: tuple[InputShape, ...]
+    diag_gram: tuple[GramPair, ...]
+    cross_gram: tuple[GramPair, ...]
+
+    @staticmethod
+    def of(kp) -> GramLayout:
+        """The layout of a KernelProgram."""
+        def pair(g):
+            return GramPair(Ref(g.a.input, g.a.index), Ref(g.b.input, g.b.index))
+        return GramLayout(tuple(InputShape(i.name, i.length) for i in kp.inputs),
+                          tuple(pair(g) for g in kp.diag_gram),
+                          tuple(pair(g) for g in kp.cross_gram))
+
+    def to_json(self) -> dict:
+        def pair(g):
+            return [[g.a.input, g.a.index], [g.b.input, g.b.index]]
+        return {"inputs": [[i.name, i.length] for i in self.inputs],
+                "diag_gram": [pair(g) for g in self.diag_gram],
+                "cross_gram": [pair(g) for g in self.cross_gram]}
+
+    @staticmethod
+    def from_json(data: dict) -> GramLayout:
+        def pair(e):
+            return GramPair(Ref(*e[0]), Ref(*e[1]))
+        return GramLayout(tuple(InputShape(n, ln) for n, ln in data["inputs"]),
+                          tuple(pair(e) for e in data["diag_gram"]),
+                          tuple(pair(e) for e in data["cross_gram"]))

@@ -140,7 +140,7 @@ class Expectation:
             return self._characteristic(group)
         items = []
         for f in group:
-            base, power = f.as_base_exp()
+            base, power = _base_exp(f)
             if not (power.is_Integer and 1 <= int(power) <= 2):
                 return None
             item = _item(base)
@@ -176,7 +176,7 @@ class Expectation:
         """E[prod of sin/cos/exp of linear forms] via E[exp(L)] = exp(Var(L)/2), L complex."""
         terms = [(sp.S.One, sp.S.Zero)]  # (coefficient, exponent form)
         for f in group:
-            base, power = f.as_base_exp()
+            base, power = _base_exp(f)
             for _ in range(int(power)):
                 arg = base.args[0]
                 if isinstance(base, sp.exp):
@@ -386,15 +386,15 @@ def _one_sided(term: sp.Expr) -> sp.Expr:
         return term
     fs = []
     for f in sp.Mul.make_args(term):
-        base, power = f.as_base_exp()
+        base, power = _base_exp(f)
         if isinstance(base, Step) and power.is_Integer and power > 0:
             f = base
         fs.append(f)
-    ones = {f.args[0] for f in fs if isinstance(f.as_base_exp()[0], (Step, Relu))
-            for f in [f.as_base_exp()[0]]}
+    ones = {f.args[0] for f in fs if isinstance(_base_exp(f)[0], (Step, Relu))
+            for f in [_base_exp(f)[0]]}
     if any(-a in ones for a in ones):
         return sp.S.Zero
-    relus = {f.as_base_exp()[0].args[0] for f in fs if isinstance(f.as_base_exp()[0], Relu)}
+    relus = {_base_exp(f)[0].args[0] for f in fs if isinstance(_base_exp(f)[0], Relu)}
     fs = [f for f in fs if not (isinstance(f, Step) and f.args[0] in relus)]
     return sp.Mul(*fs)
 
@@ -416,7 +416,7 @@ def _opaque_sum(e: sp.Add) -> bool:
         return True
     for t in terms:
         _, fs = _factors(t)
-        if any(_is_poly(f) or _is_trig(f) or _item(f.as_base_exp()[0]) is not None
+        if any(_is_poly(f) or _is_trig(f) or _item(_base_exp(f)[0]) is not None
                or f.has(sp.Dummy) for f in fs):
             return False
     return True
@@ -500,18 +500,26 @@ def _is_form(e: sp.Expr) -> bool:
     return aff is not None and aff[1] == 0
 
 
+def _base_exp(f: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """(base, exponent) of a factor, exp(x) counted as its own base: sympy's as_base_exp gives
+    (E, x) for it, which hid every exp from the characteristic-function closed form."""
+    if isinstance(f, sp.exp):
+        return f, sp.S.One
+    return f.as_base_exp()
+
+
 def _is_poly(f: sp.Expr) -> bool:
-    base, power = f.as_base_exp()
+    base, power = _base_exp(f)
     return _is_form(base) and power.is_Integer and int(power) >= 1
 
 
 def _symbol_list(f: sp.Expr) -> list:
-    base, power = f.as_base_exp()
+    base, power = _base_exp(f)
     return [base] * int(power)
 
 
 def _is_trig(f: sp.Expr) -> bool:
-    base, power = f.as_base_exp()
+    base, power = _base_exp(f)
     if not (isinstance(base, TRIG) and power.is_Integer and int(power) >= 1):
         return False
     aff = _split_affine(base.args[0])

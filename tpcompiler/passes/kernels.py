@@ -19,18 +19,41 @@ import sympy as sp
 
 from .. import ir, quadrature
 from ..errors import TPError
-from ..kernel_program import GramEntry, Integrand, KernelProgram, Label, quad_call, twin
+from ..kernel_program import (
+    GramEntry,
+    Integrand,
+    KernelProgram,
+    Label,
+    PointValue,
+    is_first_point,
+    quad_call,
+    twin,
+)
 from .abc import kernel_refusals
 from .expect import Expectation, Quadrature
 
 
-def sided(name: str, side: int) -> sp.Symbol:
-    return sp.Symbol(f"{name}_{side}", real=True)
+class Sided(sp.Symbol):
+    """A G-var at one point of a pair, its identity held as fields: `gvar` (the IR's name) and
+    `side` (1 or 2). Printed as g_side."""
+
+    __slots__ = ("gvar", "side")
+
+    def __new__(cls, gvar: str, side: int):
+        obj = sp.Symbol.__xnew__(cls, f"{gvar}_{side}", real=True)
+        obj.gvar, obj.side = gvar, side
+        return obj
+
+    def __getnewargs_ex__(self):
+        return (self.gvar, self.side), {}
 
 
-def unsided(s: sp.Symbol) -> tuple[str, int]:
-    name, side = s.name.rsplit("_", 1)
-    return name, int(side)
+def sided(name: str, side: int) -> Sided:
+    return Sided(name, side)
+
+
+def unsided(s: Sided) -> tuple[str, int]:
+    return s.gvar, s.side
 
 
 def at_side(h: sp.Expr, side: int) -> sp.Expr:
@@ -71,7 +94,7 @@ class _Builder:
             self.labels[known.name] += (label,)
             return known
         if block == "diag":
-            s = sp.Symbol(f"d{self.ndiag}", real=True)
+            s = PointValue(self.ndiag)
             self.ndiag += 1
             self.diag.append((s, expr))
         else:
@@ -100,7 +123,7 @@ class _Builder:
             (side, self.p.gvar(name).param) for name, side in map(unsided, q.coords))
         if layout and len({side for side, _ in layout}) < 2:
             layout = ()
-        per_point = all(s.name.startswith("d") for row in q.cov for e in row
+        per_point = all(is_first_point(s) for row in q.cov for e in row
                         for s in e.free_symbols)
         key = (len(q.cov), q.integrand, pivot, kinked, forms, breaks, layout, per_point)
         itg = self.integrands.get(key)
@@ -158,7 +181,7 @@ class _Builder:
         entry = table.get(key)
         if entry is None:
             if prefix == "d":
-                sym = sp.Symbol(f"d{self.ndiag}", real=True)
+                sym = PointValue(self.ndiag)
                 self.ndiag += 1
             else:
                 sym = sp.Symbol(f"c{self.ncross}", real=True)

@@ -1,0 +1,122 @@
+"""Running a generated kernel module on data: per-point tables, row blocks of pairs on a
+thread pool (the generated drivers release the GIL), the mirrored triangle and the exact
+values of repeated points. It needs only the module and its GramLayout, not the
+KernelProgram, so a warm start (tpcompiler/warm.py) runs without sympy or the front end."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+import numpy as np
+
+from .coincident import coincident as _coincident
+from .gram import call_shape, self_gram, vec
+
+
+def threads() -> int:
+    return max(1, int(os.environ.get("TPC_NUM_THREADS", 0)) or _numba_threads())
+
+
+def _pool_map(fn, blocks, progress, total):
+    """fn(lo, hi) for every block on a thread pool (the drivers release the GIL)."""
+    if len(blocks) == 1 or threads() == 1:
+        done = 0
+        for lo, hi in blocks:
+            fn(lo, hi)
+            done += hi - lo
+            if progress:
+                progress(done, total)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads()) as pool:
+        futures = [pool.submit(fn, lo, hi) for lo, hi in blocks]
+        done = 0
+        for fut, (lo, hi) in zip(futures, blocks):
+            fut.result()
+            done += hi - lo
+            if progress:
+                progress(done, total)
+
+
+def _row_blocks(n1: int, n2: int, sym: bool, n_gram: int, progress) -> list[tuple[int, int]]:
+    """Row blocks of about equal work (the triangle's rows shrink), each small enough that its
+    Gram blocks stay under ~32 MB, and enough of them to balance the threads."""
+    per_row = max(1, n_gram) * n2 * 8
+    max_rows = max(1, (32 << 20) // per_row)
+    want = max(4 * threads(), 50 if progress else 1)
+    if sym:
+        work = np.arange(n1, 0, -1, dtype=np.float64)  # row i has n - i pairs
+    else:
+        work = np.ones(n1)
+    cum = np.concatenate([[0.0], np.cumsum(work)])
+    target = cum[-1] / want
+    blocks, lo = [], 0
+    while lo < n1:
+        hi = int(np.searchsorted(cum, cum[lo] + target, side="left"))
+        hi = min(max(hi, lo + 1), lo + max_rows, n1)
+        blocks.append((lo, hi))
+        lo = hi
+    return blocks
+
+
+def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) -> dict:
+    """Evaluate every kind the module computes: kind -> (N1, N2) float64 array.
+
+    kp_or_meta: the KernelProgram, or the cached metadata (inputs, diag_gram, cross_gram).
+    progress: callable(done, total) as row blocks finish (for a progress bar).
+    """
+    meta = kp_or_meta
+    inputs, dgram, cgram = meta.inputs, meta.diag_gram, meta.cross_gram
+    kinds = module.KINDS
+    sym, a2, n1, n2 = call_shape(arrays1, arrays2)
+
+    def per_point(arrays, n):
+        gd = [np.ascontiguousarray(self_gram(arrays, g.a, g.b)) for g in dgram]
+        d = np.empty((n, module.N_DIAG))
+        out = np.empty((n, len(kinds)))
+        _pool_map(lambda lo, hi: module.diag(*gd, d, out, lo, hi),
+                  [(0, n)] if n < 32 else _row_blocks(n, 1, False, 1, None), None, n)
+        return d, out
+
+    d1, o1 = per_point(arrays1, n1)
+    d2, o2 = (d1, o1) if sym else per_point(a2, n2)
+    d2t = np.ascontiguousarray(d2[:, :module.N_SCALARS].T)
+    ks = [np.empty((n1, n2)) for _ in kinds]
+    same, anti = _coincident(arrays1, a2, inputs)
+    exact = [(self_gram(arrays1, g.a, g.b), g) for g in cgram] if (same or anti) else []
+
+    def block(lo, hi):
+        col0 = lo if sym else 0
+        grams = []
+        for g in cgram:
+            a, b = vec(arrays1, g.a)[lo:hi], vec(a2, g.b)[col0:]
+            grams.append(a @ b.T / a.shape[-1])
+        for (vals, _), gram in zip(exact, grams):
+            for i, j in same:
+                if lo <= i < hi and j >= col0:
+                    gram[i - lo, j - col0] = vals[i]
+            for i, j in anti:
+                if lo <= i < hi and j >= col0:
+                    gram[i - lo, j - col0] = -vals[i]
+        grams = [np.ascontiguousarray(g) for g in grams]
+        module.rows(*grams, d1, d2t, d2, *ks, lo, hi, col0, sym)
+
+    _pool_map(block, _row_blocks(n1, n2, sym, len(cgram), progress), progress, n1)
+    if sym:
+        for k, o in zip(ks, o1.T):
+            _pool_map(lambda lo, hi, k=k: module.mirror(k, lo, hi),
+                      _row_blocks(n1, n1, False, 1, None), None, n1)
+            np.fill_diagonal(k, o)
+    # a point given twice is one point: its pairs take the diagonal's value, which the
+    # per-point code computes by the integrals of one point (a pair's integrals of twice the
+    # dimension, or a series cut short, may differ from it in the last digits or more)
+    for k, o in zip(ks, o1.T):
+        for i, j in same:
+            k[i, j] = o[i]
+    return dict(zip(kinds, ks))
+
+
+def _numba_threads() -> int:
+    from numba import config  # imported with the generated module anyway
+
+    return config.NUMBA_NUM_THREADS
