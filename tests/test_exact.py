@@ -56,6 +56,29 @@ def test_product_of_correlated_tanh_duplicate_row_and_psd():
         assert np.max(np.abs(got[kind] - ref[kind])) <= TOL * scale, kind
 
 
+def test_kink_through_the_origin_times_a_second_vector_is_psd():
+    """relu(u) tanh(u + w), u and w of two matrices: a 4-D integral per pair with kinks at
+    u = 0 and u' = 0 (the polar rule over (u, u') times the tensor rule over the rest). On
+    nearly collinear, duplicate, antipodal and zero rows both kernels are PSD to rounding and
+    a repeated row equals the diagonal; the NNGP was indefinite to -1.4e-8 of its largest
+    eigenvalue while the polar part ran at 10 x 12 nodes an arc (quadrature.POLAR_ORDER). The
+    accuracy (about 1e-8, above tol) comes with a TPWarning."""
+    net = tp.compile_source("input x\nu = dense(x, var=2.0)\nw = dense(x, var=2.0)\n"
+                            "y = readout(relu(u) * tanh(u + w))\n")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(8, 3))
+    X[1] = X[0] + 1e-5 * X[2]
+    X[5] = X[0]
+    X[4] = -X[2]
+    X[6] = 0.0
+    with pytest.warns(tp.TPWarning, match="accurate only to about"):
+        K = net.kernels(X)
+    for kind, k in K.items():
+        ev = np.linalg.eigvalsh(k)
+        assert ev[0] >= -1e-12 * ev[-1], kind
+        assert k[0, 5] == k[0, 0], kind
+
+
 def test_hardtanh_closed_form():
     net = tp.compile_source("input x\ng = dense(x, var=2.0)\n"
                             "y = readout(relu(g + 1) - relu(g - 1) - 1)\n")
