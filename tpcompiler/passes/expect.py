@@ -1,7 +1,8 @@
 """Gaussian expectations E[P(z)] of H-var products, by the Master theorem's Gaussian law.
 
 P is a sympy expression in "sided" G-var symbols (a G-var at input 1 or input 2). The engine
-  1. rewrites the ReLU family onto relu/step and expands P into monomials of factors;
+  1. rewrites the ReLU family onto relu/step, separates sin/cos/exp of sums of independent
+     parts by the addition formulas (`_separate`), and expands P into monomials of factors;
   2. splits each monomial into groups of factors that are structurally independent (their G-vars
      come from different matrices/biases) and multiplies the groups' expectations;
   3. takes each group in closed form where one exists: polynomials (Isserlis), products of
@@ -74,7 +75,7 @@ class Expectation:
     # --- the entry point ---------------------------------------------------------------
 
     def __call__(self, expr: sp.Expr) -> sp.Expr:
-        expr, forms = _atomize(canonical(expr))
+        expr, forms = _atomize(self._separate(canonical(expr)))
         total = sp.S.Zero
         pending: dict[tuple, sp.Expr] = {}  # (basis, outside) -> summed integrand
         for term in sp.Add.make_args(sp.expand(expr, deep=True, power_base=False,
@@ -116,6 +117,56 @@ class Expectation:
         for (basis, outside), integrand in pending.items():
             total += outside * self._quadrature(basis, integrand)
         return total
+
+    def _separate(self, expr: sp.Expr) -> sp.Expr:
+        """sin, cos and exp of a sum whose parts are independent of each other in the whole
+        expression, as sums of products of one function per part (addition formulas: exact).
+
+        Parts are classes of matrices/biases: two are in one class when some other function
+        of the expression reads both (relu(h + 1/2) with h = W x + b joins W and b). So in
+        hardtanh(h) cos(h + g), g of another matrix, cos(h + g) becomes
+        cos h cos g - sin h sin g: at two points, 2-D integrals over (h, h') times closed forms
+        over (g, g'), not one 4-D integral whose rule cannot follow kinks off the origin."""
+        parent: dict = {}
+
+        def find(a):
+            while parent.setdefault(a, a) != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        others = [node for node in sp.preorder_traversal(expr)
+                  if isinstance(node, sp.Function) and not isinstance(node, TRIG)]
+        if not others:
+            return expr  # products of sin/cos/exp alone: the characteristic function's closed form
+        for node in others:
+            params = sorted({self.param(a) for a in node.free_symbols}, key=str)
+            for other in params[1:]:
+                parent[find(other)] = find(params[0])
+
+        def split(e: sp.Expr) -> sp.Expr:
+            parts: dict = {}
+            const = sp.S.Zero
+            for t in sp.Add.make_args(sp.expand(e.args[0])):
+                classes = {find(self.param(a)) for a in t.free_symbols}
+                if not classes:
+                    const += t
+                elif len(classes) == 1:
+                    key = classes.pop()
+                    parts[key] = parts.get(key, sp.S.Zero) + t
+                else:
+                    return e  # a term that joins two classes: nothing to separate
+            if len(parts) < 2:
+                return e
+            pieces = sorted(parts.values(), key=sp.default_sort_key)
+            pieces[0] += const
+            if isinstance(e, sp.exp):
+                return sp.Mul(*(sp.exp(x) for x in pieces))
+            dummies = [sp.Dummy(real=True) for _ in pieces]
+            expanded = sp.expand_trig(type(e)(sp.Add(*dummies)))
+            return expanded.xreplace(dict(zip(dummies, pieces)))
+
+        return expr.replace(lambda e: isinstance(e, TRIG) and bool(e.free_symbols), split)
 
     # --- structure ---------------------------------------------------------------------
 
