@@ -25,7 +25,7 @@ from .lowering import lower
 from .parse import parse_source
 from .ranges import ntk_caveats
 
-KINDS = ("nngp", "ntk")
+KINDS = warm.KINDS  # the kernel kinds, in output order
 
 
 class CompiledNetwork:
