@@ -20,11 +20,17 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__, series
-from ..kernel_program import Integrand, KernelProgram, quad_call, twin
+from ..kernel_program import Integrand, KernelProgram, quad_call
 from ..quadrature import (
     careful_rows,
 )
-from .printer import KernelPrinter, emit_block, per_point_body, runtime_lines
+from .printer import (
+    KernelPrinter,
+    first_point_loads,
+    pair_body,
+    per_point_body,
+    runtime_lines,
+)
 from .quadsource import JIT, array_literal, integrand_cse, quad_source, split_source
 
 # helpers are inlined into the per-pair code: LLVM does not inline across numba functions, and a
@@ -223,27 +229,16 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
         lines.append(f"        OUT[i, {n}] = {o}")
     lines += ["    return", ""]
 
-    used = kp.cross_reads()
     gc = [f"C{n}" for n in range(len(kp.cross_gram))]
     ks = [f"K{n}" for n in range(len(kinds))]
     lines += [PJIT, f"def rows({', '.join(gc + ['D1', 'D2T', 'D2'] + ks)}, lo, hi, col0, sym):",
               f"    n2 = {ks[0]}.shape[1]",
               "    for i in range(lo, hi):"]
-    for n, s in enumerate(needed):
-        if s.name in used:
-            lines.append(f"        {s} = D1[i, {n}]")
+    lines += first_point_loads(kp, needed, "        ")
     lines.append("        for j in range(i + 1 if sym else 0, n2):")
-    for n, s in enumerate(needed):
-        if twin(s).name in used:
-            lines.append(f"            {twin(s)} = D2T[{n}, j]")
-    for name, g in zip(gc, kp.cross_gram):
-        lines.append(f"            {g.symbol} = {name}[i - lo, j - col0]")
     calls = {c.call: sp.Function(c.name)(*c.call.args, *_SERIES_ARGS) for c in plan.calls}
-    lines += emit_block([(s, e.xreplace(calls)) for s, e in kp.cross]
-                        + [(o, kp.outputs[k][1].xreplace(calls)) for o, k in zip(outs, kinds)],
-                        pr, "            ")
-    for k, o in zip(ks, outs):
-        lines.append(f"            {k}[i, j] = {o}")
+    lines += pair_body(kp, needed, outs, kinds, pr, "            ", "i - lo, j - col0", "i, j",
+                       calls)
     lines += ["    return", ""]
     lines += [PJIT, "def mirror(K, lo, hi):",
               "    # lower triangle from the upper, in tiles so both sides stay in cache",

@@ -12,7 +12,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from .. import functions as F
 from .. import helpers
-from ..kernel_program import QuadCall
+from ..kernel_program import QuadCall, twin
 
 #: scalar code of the IR's functions, (name, source) from the registry (functions.py); numba
 #: compiles them with the module
@@ -102,4 +102,29 @@ def per_point_body(kp, kinds, needed, outs, printer: KernelPrinter, indent: str)
     lines += emit_block(list(kp.diag) + [(o, kp.outputs[k][0]) for o, k in zip(outs, kinds)],
                         printer, indent)
     lines += [f"{indent}D[i, {n}] = {s}" for n, s in enumerate(needed)]
+    return lines
+
+
+def first_point_loads(kp, needed, indent: str) -> list[str]:
+    """The pair driver's loads of the first point's per-point values (D1[i, :]) that the pair
+    block reads, shared by the Numba and CUDA renderers (Numba hoists them out of the column
+    loop)."""
+    used = kp.cross_reads()
+    return [f"{indent}{s} = D1[i, {n}]" for n, s in enumerate(needed) if s.name in used]
+
+
+def pair_body(kp, needed, outs, kinds, printer: KernelPrinter, indent: str, gram_at: str,
+              out_at: str, calls: dict | None = None) -> list[str]:
+    """The pair driver's body at pair (i, j), shared by the Numba and CUDA renderers: the
+    second point's per-point values (D2T[:, j]), the cross Gram entries C<n>[gram_at], the
+    cross block and the outputs K<n>[out_at]. calls: quadrature calls to replace (the series)."""
+    used = kp.cross_reads()
+    lines = [f"{indent}{twin(s)} = D2T[{n}, j]" for n, s in enumerate(needed)
+             if twin(s).name in used]
+    lines += [f"{indent}{g.symbol} = C{n}[{gram_at}]" for n, g in enumerate(kp.cross_gram)]
+    calls = calls or {}
+    lines += emit_block([(s, e.xreplace(calls)) for s, e in kp.cross]
+                        + [(o, kp.outputs[k][1].xreplace(calls)) for o, k in zip(outs, kinds)],
+                        printer, indent)
+    lines += [f"{indent}K{n}[{out_at}] = {o}" for n, o in enumerate(outs)]
     return lines
