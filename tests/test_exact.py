@@ -114,6 +114,35 @@ def test_trig_of_a_sum_of_independent_parts_is_separated():
         assert abs(K["nngp"][i, j] - want) <= TOL * K["nngp"][i, i], (i, j)
 
 
+@pytest.mark.parametrize("scale", [1e4, 1e8])
+def test_erf_ntk_at_large_inputs_has_no_cancellation(scale):
+    """erf's NTK at a point with itself: E[erf'(u)^2] = (4/pi) / sqrt((1 + 2q)^2 - 4q^2)
+    = (4/pi) / sqrt(1 + 4q). Written as the product, float64 cancels everything once q ~ 1e16
+    (an inf NTK on a 1e8 row, found by the random-program sweep); written as
+    1 + 2(q1 + q2) + 4 det, it is exact. Against mpmath at 50 digits, from the product form."""
+    net = tp.compile_source("input x\ny = readout(erf(dense(x, var=2.0)))\n")
+    x = np.random.default_rng(2).normal(size=(2, 3)) * scale
+    k = net.kernels(x)["ntk"]
+    mp.mp.dps = 50
+    for i in range(2):
+        q = 2 * mp.mpf(float(x[i] @ x[i])) / 3
+        want = (2 / mp.pi) * mp.asin(2 * q / (1 + 2 * q)) \
+            + q * (4 / mp.pi) / mp.sqrt((1 + 2 * q) ** 2 - 4 * q ** 2)
+        assert k[i, i] == pytest.approx(float(want), rel=1e-13), i
+
+
+def test_kernels_beyond_float64_are_a_tperror():
+    """The data bound keeps the first covariances inside float64 (data.py); h ** 4 multiplies
+    them to q^4, past 1.8e308 at q = 1e100: a TPError naming the point, not an inf kernel."""
+    net = tp.compile_source("input x\ny = readout(dense(x) ** 4)\n")
+    x = np.ones((3, 2))
+    x[1] *= 1e50  # <x, x>/d = 1e100
+    with pytest.raises(tp.TPError, match="NNGP of this network overflows float64") as err:
+        net.kernels(x)
+    assert "point 1" in str(err.value) and "standardise" in str(err.value)
+    assert np.all(np.isfinite(net.nngp(x[[0, 2]])))
+
+
 def test_hardtanh_closed_form():
     net = tp.compile_source("input x\ng = dense(x, var=2.0)\n"
                             "y = readout(relu(g + 1) - relu(g - 1) - 1)\n")
@@ -314,7 +343,11 @@ def test_random_programs_give_symmetric_consistent_kernels(src, x):
     net = tp.compile_source(src)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", tp.TPWarning)
-        K = net.kernels(x)
+        try:
+            K = net.kernels(x)
+        except tp.TPError as err:  # powers of a 1e8 row's covariances can pass 1.8e308
+            assert "overflows float64" in str(err)
+            return
     warned = any(issubclass(w.category, tp.TPWarning) for w in caught)
     for kind, k in K.items():
         assert np.all(np.isfinite(k)) and np.array_equal(k, k.T), kind

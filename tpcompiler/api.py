@@ -132,7 +132,9 @@ class CompiledNetwork:
             kp = self.kernel_program
             warm.check_kinds(get, kp.kinds, kp.refused)
             self._tell_ntk_caveats(get)
-            res = numpy_backend.evaluate(kp, a, b, get)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow: a TPError next
+                res = numpy_backend.evaluate(kp, a, b, get)
+            warm.check_finite(res, get)
             self._probe(a, b, get)
             return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
         if backend != "numba":
@@ -150,6 +152,7 @@ class CompiledNetwork:
                 for kind in get:
                     out[kind][...] = res[kind]
                     res[kind] = out[kind]
+        warm.check_finite(res, get)
         self._probe(a, b, get)
         return {kind: res[kind].astype(out_dtype, copy=False) for kind in get}
 

@@ -8,7 +8,8 @@ variance v turns them into covariances v G (+ a bias), and the recursion multipl
 those (sqrt(q q') and q q' in the closed forms, D * Cov in the NTK), so (v Q)^2 must stay in
 float64: v Q <= MAX_INPUT_COVARIANCE = 1e150 (1e300 for the product, a factor 1e8 to spare);
 with v <= 1e100 (lower.MAX_CONSTANT) the sums d Q stay finite for any d. Beyond the first layer
-the kernels grow as the program makes them (depth, powers, exp): that is not bounded here.
+the kernels grow as the program makes them (depth, powers, exp): that is not bounded here;
+a kernel that leaves float64 is a TPError once computed (warm.check_finite), never an inf.
 """
 
 from __future__ import annotations

@@ -87,12 +87,14 @@ def erf_erf(q1: float, q2: float, k: float) -> float:
     return (2.0 / math.pi) * (a if k >= 0.0 else -a)
 
 
-def derf_derf(q1: float, q2: float, k: float) -> float:
-    """E[erf'(u) erf'(v)] = (4/pi) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 k^2)."""
+def gauss_gauss(q1: float, q2: float, k: float) -> float:
+    """E[exp(-u^2) exp(-v^2)] = 1 / sqrt((1 + 2 q1)(1 + 2 q2) - 4 k^2) (also erf's NTK)."""
     # det(I + 2 Sigma) written as 1 + 2(q1 + q2) + 4 det(Sigma) is >= 1 for any valid
-    # covariance without cancellation; the max only shields invalid (negative) variances.
+    # covariance without cancellation (the product form loses everything to rounding at a
+    # point with itself once q ~ 1e8: (1 + 2q)^2 - 4q^2 = 1 + 4q); the max only shields invalid
+    # (negative) variances.
     det = 1.0 + 2.0 * (q1 + q2) + 4.0 * snapped_det(q1, q2, k)
-    return (4.0 / math.pi) / math.sqrt(max(det, 2.2250738585072014e-308))
+    return 1.0 / math.sqrt(max(det, 2.2250738585072014e-308))
 
 
 def gelu_gelu(q1: float, q2: float, k: float) -> float:
@@ -211,7 +213,7 @@ HELPER_SOURCE_ORDER: tuple[str, ...] = (
     "lin_step",
     "relu_mean",
     "erf_erf",
-    "derf_derf",
+    "gauss_gauss",
     "gelu_gelu",
     "dgelu_dgelu",
     "gelu_mean",
@@ -237,7 +239,7 @@ HELPERS: dict[str, Callable[..., float]] = {
     "lin_step": lin_step,
     "relu_mean": relu_mean,
     "erf_erf": erf_erf,
-    "derf_derf": derf_derf,
+    "gauss_gauss": gauss_gauss,
     "gelu_gelu": gelu_gelu,
     "dgelu_dgelu": dgelu_dgelu,
     "gelu_mean": gelu_mean,

@@ -24,7 +24,7 @@ import numpy as np
 from . import __version__
 from .backends import cache, runner
 from .backends.gram import GramLayout
-from .data import DataSpec, check_pair, prepare
+from .data import HINT_SCALE, DataSpec, check_pair, prepare
 from .errors import TPError, warn
 from .files import atomic_write_text, cache_dir, read_source
 
@@ -79,6 +79,7 @@ class WarmNetwork:
             self._caveats_told = True
             tell_caveats(self._caveats)
         res = runner.run(self._module, self._layout, a, b, progress=progress)
+        check_finite(res, get)
         return {kind: res[kind] for kind in get}
 
 
@@ -113,6 +114,22 @@ def check_kinds(get, kinds, refused) -> None:
         if k not in kinds:
             raise TPError(f"the {k.upper()} of this network is not available: "
                           f"{refused.get(k, 'not computed')}")
+
+
+def check_finite(res: dict, get) -> None:
+    """TPError when a kernel asked for is not finite on these data. The data's size bound
+    (data.py) keeps the first layer's covariances inside float64; a program that multiplies
+    them (powers, products, exp) can still take large inputs past 1.8e308, and an inf (or the
+    nan of inf - inf) is no kernel to hand back."""
+    for kind in get:
+        bad = ~np.isfinite(res[kind])
+        if bad.any():
+            i, j = (int(v) for v in np.argwhere(bad)[0])
+            where = f"point {i}" if i == j else f"points {i} and {j}"
+            raise TPError(f"the {kind.upper()} of this network overflows float64 (about 1.8e308) "
+                          f"at {where} of these data: the program multiplies its covariances "
+                          f"(powers, products, exp), and these inputs make them too large",
+                          hint=HINT_SCALE)
 
 
 def tell_caveats(caveats) -> None:

@@ -55,7 +55,7 @@ PAIR = {
     ("relu", "step"): lambda q1, q2, k: helper("relu_step", q1, q2, k),
     ("step", "step"): lambda q1, q2, k: helper("step_step_q", q1, q2, _rt(q1, q2, k)[1]),
     ("erf", "erf"): lambda q1, q2, k: helper("erf_erf", q1, q2, k),
-    ("gauss", "gauss"): lambda q1, q2, k: 1 / sp.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * k**2),
+    ("gauss", "gauss"): lambda q1, q2, k: helper("gauss_gauss", q1, q2, k),
     ("gelu", "gelu"): lambda q1, q2, k: helper("gelu_gelu", q1, q2, k),
     ("dgelu", "dgelu"): lambda q1, q2, k: helper("dgelu_dgelu", q1, q2, k),
 }
@@ -85,6 +85,8 @@ LATEX = {
                     r"\tfrac14 + \tfrac{A}{2\pi} + \tfrac{k}{2\pi\sqrt\Delta}\Big(\tfrac1\Delta"
                     r" + \tfrac{1 - q_1 q_2}{P} + 1\Big)", ("P", "Delta", "A")),
     "gelu_mean": (("q",), r"\frac{q}{\sqrt{2\pi(1+q)}}", ()),
+    "gauss_gauss": (("q_1", "q_2", "k"),
+                    r"\frac{1}{\sqrt{1 + 2(q_1 + q_2) + 4(q_1 q_2 - k^2)}}", ()),
     "gelu_lin": (("q_1", "q_2", "k"), r"\tfrac{k}{2}", ()),
 }
 #: the auxiliary symbols of LATEX's bodies (functions of the body's q_1, q_2, k)
