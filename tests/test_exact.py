@@ -56,6 +56,17 @@ def test_product_of_correlated_tanh_duplicate_row_and_psd():
         assert np.max(np.abs(got[kind] - ref[kind])) <= TOL * scale, kind
 
 
+def _hard_rows(seed: int) -> np.ndarray:
+    """8 points in 3-D: random, row 1 nearly collinear with row 0 (1e-5 apart), row 5 a
+    duplicate of row 0, row 4 antipodal to row 2, row 6 zero."""
+    X = np.random.default_rng(seed).normal(size=(8, 3))
+    X[1] = X[0] + 1e-5 * X[2]
+    X[5] = X[0]
+    X[4] = -X[2]
+    X[6] = 0.0
+    return X
+
+
 def test_kink_through_the_origin_times_a_second_vector_is_psd():
     """relu(u) tanh(u + w), u and w of two matrices: a 4-D integral per pair with kinks at
     u = 0 and u' = 0 (the polar rule over (u, u') times the tensor rule over the rest). On
@@ -65,12 +76,7 @@ def test_kink_through_the_origin_times_a_second_vector_is_psd():
     accuracy (about 1e-8, above tol) comes with a TPWarning."""
     net = tp.compile_source("input x\nu = dense(x, var=2.0)\nw = dense(x, var=2.0)\n"
                             "y = readout(relu(u) * tanh(u + w))\n")
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(8, 3))
-    X[1] = X[0] + 1e-5 * X[2]
-    X[5] = X[0]
-    X[4] = -X[2]
-    X[6] = 0.0
+    X = _hard_rows(1)
     with pytest.warns(tp.TPWarning, match="accurate only to about"):
         K = net.kernels(X)
     for kind, k in K.items():
@@ -90,12 +96,7 @@ def test_trig_of_a_sum_of_independent_parts_is_separated():
     net = tp.compile_source("input x\ng = dense(x, var=2.0)\nw = dense(x, var=1.5)\n"
                             "y = readout(hardtanh(g) * cos(g + w))\n")
     assert max(q.dim for q in net.kernel_program.integrands) == 2
-    rng = np.random.default_rng(4)
-    X = rng.normal(size=(8, 3))
-    X[1] = X[0] + 1e-5 * X[2]
-    X[5] = X[0]
-    X[4] = -X[2]
-    X[6] = 0.0
+    X = _hard_rows(4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # accurate to tol: no TPWarning
         K = net.kernels(X)
