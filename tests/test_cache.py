@@ -169,6 +169,7 @@ WARM_RUN = textwrap.dedent("""
         status = cli.main(sys.argv[1:])
     print(json.dumps({"status": status, "sympy": "sympy" in sys.modules,
                       "lark": "lark" in sys.modules,
+                      "scipy": "scipy.linalg" in sys.modules,
                       "warnings": [str(w.message) for w in caught]}))
 """)
 
@@ -200,6 +201,7 @@ def test_tpc_kernel_runs_a_known_file_without_the_front_end(text, tmp_path):
     second = _tpc_kernel(tmp_path, cache_dir, tp_file, tmp_path / "b.npz")
     assert first["sympy"] and first["lark"]
     assert not second["sympy"] and not second["lark"], "the warm start ran the front end"
+    assert not second["scipy"], "numba's BLAS probe imported scipy.linalg (cli.cmd_kernel)"
     assert second["warnings"] == first["warnings"]
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     for kind in ("nngp", "ntk"):

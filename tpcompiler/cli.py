@@ -79,6 +79,11 @@ def cmd_kernel(args) -> int:
     device = getattr(args, "device", "cpu")
     net = None
     if device == "cpu":  # compiled before with this text: straight from the cache
+        # numba probes for a BLAS by importing scipy.linalg (0.15-0.2 s, a third of a warm
+        # run) at the first call of any compiled function when scipy is installed; the
+        # generated kernels call no BLAS (the Gram products are NumPy's), so this process
+        # tells numba there is none. Nothing in tpcompiler imports scipy.
+        sys.modules.setdefault("scipy.linalg.cython_blas", None)
         from .warm import load
 
         net = load(args.file, args.tol)
