@@ -89,7 +89,11 @@ class CompiledNetwork:
     def _record_warm(self) -> None:
         """For a network compiled from a file: the record that lets `tpc kernel` run it next
         time without the front end (tpcompiler/warm.py)."""
-        if self._warm_key is not None and not self._integrals and self._kinds:
+        # what the record says follows from its key (file text, tol, compiler; another numba
+        # only recompiles the same module source): once written, nothing to redo, not even
+        # the NTK caveats' ranges analysis
+        if (self._warm_key is not None and not self._integrals and self._kinds
+                and not warm.has_record(self._warm_key)):
             warm.record(self._warm_key, self._cache_key, self.name, self.spec, self._caveats)
 
     def prepare(self) -> CompiledNetwork:

@@ -43,6 +43,10 @@ def _record_path(k: str):
     return cache_dir() / f"w_{k}.json"
 
 
+def has_record(k: str) -> bool:
+    return _record_path(k).exists()
+
+
 def record(k: str, module_key: str, name: str | None, spec: DataSpec,
            caveats: list[tuple[str, str]]) -> None:
     """Remember how to run the network of record key k without compiling it."""

@@ -32,7 +32,7 @@ from ..errors import TPError
 from ..kernel_program import KernelProgram
 from . import cache
 from .coincident import coincident
-from .gram import call_shape, self_gram, vec
+from .gram import call_shape, cross_block, self_gram
 from .printer import KernelPrinter, first_point_loads, pair_body, per_point_body, runtime_lines
 from .quadsource import quad_source
 
@@ -210,7 +210,7 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
     # (position in the module's outputs, host array) of every kind copied back
     ks = [(kinds.index(k), out[k]) for k in get]
     same, anti = coincident(arrays1, a2, inputs)
-    exact = [self_gram(arrays1, g.a, g.b) for g in cgram] if (same or anti) else []
+    exact = [self_gram(arrays1, g.a, g.b) if (same or anti) else None for g in cgram]
 
     budget = _free_bytes() if max_gpu_bytes is None else int(max_gpu_bytes)
     rows = tile_rows(n1, n2, len(cgram), len(kinds), budget)
@@ -218,18 +218,9 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
     while lo < n1:
         hi = min(n1, lo + rows)
         col0 = lo if sym else 0
-        grams = []
-        for n, g in enumerate(cgram):
-            a, b = vec(arrays1, g.a)[lo:hi], vec(a2, g.b)[col0:]
-            gram = a @ b.T / a.shape[-1]
-            if exact:
-                for i, j in same:
-                    if lo <= i < hi and j >= col0:
-                        gram[i - lo, j - col0] = exact[n][i]
-                for i, j in anti:
-                    if lo <= i < hi and j >= col0:
-                        gram[i - lo, j - col0] = -exact[n][i]
-            grams.append(cuda.to_device(np.ascontiguousarray(gram)))
+        grams = [cuda.to_device(np.ascontiguousarray(
+            cross_block(arrays1, a2, g, lo, hi, col0, ex, same, anti)))
+            for g, ex in zip(cgram, exact)]
         shape = (hi - lo, n2 - col0)
         dk = [cuda.device_array(shape, dtype=np.float64) for _ in kinds]
         if shape[1] > 0:

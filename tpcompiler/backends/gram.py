@@ -20,6 +20,21 @@ def self_gram(arrays: dict, ga, gb) -> np.ndarray:
     return np.einsum("nd,nd->n", a, b) / a.shape[-1]
 
 
+def cross_block(arrays1: dict, arrays2: dict, g, lo: int, hi: int, col0: int,
+                exact: np.ndarray | None = None, same=(), anti=()) -> np.ndarray:
+    """<x_a, x'_b>/d for the first points lo..hi and the second points col0.. (BLAS), with the
+    pairs of identical (same) and antipodal (anti) points set from exact, the first points'
+    self_gram: a product in another order would differ from the diagonal in the last digits."""
+    a, b = vec(arrays1, g.a)[lo:hi], vec(arrays2, g.b)[col0:]
+    gram = a @ b.T / a.shape[-1]
+    if exact is not None:
+        for pairs, sign in ((same, 1.0), (anti, -1.0)):
+            for i, j in pairs:
+                if lo <= i < hi and j >= col0:
+                    gram[i - lo, j - col0] = sign * exact[i]
+    return gram
+
+
 def call_shape(arrays1: dict, arrays2: dict | None) -> tuple[bool, dict, int, int]:
     """(square, the second points' arrays, N1, N2) of a kernel call (arrays2 None: the
     points of arrays1 with themselves)."""

@@ -13,7 +13,7 @@ import sympy as sp
 
 from .. import functions as F
 from .. import helpers, series
-from ..kernel_program import KernelProgram, QuadCall, is_first_point, twin
+from ..kernel_program import KernelProgram, QuadCall, twin
 from ..quadrature import (
     DEFAULT_ORDER,
     MAX_SPLIT_DIM,
@@ -429,9 +429,7 @@ def evaluate(program: KernelProgram, data1: dict, data2: dict | None = None,
     d2 = d1 if data2 is None else diag_values(program, data2)
     other = data1 if data2 is None else data2
     env = {k: np.asarray(v)[:, None] for k, v in d1.items()}
-    values = [g.symbol for g in program.diag_gram] + [s for s, _ in program.diag]
-    env.update({twin(s).name: np.asarray(d2[s.name])[None, :] for s in values
-                if is_first_point(s)})
+    env.update({twin(s).name: np.asarray(d2[s.name])[None, :] for s in program.diag_needed()})
     for g in program.cross_gram:
         a, b = _vectors(data1, g.a), _vectors(other, g.b)
         env[g.symbol.name] = a @ b.T / a.shape[-1]

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from .coincident import coincident as _coincident
-from .gram import call_shape, self_gram, vec
+from .gram import call_shape, cross_block, self_gram
 
 
 def threads() -> int:
@@ -83,22 +83,12 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
     d2t = np.ascontiguousarray(d2[:, :module.N_SCALARS].T)
     ks = [np.empty((n1, n2)) for _ in kinds]
     same, anti = _coincident(arrays1, a2, inputs)
-    exact = [(self_gram(arrays1, g.a, g.b), g) for g in cgram] if (same or anti) else []
+    exact = [self_gram(arrays1, g.a, g.b) if (same or anti) else None for g in cgram]
 
     def block(lo, hi):
         col0 = lo if sym else 0
-        grams = []
-        for g in cgram:
-            a, b = vec(arrays1, g.a)[lo:hi], vec(a2, g.b)[col0:]
-            grams.append(a @ b.T / a.shape[-1])
-        for (vals, _), gram in zip(exact, grams):
-            for i, j in same:
-                if lo <= i < hi and j >= col0:
-                    gram[i - lo, j - col0] = vals[i]
-            for i, j in anti:
-                if lo <= i < hi and j >= col0:
-                    gram[i - lo, j - col0] = -vals[i]
-        grams = [np.ascontiguousarray(g) for g in grams]
+        grams = [np.ascontiguousarray(cross_block(arrays1, a2, g, lo, hi, col0, ex, same, anti))
+                 for g, ex in zip(cgram, exact)]
         module.rows(*grams, d1, d2t, d2, *ks, lo, hi, col0, sym)
 
     _pool_map(block, _row_blocks(n1, n2, sym, len(cgram), progress), progress, n1)
