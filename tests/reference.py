@@ -37,6 +37,23 @@ ACTS = {
                   lambda z: ((1 - math.tanh(z + 0.5) ** 2) * (z - 0.3) + math.tanh(z + 0.5))
                   if z > 0.3 else 0.0, (0.3,)),
     "sin2": ("sin(2 * g)", lambda z: math.sin(2 * z), lambda z: 2 * math.cos(2 * z), ()),
+    # a kink of a kinked argument: leaky_relu(z) = -1/2 at z = -5 (solved by hand)
+    "relu_leaky": ("relu(leaky_relu(g, slope=0.1) + 0.5)",
+                   lambda z: max((z if z > 0 else 0.1 * z) + 0.5, 0.0),
+                   lambda z: (1.0 if z > 0 else 0.1) if (z if z > 0 else 0.1 * z) > -0.5
+                   else 0.0, (-5.0, 0.0)),
+}
+
+#: kinks at the zeros of a smooth argument, listed by hand up to |z| ~ 125: the reference
+#: holds for standard deviations up to ~10 (tests/test_exact.py keeps its data there)
+CURVED = {
+    "abrelu_cos": ("abrelu(cos(g), a=-0.5, b=1.5)",
+                   lambda z: (1.5 if math.cos(z) > 0 else -0.5) * math.cos(z),
+                   lambda z: -(1.5 if math.cos(z) > 0 else -0.5) * math.sin(z),
+                   tuple(math.pi / 2 + k * math.pi for k in range(-40, 40))),
+    "abs_sin": ("abs(sin(0.5 * g))", lambda z: abs(math.sin(0.5 * z)),
+                lambda z: 0.5 * math.copysign(1.0, math.sin(0.5 * z)) * math.cos(0.5 * z),
+                tuple(2 * k * math.pi for k in range(-40, 40))),
 }
 
 
@@ -63,7 +80,8 @@ def _gauss2(f, c: np.ndarray, kinks) -> float:
     l11 = math.sqrt(max(float(det / Fraction(float(a))), 0.0)) if a > 0 else math.sqrt(max(d, 0))
     phi = lambda t: math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)  # noqa: E731
     # relative, not absolute: kernels of tiny inputs are ~1e-16 and still owed full accuracy
-    opts = dict(epsabs=1e-30, epsrel=1e-13, limit=200)
+    # QUADPACK needs more subintervals than break points (many kinks: the zeros of cos)
+    opts = dict(epsabs=1e-30, epsrel=1e-13, limit=max(200, 8 * len(kinks) + 50))
 
     def cuts(pts):
         # once each, and points closer than 1e-12 as one: QUADPACK's qagp given pieces of width
@@ -136,7 +154,7 @@ def gauss4(f, g, cov_a, cov_b, nodes: int = 10, width: float = 1.25) -> float:
 def one_layer(act: str, X: np.ndarray, var: float, bias: float, nudge: float = 0.0) -> dict:
     """nudge: every cross-covariance multiplied by 1 + nudge (the conditioning probe of
     tests/test_exact.py: how much a rounding of the Gram entries moves the kernel)."""
-    _, f, df, kinks = ACTS[act]
+    _, f, df, kinks = ACTS[act] if act in ACTS else CURVED[act]
     n = len(X)
     cov = var * (X @ X.T) / X.shape[1] + bias
     cov = cov * (1.0 + nudge) - np.diag(np.diag(cov)) * nudge

@@ -518,11 +518,118 @@ def kink_rows(expr: sp.Expr, k: int) -> tuple[tuple[float, ...], ...]:
     zs = [sp.Symbol(f"z{i}", real=True) for i in range(k)]
     rows = set()
     for f in expr.atoms(*KINKED):
-        row = _linear_row(f.args[0], zs, constant=True)
-        if row is not None and any(c != 0 for c in row):
-            const = sp.expand(f.args[0] - sum(c * z for c, z in zip(row, zs)))
-            rows.add(tuple(float(c) for c in row) + (float(const),))
+        found = kink_breaks(f.args[0], zs)
+        rows.update(r for r in found or () if any(c != 0 for c in r[:k]))
     return tuple(sorted(rows))
+
+
+#: the zeros of one non-affine kink argument that become breaks: those with |z| <= KINK_REACH,
+#: at most MAX_KINK_ZEROS of them (nearest 0). A kink at |z| = 40 carries Gaussian weight
+#: ~1e-15 up to a variance of ~24 (8 standard deviations): cos(g) is cut wherever it matters up
+#: to there (20 standard deviations' worth of zeros on each side at variance 1); beyond, and
+#: for faster oscillations (cos(30 g)), kinks are left uncut and the accuracy probe measures
+#: what that costs. Only breaks inside a panel cost nodes (backends/quadsource.py).
+KINK_REACH = 40.0
+MAX_KINK_ZEROS = 48
+
+
+def kink_breaks(arg: sp.Expr, zs: list) -> list[tuple[float, ...]] | None:
+    """Where the kink argument `arg` vanishes, as rows (r, c) of floats, {r . z + c = 0}: one
+    row for an affine argument; for an argument of a single coordinate z_i that is not affine
+    (relu(leaky_relu(z) + 1/2), step(cos(z))), one row z_i = x per real zero x, found
+    symbolically (`real_zeros`); None where neither applies (the integral then takes the
+    natural tensor rule, and the accuracy probe measures it)."""
+    row = _linear_row(arg, zs, constant=True)
+    if row is not None:
+        const = sp.expand(arg - sum(c * z for c, z in zip(row, zs)))
+        return [tuple(float(c) for c in row) + (float(const),)]
+    used = [i for i, z in enumerate(zs) if z in arg.free_symbols]
+    if len(used) != 1 or arg.free_symbols - set(zs):
+        return None
+    i = used[0]
+    zeros = real_zeros(arg, zs[i])
+    if zeros is None:
+        return None
+    unit = tuple(1.0 if j == i else 0.0 for j in range(len(zs)))
+    return [unit + (-x + 0.0,) for x in zeros]
+
+
+@functools.lru_cache(maxsize=256)
+def real_zeros(arg: sp.Expr, z: sp.Symbol) -> tuple[float, ...] | None:
+    """The real zeros of arg(z) (at most MAX_KINK_ZEROS, those nearest 0), or None where sympy
+    cannot list them. A piecewise-linear composition (relu(z/10 + 9 relu(z)/10 + 1/2), a
+    leaky_relu inside a relu) is solved piece by piece (`pieces`), keeping the roots that lie on
+    their piece; a smooth argument by sympy's solveset over the reals (finite sets, and the
+    periodic families of sin and cos, enumerated outwards from 0)."""
+    split = pieces(arg) if arg.atoms(*KINKED) else None
+    if arg.atoms(*KINKED) and split is None:
+        return None
+    forms = [arg] if split is None else list(split[1].values())
+    found: set[float] = set()
+    for form in forms:
+        roots = _solve_real(form, z)
+        if roots is None:
+            return None
+        for x in roots:
+            if split is None or _vanishes(arg, z, x):
+                found.add(x + 0.0)
+    near = sorted((x for x in found if abs(x) <= KINK_REACH), key=abs)
+    return tuple(sorted(near[:MAX_KINK_ZEROS]))
+
+
+def _vanishes(arg: sp.Expr, z: sp.Symbol, x: float) -> bool:
+    """arg(x) == 0 to rounding (a root of one piece of a piecewise form that lies on it)."""
+    scale = 1.0 + abs(x)
+    try:
+        value = complex(arg.xreplace({z: sp.Float(x, 30)}).evalf(30))
+    except (TypeError, ValueError):
+        return False
+    return abs(value) <= 1e-12 * scale
+
+
+def _periodic_zeros(part: sp.ImageSet) -> list | None:
+    """The members of {lam(n) : n integer} with |lam(n)| <= KINK_REACH, for lam affine in n
+    (the zero sets of sin and cos of affine arguments)."""
+    n = part.lamda.variables[0]
+    expr = part.lamda.expr
+    step = sp.diff(expr, n)
+    if step.free_symbols or sp.diff(step, n) != 0 or step == 0:
+        return None
+    first, step = float(expr.subs(n, 0)), abs(float(step))
+    reach = int(KINK_REACH / step) + 2
+    if reach > 100 * MAX_KINK_ZEROS:
+        reach = 100 * MAX_KINK_ZEROS  # a fast oscillation: the nearest ones suffice to cap
+    base = round(-first / step)
+    return [expr.subs(n, base + m) for m in range(-reach, reach + 1)]
+
+
+def _solve_real(form: sp.Expr, z: sp.Symbol) -> list[float] | None:
+    """Real zeros of a form free of kinks: a constant has none (a zero constant piece: every
+    point is a root, and no break is needed inside it); finite sets and unions of periodic
+    ImageSets from solveset; None otherwise."""
+    if z not in form.free_symbols:
+        return []
+    try:
+        sol = sp.solveset(form, z, sp.S.Reals)
+    except (NotImplementedError, ValueError, TypeError):
+        return None
+    parts = sol.args if isinstance(sol, sp.Union) else (sol,)
+    out: list[float] = []
+    for part in parts:
+        if isinstance(part, sp.FiniteSet):
+            vals = list(part)
+        elif isinstance(part, sp.ImageSet) and part.base_sets == (sp.S.Integers,):
+            vals = _periodic_zeros(part)
+            if vals is None:
+                return None
+        else:
+            return None
+        for v in vals:
+            v = sp.N(v, 30)
+            if not v.is_real:
+                return None
+            out.append(float(v))
+    return out
 
 
 # --- the compile-time choice -----------------------------------------------------------------
@@ -579,15 +686,17 @@ def plan(expr: sp.Expr, cov) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tu
     natural = (tuple(range(k)), (), (), ())
     rows = []
     breaks = set()
+    curved = False  # a kink argument that is not affine: its zeros are breaks off the origin
     for f in expr.atoms(*KINKED):
-        row = _linear_row(f.args[0], zs, constant=True)
-        if row is None:
+        found = kink_breaks(f.args[0], zs)
+        if found is None:
             return natural  # a kink that is not on a hyperplane (the accuracy probe measures)
-        const = sp.expand(f.args[0] - sum(c * z for c, z in zip(row, zs)))
-        if any(c != 0 for c in row):
+        row = _linear_row(f.args[0], zs, constant=True)
+        curved |= row is None
+        if row is not None and any(c != 0 for c in row):
             rows.append(row)
-            breaks.add(tuple(float(c) for c in row) + (float(const),))
-    if any(b[-1] != 0.0 for b in breaks):
+        breaks.update(b for b in found if any(c != 0 for c in b[:k]))
+    if curved or any(b[-1] != 0.0 for b in breaks):
         if k <= MAX_SPLIT_DIM:
             return tuple(range(k)), (), (), tuple(sorted(breaks))
         return natural
