@@ -42,6 +42,11 @@ FAMILIES = {
         "y = readout(swish(h))\n", None),
     "sin(30 dense(x)) (SIREN)": ("input x\ny = readout(sin(30 * dense(x)))\n", None),
     "sign(g) ** 2, a zero row": ("input x\ng = dense(x)\ny = readout(sign(g) ** 2)\n", None),
+    "relu(leaky_relu(g) + 0.5) (kink of a kink)": (None, "relu_leaky"),
+    "abrelu(cos(g)) (kinks at the zeros of cos)": (None, "abrelu_cos"),
+    "relu(h - 0.5) * tanh(h + g) (two matrices)": (
+        "input x\nh = dense(x, var=2.0, bias=0.1)\ng = dense(x, var=1.0)\n"
+        "y = readout(relu(h - 0.5) * tanh(h + g))\n", None),
 }
 VAR, BIAS = 2.0, 0.1
 
@@ -58,7 +63,7 @@ def _data(name: str, n: int, rng) -> np.ndarray:
 
 def _references() -> dict:
     """family -> (X -> (reference kernels, the reference's own error or 0))."""
-    from reference import tanh_product_layer, tanh_two_vectors
+    from reference import kinked_two_vectors, tanh_product_layer, tanh_two_vectors
 
     def two_vectors(x):
         ref = tanh_two_vectors(x, 5.0, nodes=10)
@@ -67,13 +72,17 @@ def _references() -> dict:
                          for k in fine)
 
     return {"tanh(h) * tanh(dense(h)), var 4": lambda x: (tanh_product_layer(x, 4.0, 0.1), 0.0),
-            "tanh(u) * tanh(u + w), var 5": two_vectors}
+            "tanh(u) * tanh(u + w), var 5": two_vectors,
+            "relu(h - 0.5) * tanh(h + g) (two matrices)":
+                lambda x: (kinked_two_vectors(x, 2.0, 0.1, 1.0, 0.5), 0.0)}
 
 
 def measure(n_time: int = 200, n_ref: int = 6, only: str | None = None) -> dict:
     import tpcompiler as tp
 
-    from reference import ACTS, one_layer
+    from reference import ACTS, CURVED, one_layer
+
+    acts = {**ACTS, **CURVED}
 
     refs = _references()
 
@@ -83,7 +92,7 @@ def measure(n_time: int = 200, n_ref: int = 6, only: str | None = None) -> dict:
             continue
         rng = np.random.default_rng(0)
         if src is None:
-            src = f"input x\ng = dense(x, var={VAR}, bias={BIAS})\ny = readout({ACTS[act][0]})\n"
+            src = f"input x\ng = dense(x, var={VAR}, bias={BIAS})\ny = readout({acts[act][0]})\n"
         row = {}
         try:
             net = tp.compile_source(src)

@@ -22,7 +22,7 @@ import tpcompiler as tp
 from tpcompiler.quadrature import cholesky_psd
 from tpcompiler.testing import adversarial_data, programs
 
-from reference import ACTS, CURVED, gauss2, one_layer, tanh_product_layer
+from reference import ACTS, CURVED, gauss2, kinked_two_vectors, one_layer, tanh_product_layer
 
 TOL = 1e-10
 
@@ -348,6 +348,92 @@ def test_kinks_at_the_zeros_of_a_smooth_argument(act, var):
         ev = np.linalg.eigvalsh(k)
         assert ev[0] >= -1e-12 * ev[-1], kind
         assert abs(k[0, 2] - k[0, 0]) <= 8 * np.finfo(float).eps * scale
+
+
+_SHIFTED_PRODUCT = ("input x\nh = dense(x, var=2.0, bias=0.1)\ng = dense(x, var=1.0)\n"
+                    "y = readout(relu(h - 0.5) * tanh(h + g))\n")
+
+
+def test_shifted_kink_times_a_second_vector_is_exact():
+    """relu(h - 1/2) tanh(h + g), h and g of two matrices: 3-D and 4-D integrals per pair with
+    a kink off the origin, which no addition formula separates. The conditional rule
+    integrates the smooth coordinates by the tensor rule and the kinked ones in closed form
+    given them (quadrature.conditional, helpers.kink_moment); the tensor rule in 4-D was
+    1.2e-3 / 4.1e-2 off and indefinite. Against the nested reference (gauss2 over the kinked
+    pair, split at the kink; composite Gauss-Legendre over the smooth one): within TOL,
+    silent. test_shifted_kink_times_a_second_vector_on_hard_rows (slow) has the hard rows."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(2, 3))
+    net = tp.compile_source(_SHIFTED_PRODUCT)
+    K = net.kernels(X)  # filterwarnings = error: a TPWarning fails the test
+    ref = kinked_two_vectors(X, 2.0, 0.1, 1.0, 0.5)
+    for kind in ("nngp", "ntk"):
+        scale = np.max(np.diag(ref[kind]))
+        assert np.max(np.abs(K[kind] - ref[kind])) <= TOL * scale, kind
+
+
+def test_shifted_kink_times_a_second_vector_psd_on_hard_rows():
+    """The same network on nearly collinear, antipodal, duplicate, zero and 1e-8 rows: silent,
+    PSD to rounding, a duplicate equal to the diagonal to a few ulps. There the kinked
+    coordinates given the smooth ones are nearly degenerate (a zero row: h is h + g itself;
+    nearly collinear rows: h' nearly a function of h), the closed form is a narrow transition
+    of the smooth coordinates, and the rule cuts there (conditional.NARROW); the tensor rule
+    alone was 3e-4 to 1e-2 off and indefinite to -4e-5."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=3)
+    X = np.stack([x, 1.3 * x + 1e-5 * rng.normal(size=3), -x, rng.normal(size=3),
+                  np.zeros(3), 1e-8 * rng.normal(size=3), x])
+    net = tp.compile_source(_SHIFTED_PRODUCT)
+    K = net.kernels(X)  # filterwarnings = error: a TPWarning fails the test
+    for kind, k in K.items():
+        scale = np.max(np.diag(k))
+        ev = np.linalg.eigvalsh(k)
+        assert ev[0] >= -1e-12 * ev[-1], (kind, ev[0] / ev[-1])
+        assert abs(k[0, -1] - k[0, 0]) <= 8 * np.finfo(float).eps * scale, kind
+        assert np.array_equal(k, k.T) and np.array_equal(k[0], k[-1])
+
+
+def test_repeated_points_have_identical_rows_and_columns():
+    """A point given twice is one point: its row (and, in a kernel of two data sets, the
+    column of a point repeated in the second) is its first occurrence's, to the last digit
+    (backends/coincident.py copy_repeats), in the Numba and the NumPy backend."""
+    rng = np.random.default_rng(2)
+    X1 = rng.normal(size=(4, 3))
+    X1[3] = X1[1]
+    X2 = rng.normal(size=(5, 3))
+    X2[4] = X2[0]
+    X2[2] = X1[1]
+    net = tp.compile_source("input x\nh = dense(x, var=2.0, bias=0.1)\n"
+                            "y = readout(tanh(h) * tanh(dense(h, var=2.0)))\n")
+    for backend in ("numba", "numpy"):
+        for k in net.kernels(X1, backend=backend).values():
+            assert np.array_equal(k[1], k[3]) and np.array_equal(k[:, 1], k[:, 3])
+        for k in net.kernels(X1, X2, backend=backend).values():
+            assert np.array_equal(k[1], k[3]) and np.array_equal(k[:, 0], k[:, 4])
+
+
+@pytest.mark.slow
+def test_shifted_kink_times_a_second_vector_on_hard_rows():
+    """Against the nested reference on the hard rows (a zero row against a row 1e-4 times a
+    normal one among them): within TOL where the compiler is silent about a kind, else within
+    what its warning says (times 10: the probe measures, it does not bound)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=3)
+    X = np.stack([x, 1.3 * x + 1e-5 * rng.normal(size=3), -x, rng.normal(size=3),
+                  np.zeros(3), 1e-4 * rng.normal(size=3)])
+    net = tp.compile_source(_SHIFTED_PRODUCT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", tp.TPWarning)
+        K = net.kernels(X)
+    said = {}
+    for w in caught:
+        kind = "nngp" if "NNGP" in str(w.message) else "ntk"
+        said[kind] = float(str(w.message).split("about ")[1].split(" ")[0])
+    ref = kinked_two_vectors(X, 2.0, 0.1, 1.0, 0.5)
+    for kind in ("nngp", "ntk"):
+        scale = np.max(np.diag(ref[kind]))
+        err = np.max(np.abs(K[kind] - ref[kind])) / scale
+        assert err <= max(TOL, 10 * said.get(kind, 0.0)), (kind, err, said)
 
 
 # --- property test: random programs of the grammar on adversarial data ---------------------

@@ -15,13 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent / "tpcompiler"
 #: the stages in pipeline order; a module may import from its own stage or earlier ones
 STAGES = (
     # leaves: no stage of their own
-    ("errors", "files", "functions", "helpers"),
+    ("errors", "files", "functions", "helpers", "truncated"),
     # text -> AST
     ("syntax", "parse"),
     # AST -> IR
     ("ir", "ranges", "parametrization", "check", "lowering", "data"),
     # IR -> kernel program (and the abc analysis of the IR)
-    ("kernel_program", "verify", "quadrature", "series", "passes", "passes.closedform",
+    ("kernel_program", "verify", "quadrature", "conditional", "series", "passes",
+     "passes.closedform",
      "passes.expect", "passes.kernels", "passes.abc"),
     # kernel program -> code and numbers
     ("backends", "backends.printer", "backends.coincident", "backends.gram",

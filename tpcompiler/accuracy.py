@@ -79,12 +79,16 @@ class AccuracyReport:
 
 def method(program: KernelProgram, itg) -> str:
     """How an integrand is evaluated, in words."""
+    from .conditional import conditional_order
     from .quadrature import SPLIT_ORDER, polar_order, tensor_order
 
     series = {call.integrand for call in ref._series_calls(program)}
     if itg.breaks:
         base = (f"split rule at {len(itg.breaks)} kink(s), Legendre "
                 f"{'x'.join(str(o) for o in SPLIT_ORDER[:itg.dim])}/piece")
+    elif itg.given:
+        base = (f"tensor {conditional_order(len(itg.pivot))}/half-axis x closed form at "
+                f"{len(itg.given_forms)} kink form(s)")
     elif itg.kinked:
         nleg, nrad = polar_order(len(itg.pivot))
         base = f"polar wedge {nleg}x{nrad}/arc"

@@ -88,11 +88,20 @@ class Integrand:
     #: an integral over one point's coordinates (the diag block): O(N) of them, so its tensor
     #: rule takes the higher orders of quadrature.PER_POINT_ORDER
     per_point: bool = False
+    #: the conditional rule (quadrature.conditional) when not empty: these kinked coordinates
+    #: are integrated in closed form given the pivot's (the tensor rule), the kink forms
+    #: `given_forms` as rows (r_0, .., r_{dim-1}, c), and the integrand as `given_terms`
+    #: (function of the pivot, f, p, i, g, q, j): a sum of E[X_f^p [X_f > 0]^i X_g^q
+    #: [X_g > 0]^j | pivot] times functions of the pivot
+    given: tuple[int, ...] = ()
+    given_forms: tuple[tuple[float, ...], ...] = ()
+    given_terms: tuple = ()
 
     def __post_init__(self):
         if self.pivot is None:
             object.__setattr__(self, "pivot", tuple(range(self.dim)))
-        assert sorted(self.pivot + self.kinked) == list(range(self.dim))
+        assert sorted(self.pivot + self.kinked + self.given) == list(range(self.dim))
+        assert not self.given or not (self.kinked or self.breaks)
         assert len(self.kinked) in (0, 2) and (not self.kinked) == (not self.kink_forms)
         assert not self.breaks or (not self.kinked and self.pivot == tuple(range(self.dim)))
 
@@ -101,6 +110,10 @@ class Integrand:
         """The rule in words (for listings)."""
         if self.breaks:
             return f"split at {len(self.breaks)} kink(s)"
+        if self.given:
+            return (f"tensor over {', '.join(f'z{i}' for i in self.pivot)} x closed form in "
+                    f"{', '.join(f'z{i}' for i in self.given)} ({len(self.given_forms)} "
+                    "kink forms)")
         tensor = "tensor" + ("" if self.pivot == tuple(range(self.dim)) else
                              " over " + ", ".join(f"z{i}" for i in self.pivot))
         if not self.kinked:

@@ -120,7 +120,7 @@ PRODUCT_ORDER = {1: 16, 2: 8}
 
 #: the orders shipped in gauss_rules.npz: every order named in this module and series.py
 #: (tests/test_quadrature.py checks that), plus the series' boosted reference (128)
-STORED_ORDERS = {"half": (7, 8, 9, 12, 14, 16, 20, 28, 32, 64, 96, 128, 160),
+STORED_ORDERS = {"half": (7, 8, 9, 12, 14, 16, 20, 28, 32, 48, 64, 96, 128, 160),
                  "rayleigh": (12, 18, 20, 24, 36, 40)}
 RULES_FILE = "gauss_rules.npz"
 
@@ -138,7 +138,7 @@ def _stored() -> dict[str, np.ndarray]:
 def _rule_of(kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     got = _stored().get(f"{kind}_{n}")
     if got is not None:
-        return _frozen(np.ascontiguousarray(got[0]), np.ascontiguousarray(got[1]))
+        return frozen(np.ascontiguousarray(got[0]), np.ascontiguousarray(got[1]))
     return compute_rule(kind, n)
 
 
@@ -209,7 +209,7 @@ def _gauss_from_moments(moment, n: int) -> tuple[np.ndarray, np.ndarray]:
                 x -= p / dp
             xs.append(float(x))
             ws.append(float(1 / total))
-    return _frozen(np.array(xs), np.array(ws))
+    return frozen(np.array(xs), np.array(ws))
 
 
 @functools.cache
@@ -227,7 +227,7 @@ def rayleigh_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
 @functools.cache
 def legendre_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre on [-1, 1]."""
-    return _frozen(*np.polynomial.legendre.leggauss(n))
+    return frozen(*np.polynomial.legendre.leggauss(n))
 
 
 @functools.cache
@@ -235,7 +235,7 @@ def rule(order: int) -> tuple[np.ndarray, np.ndarray]:
     """The split rule on the line for N(0, 1): nodes -r_n..-r_1, r_1..r_n, weights summing to
     one (2 * order points)."""
     r, w = half_rule(order)
-    return _frozen(np.concatenate([-r[::-1], r]), np.concatenate([w[::-1], w]))
+    return frozen(np.concatenate([-r[::-1], r]), np.concatenate([w[::-1], w]))
 
 
 def grid(dim: int, order: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -255,10 +255,10 @@ def _grid(dim: int, order: int) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(dim):
         wts = np.multiply.outer(wts, w).reshape(-1)
     keep = wts > 1e-300
-    return _frozen(np.ascontiguousarray(mesh[keep]), np.ascontiguousarray(wts[keep]))
+    return frozen(np.ascontiguousarray(mesh[keep]), np.ascontiguousarray(wts[keep]))
 
 
-def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+def frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """Read-only arrays (they are cached and shared)."""
     for a in arrays:
         a.flags.writeable = False
@@ -391,7 +391,7 @@ def vanishing_arcs(expr: sp.Expr, kinked: tuple, forms: tuple) -> tuple[int, ...
     pair = [sp.Symbol(f"z{i}", real=True) for i in kinked]
     branches = []  # (atom, line index, sign of its argument's scale)
     for f in expr.atoms(*KINKED):
-        row = _linear_row(f.args[0], pair)
+        row = linear_row(f.args[0], pair)
         if row is None or all(c == 0 for c in row):
             continue
         d = _direction(row)
@@ -539,7 +539,7 @@ def kink_breaks(arg: sp.Expr, zs: list) -> list[tuple[float, ...]] | None:
     (relu(leaky_relu(z) + 1/2), step(cos(z))), one row z_i = x per real zero x, found
     symbolically (`real_zeros`); None where neither applies (the integral then takes the
     natural tensor rule, and the accuracy probe measures it)."""
-    row = _linear_row(arg, zs, constant=True)
+    row = linear_row(arg, zs, constant=True)
     if row is not None:
         const = sp.expand(arg - sum(c * z for c, z in zip(row, zs)))
         return [tuple(float(c) for c in row) + (float(const),)]
@@ -639,7 +639,7 @@ def _solve_real(form: sp.Expr, z: sp.Symbol) -> list[float] | None:
 KINKED = F.KINKED
 
 
-def _linear_row(arg: sp.Expr, zs: list, constant: bool = False) -> list | None:
+def linear_row(arg: sp.Expr, zs: list, constant: bool = False) -> list | None:
     """Coefficients of arg as a homogeneous linear form in zs (an affine one if `constant`), or
     None."""
     if arg.free_symbols - set(zs):
@@ -691,7 +691,7 @@ def plan(expr: sp.Expr, cov) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tu
         found = kink_breaks(f.args[0], zs)
         if found is None:
             return natural  # a kink that is not on a hyperplane (the accuracy probe measures)
-        row = _linear_row(f.args[0], zs, constant=True)
+        row = linear_row(f.args[0], zs, constant=True)
         curved |= row is None
         if row is not None and any(c != 0 for c in row):
             rows.append(row)
@@ -738,7 +738,7 @@ def plan(expr: sp.Expr, cov) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tu
     for f in expr.atoms(sp.Function):
         if isinstance(f, KINKED) or not f.args:
             continue
-        row = _linear_row(f.args[0], zs, constant=True)
+        row = linear_row(f.args[0], zs, constant=True)
         if row is not None and any(row[i] != 0 for i in pair) and \
                 all(row[i] == 0 for i in range(k) if i not in pair):
             d = _direction(row)

@@ -23,3 +23,27 @@ def coincident(a1: dict, a2: dict, kp_inputs) -> tuple[list, list]:
     same = [(i, j) for i, key in enumerate(keys1) for j in where.get(key, ())]
     anti = [(i, j) for i, key in enumerate(neg1) for j in where.get(key, ())]
     return same, anti
+
+
+def repeated(arrays: dict, kp_inputs) -> list[tuple[int, int]]:
+    """(first, j) for every point j that repeats an earlier point `first`, exactly."""
+    seen: dict[bytes, int] = {}
+    out = []
+    for j, key in enumerate(_points(arrays, kp_inputs)):
+        if key in seen:
+            out.append((seen[key], j))
+        else:
+            seen[key] = j
+    return out
+
+
+def copy_repeats(k: np.ndarray, rows: list, cols: list) -> None:
+    """Rows of repeated points (repeated(X1)) and columns (repeated(X2)) copied from their
+    first occurrence, in place: a point given twice has the same row to the last digit,
+    whatever the rounding of its pairs' integrals (their Cholesky order follows the pair's
+    order; with nearly degenerate covariances that moves them by ~1e-12, and two rows that
+    differ by that make a kernel with a repeated point indefinite by about as much)."""
+    for first, j in rows:
+        k[j, :] = k[first, :]
+    for first, j in cols:
+        k[:, j] = k[:, first]

@@ -12,11 +12,15 @@ import numpy as np
 import sympy as sp
 
 from .. import functions as F
-from .. import helpers, series
+from .. import helpers, series, truncated
+from ..conditional import CUT_ACROSS, NARROW, conditional_grid
 from ..kernel_program import KernelProgram, QuadCall, twin
 from ..quadrature import (
+    BOOSTED,
     DEFAULT_ORDER,
     MAX_SPLIT_DIM,
+    SPLIT_ORDER,
+    SPLIT_RAMP,
     arc_keep,
     careful_rows,
     cholesky_psd,
@@ -25,11 +29,12 @@ from ..quadrature import (
     polar_nodes,
     polar_order,
     rule,
+    split_axis,
     split_nodes,
     tensor_order,
     vanishing_arcs,
 )
-from .coincident import coincident
+from .coincident import coincident, copy_repeats, repeated
 
 
 def evaluate_expr(e: sp.Expr, env: dict, program: KernelProgram | None = None):
@@ -256,6 +261,10 @@ def expectation(itg, c: np.ndarray) -> np.ndarray:
         return _split(itg, c, careful_rows(itg.expr, k)).reshape(shape)
     if itg.breaks:
         return _split(itg, c, itg.breaks).reshape(shape)
+    if itg.given:
+        step = max(1, _CHUNK // len(conditional_grid(len(itg.pivot), BOOST.get())[1]))
+        return np.concatenate([_conditional(itg, c[lo:lo + step])
+                               for lo in range(0, c.shape[0], step)]).reshape(shape)
     polar = bool(itg.kinked)
     boost = BOOST.get()
     tnodes, tweights = grid(len(itg.pivot), tensor_order(len(itg.pivot), polar, boost,
@@ -329,6 +338,150 @@ def _quad_chunk(itg, c: np.ndarray, tnodes: np.ndarray, tweights: np.ndarray) ->
         weights = np.broadcast_to(tweights, (n, len(tweights)))
     vals = np.broadcast_to(evaluate_expr(itg.expr, env), weights.shape)
     return np.sum((vals * weights).reshape(n, -1), axis=-1)
+
+
+_kink_moment = np.vectorize(truncated.kink_moment, otypes=[np.float64])
+_kink_low = np.vectorize(truncated.kink_low, otypes=[np.float64])
+
+
+def _conditional(itg, c: np.ndarray) -> np.ndarray:
+    """The conditional rule (quadrature.conditional) for covariances c (n, k, k): the tensor
+    rule over the pivot's whitened coordinates (the 1-D rule along the first when a pair of
+    them is rank 1, as the diagonal's integral takes identical points), the given coordinates
+    in closed form (helpers.kink_moment): z_given = m + L_gg e, m = L_gp w."""
+    n = c.shape[0]
+    ns = len(itg.pivot)
+    order = list(itg.pivot) + list(itg.given)
+    low = cholesky_psd(c[:, order][:, :, order])
+    x, wx = conditional_grid(ns, BOOST.get())
+    out = np.empty(n)
+    line = low[:, 1, 1] == 0.0 if ns == 2 and not BOOST.get() else np.zeros(n, dtype=bool)
+    cuts = [_narrow_lines(itg, low[m]) for m in range(n)]
+    cut = np.array([bool(c) for c in cuts], dtype=bool)
+    for sel, (nodes, weights) in ((line & ~cut, _line_nodes()), (~line & ~cut, (x, wx))):
+        if sel.any():
+            out[sel] = _conditional_at(itg, low[sel], nodes, weights)
+    for m in np.flatnonzero(cut):
+        out[m] = _conditional_at(itg, low[m:m + 1], *_cut_nodes(cuts[m], ns, line[m]))[0]
+    return out
+
+
+def _narrow_lines(itg, low: np.ndarray) -> list:
+    """The kink forms of the integrand that are narrow in the smooth whitened coordinates w
+    at this covariance (conditional.NARROW), narrowest first, at most two: (beta, c, width)
+    of {beta . w + c = 0}, width = the form's conditional standard deviation / |beta|."""
+    ns = len(itg.pivot)
+    used = sorted({t[1] for t in itg.given_terms if t[1] >= 0}
+                  | {t[4] for t in itg.given_terms if t[4] >= 0})
+    out = []
+    forms = {}
+    for f in used:
+        row = np.array([itg.given_forms[f][i] for i in itg.given])
+        forms[f] = (row @ low[ns:, :ns], itg.given_forms[f][-1], row @ low[ns:, ns:])
+    candidates = [(beta, c, float(np.sqrt(np.sum(ell * ell))))
+                  for beta, c, ell in forms.values()]
+    # Y given X for a pair of forms in one term: its residual Y - (ty / sx) X, of standard
+    # deviation uy, is narrow where Y is nearly a function of X (nearly collinear points)
+    for f, g in sorted({(t[1], t[4]) for t in itg.given_terms if t[1] >= 0 and t[4] >= 0}):
+        (bf, cf, lf), (bg, cg, lg) = forms[f], forms[g]
+        sf = float(np.sqrt(np.sum(lf * lf)))
+        if sf > 0.0:
+            ty, uy = _pair_loadings(lf[None], lg[None], np.array([sf]),
+                                    np.array([np.sqrt(np.sum(lg * lg))]))
+            k = float(ty[0]) / sf
+            candidates.append((bg - k * bf, cg - k * cf, float(uy[0])))
+    for beta, c, size in candidates:
+        nb = float(np.sqrt(np.sum(beta * beta)))
+        if nb > 0.0 and size <= NARROW * nb:
+            out.append((size / nb, beta, c))
+    out.sort(key=lambda t: t[0])
+    return [(beta, c, width) for width, beta, c in out[:2]]
+
+
+def _ramp(t: float, width: float) -> list[float]:
+    """Breaks of a transition of this width centred at t (quadrature.SPLIT_RAMP)."""
+    return [t] if width == 0.0 else [t + m * width for m in SPLIT_RAMP]
+
+
+def _cut_nodes(lines: list, ns: int, line: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The smooth coordinates' nodes at narrow kink forms (_narrow_lines): rotated so that
+    the narrowest one's normal u is an axis, the half-range rule across it (ns = 2), and along
+    it, per node across, the split rule cut at both forms' crossings and around them
+    (SPLIT_RAMP times the width). A rank-1 pair (line): along w0 alone."""
+    boost = BOOST.get()
+    order = BOOSTED["split"][0] if boost else SPLIT_ORDER[0]
+    if line or ns == 1:
+        u, perp = np.eye(ns)[0], None
+        xb, wb = np.zeros(1), np.ones(1)
+    else:
+        beta = lines[0][0]
+        u = beta / np.sqrt(np.sum(beta * beta))
+        perp = np.array([-u[1], u[0]])
+        xb, wb = rule(CUT_ACROSS + 16 if boost else CUT_ACROSS)
+    rows = []
+    for b in xb:
+        cuts = []
+        for beta, c, width in lines:
+            along = float(beta @ u)
+            if along == 0.0:
+                continue
+            shift = c + (b * float(beta @ perp) if perp is not None else 0.0)
+            cuts += _ramp(-shift / along, width * float(np.sqrt(np.sum(beta * beta)))
+                          / abs(along))
+        rows.append(cuts)
+    size = max(len(r) for r in rows)
+    breaks = np.array([r + [np.inf] * (size - len(r)) for r in rows]).reshape(len(rows), -1)
+    xa, wa = split_axis(breaks, order)  # (B, M)
+    nodes = xa[:, :, None] * u
+    if perp is not None:
+        nodes = nodes + xb[:, None, None] * perp
+    return nodes.reshape(-1, ns), (wa * wb[:, None]).reshape(-1)
+
+
+def _line_nodes() -> tuple[np.ndarray, np.ndarray]:
+    x, wx = rule(DEFAULT_ORDER[1])
+    return np.stack([x, np.zeros_like(x)], axis=1), wx
+
+
+def _conditional_at(itg, low: np.ndarray, nodes: np.ndarray, weights: np.ndarray):
+    ns = len(itg.pivot)
+    zt = np.einsum("nij,mj->nmi", low[:, :ns, :ns], nodes)  # (n, M, ns)
+    env = {f"z{i}": zt[:, :, a] for a, i in enumerate(itg.pivot)}
+    mean = np.einsum("nij,mj->nmi", low[:, ns:, :ns], nodes)  # (n, M, given)
+    rows = np.array([[r[i] for i in itg.given] for r in itg.given_forms])  # (F, given)
+    const = np.array([r[-1] for r in itg.given_forms])
+    mu = mean @ rows.T + const  # (n, M, F)
+    ell = np.einsum("fa,nab->nfb", rows, low[:, ns:, ns:])  # (n, F, given): loadings
+    size = np.sqrt(np.sum(ell * ell, axis=-1))  # (n, F)
+    total = np.zeros(zt.shape[:2])
+    for rest, f, p, i, g, q, j in itg.given_terms:
+        fac = np.broadcast_to(evaluate_expr(rest, env), total.shape)
+        if f < 0:
+            total += fac
+            continue
+        sx = size[:, f, None]
+        if g < 0:
+            total += fac * _kink_moment(mu[:, :, f], sx, 0.0, 0.0, 0.0, p, 0, i, 0, 0.0)
+            continue
+        ty, uy = _pair_loadings(ell[:, f], ell[:, g], size[:, f], size[:, g])
+        forms = (mu[:, :, f], sx, mu[:, :, g], ty[:, None], uy[:, None])
+        low = _kink_low(*forms) if i and j else 0.0
+        total += fac * _kink_moment(*forms, p, q, i, j, low)
+    return total @ weights
+
+
+def _pair_loadings(lf: np.ndarray, lg: np.ndarray, sf: np.ndarray, sg: np.ndarray):
+    """(ty, uy) of Y = my + ty e0 + uy e1 for X = mx + sf e0 (backends/quadsource.py's
+    arithmetic): uy from the 2 x 2 determinant, not as a difference of squares."""
+    safe = np.where(sf > 0.0, sf, 1.0)
+    ty = np.where(sf > 0.0, np.sum(lf * lg, axis=-1) / safe, 0.0)
+    if lf.shape[-1] == 1:
+        uy = np.where(sf > 0.0, 0.0, sg)
+    elif lf.shape[-1] == 2:
+        uy = np.where(sf > 0.0, np.abs(lf[:, 0] * lg[:, 1] - lf[:, 1] * lg[:, 0]) / safe, sg)
+    else:
+        uy = np.where(sf > 0.0, np.sqrt(np.maximum(sg * sg - ty * ty, 0.0)), sg)
+    return ty, uy
 
 
 def _line_chunk(itg, low: np.ndarray, tnodes: np.ndarray, tweights: np.ndarray) -> np.ndarray:
@@ -448,5 +601,6 @@ def evaluate(program: KernelProgram, data1: dict, data2: dict | None = None,
             k = np.triu(k, 1) + np.triu(k, 1).T
         for i, j in same:  # a point given twice is one point (backends/coincident.py)
             k[i, j] = diag[i]
+        copy_repeats(k, repeated(data1, program.inputs), repeated(other, program.inputs))
         out[kind] = k
     return out

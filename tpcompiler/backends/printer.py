@@ -11,7 +11,7 @@ import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import functions as F
-from .. import helpers
+from .. import helpers, truncated
 from ..kernel_program import QuadCall, twin
 
 #: scalar code of the IR's functions, (name, source) from the registry (functions.py); numba
@@ -34,7 +34,8 @@ class KernelPrinter(PythonCodePrinter):
             name = type(expr).__name__
             # a helper, an integrand's rule, or what a backend generates next to them (its
             # series functions ser<n> and piecewise bodies _pw_<name>); else sympy's (strict)
-            known = name in helpers.HELPERS or isinstance(expr, QuadCall)
+            known = name in helpers.HELPERS or name in truncated.TRUNCATED or \
+                isinstance(expr, QuadCall)
             if not known and not name.startswith(("ser", "_pw_")):
                 return super()._print_Function(expr)
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
@@ -63,8 +64,9 @@ class KernelPrinter(PythonCodePrinter):
 
 
 def helper_sources() -> list[tuple[str, str]]:
-    """(name, source) of tpcompiler.helpers in dependency order."""
-    return [(n, inspect.getsource(helpers.HELPERS[n])) for n in helpers.HELPER_SOURCE_ORDER]
+    """(name, source) of tpcompiler.helpers and tpcompiler.truncated in dependency order."""
+    return ([(n, inspect.getsource(helpers.HELPERS[n])) for n in helpers.HELPER_SOURCE_ORDER]
+            + [(n, inspect.getsource(truncated.TRUNCATED[n])) for n in truncated.SOURCE_ORDER])
 
 
 def runtime_lines(body: list[str], decorator: str) -> list[str]:

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import sympy as sp
 
+from ..conditional import CUT_ACROSS, NARROW, conditional_grid
 from ..kernel_program import Integrand
 from ..quadrature import (
     DEFAULT_ORDER,
@@ -100,6 +101,8 @@ def quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[st
     (no allocation), so that any numba target can compile it; `jit` is the decorator."""
     if q.breaks:
         return split_source(q, printer, jit)
+    if q.given:
+        return conditional_source(q, printer, jit)
     name, dim, itg = f"quad{q.dim}_{q.name}", q.dim, q.name
     order = list(q.kinked) + list(q.pivot)
     npol = len(q.kinked)  # the pair's whitened coordinates are w0, w1 (positions 0, 1)
@@ -250,6 +253,184 @@ def quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[st
         else:
             lines.append(f"    {call}")
     lines += ["    return acc", ""]
+    return lines
+
+
+def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[str]:
+    """Source of quad<dim>_<name> by the conditional rule (quadrature.conditional; the same
+    arithmetic as backends/numpy.py's _conditional): z = L w in the order pivot + given; the
+    tensor rule over the pivot's w as nested loops (the 1-D rule along w0 when a pivot pair is
+    rank 1); per node, the given coordinates' conditional means m and each kink form's mean,
+    and the integrand as a sum of functions of the pivot times helpers.kink_moment of the
+    forms (their loadings on the given coordinates' whitened part are fixed per call)."""
+    name, dim, itg = f"quad{q.dim}_{q.name}", q.dim, q.name
+    ns = len(q.pivot)
+    order = list(q.pivot) + list(q.given)
+    ng = len(q.given)
+    x, w = conditional_grid(ns)
+    xline, wline = rule(DEFAULT_ORDER[1])
+    lines = [f"CONDX_{itg} = {array_literal(x)}", f"CONDW_{itg} = {array_literal(w)}",
+             f"CONDLX_{itg} = {array_literal(xline)}", f"CONDLW_{itg} = {array_literal(wline)}"]
+    # the kink forms' fixed part: loadings ell_f on the given whitened coordinates, |ell_f|,
+    # and per pair of forms in a term (ty, uy) as backends/numpy.py's _pair_loadings
+    fixed: list[str] = []
+    rows = [[r[i] for i in q.given] for r in q.given_forms]
+    for f, row in enumerate(rows):
+        for b in range(ng):
+            terms = [f"{row[a]!r} * l{ns + a}{ns + b}" for a in range(ng)
+                     if row[a] != 0.0 and a >= b]
+            fixed.append(f"    e{f}_{b} = {' + '.join(terms) or '0.0'}")
+        squares = " + ".join(f"e{f}_{b} * e{f}_{b}" for b in range(ng))
+        fixed.append(f"    sz{f} = math.sqrt({squares})")
+    pairs = sorted({(t[1], t[4]) for t in q.given_terms if t[1] >= 0 and t[4] >= 0})
+    for f, g in pairs:
+        dot = " + ".join(f"e{f}_{b} * e{g}_{b}" for b in range(ng))
+        fixed.append(f"    ty{f}_{g} = ({dot}) / sz{f} if sz{f} > 0.0 else 0.0")
+        if ng == 1:
+            uy = "0.0"
+        elif ng == 2:
+            uy = f"abs(e{f}_0 * e{g}_1 - e{f}_1 * e{g}_0) / sz{f}"
+        else:
+            uy = f"math.sqrt(max(sz{g} * sz{g} - ty{f}_{g} * ty{f}_{g}, 0.0))"
+        fixed.append(f"    uy{f}_{g} = {uy} if sz{f} > 0.0 else sz{g}")
+    # the integrand at one pivot node: z of the pivot, means of the forms, the sum of terms
+    node: list[str] = []
+    for a in range(ng):
+        node.append(f"m{a} = " + " + ".join(f"l{ns + a}{b} * n{b}" for b in range(ns)))
+    for f, row in enumerate(rows):
+        mean = " + ".join(f"{row[a]!r} * m{a}" for a in range(ng) if row[a] != 0.0)
+        node.append(f"mu{f} = {mean or '0.0'} + {q.given_forms[f][-1]!r}")
+    value = sp.S.Zero
+    for rest, f, p, i, g, qq, j in q.given_terms:
+        if f < 0:
+            moment = sp.S.One
+        elif g < 0:
+            moment = sp.Function("kink_moment")(
+                sp.Symbol(f"mu{f}"), sp.Symbol(f"sz{f}"), 0, 0, 0, p, 0, i, 0, 0)
+        else:
+            forms = (sp.Symbol(f"mu{f}"), sp.Symbol(f"sz{f}"), sp.Symbol(f"mu{g}"),
+                     sp.Symbol(f"ty{f}_{g}"), sp.Symbol(f"uy{f}_{g}"))
+            low = sp.Function("kink_low")(*forms) if i and j else 0
+            moment = sp.Function("kink_moment")(*forms, p, qq, i, j, low)
+        value += rest * moment
+    temps, body = integrand_cse(value)
+    node += [f"{sym} = {printer.doprint(e)}" for sym, e in temps]
+
+    def loop(xs: str, ws: str, line: bool) -> list[str]:
+        """One loop over the grid's nodes (rows of xs; the 1-D rule's along w0 if line)."""
+        ind = "        "
+        out = [f"    for k in range(len({ws})):"]
+        out += [f"{ind}n{t} = {xs}[k]" if line else f"{ind}n{t} = {xs}[k, {t}]"
+                for t in range(1 if line else ns)]
+        out += [f"{ind}n{t} = 0.0" for t in range(1 if line else ns, ns)]
+        for a in range(ns):
+            zsum = " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))
+            out.append(f"{ind}z{order[a]} = {zsum}")
+        out += [f"{ind}{ln}" for ln in node]
+        out.append(f"{ind}acc += {ws}[k] * ({printer.doprint(body)})")
+        return out
+
+    # narrow kink forms (conditional.NARROW; backends/numpy.py _narrow_lines, _cut_nodes):
+    # the two narrowest, {A . w + C = 0} of relative width W; the smooth coordinates rotated
+    # so that the first one's normal u is an axis, the half-range rule across it (skipped for
+    # a rank-1 pair) and along it the split rule cut at both crossings and around them
+    used = sorted({t[1] for t in q.given_terms if t[1] >= 0}
+                  | {t[4] for t in q.given_terms if t[4] >= 0})
+    cols = range(ns)
+    narrow = ["    r1 = 1e300", "    r2 = 1e300", "    C1 = 0.0", "    C2 = 0.0"]
+    narrow += [f"    A{j}_{b} = 0.0" for j in (1, 2) for b in cols]
+    for f in used:
+        for b in cols:
+            beta = " + ".join(f"{rows[f][a]!r} * l{ns + a}{b}" for a in range(ng)
+                              if rows[f][a] != 0.0)
+            narrow.append(f"    bt{f}_{b} = {beta or '0.0'}")
+        norm = " + ".join(f"bt{f}_{b} * bt{f}_{b}" for b in cols)
+        const = q.given_forms[f][-1]
+        narrow += [f"    nb{f} = math.sqrt({norm})",
+                   f"    rf = sz{f} / nb{f} if nb{f} > 0.0 else 1e300",
+                   f"    if rf <= {NARROW!r} and rf < r1:",
+                   "        r2 = r1", "        C2 = C1"]
+        narrow += [f"        A2_{b} = A1_{b}" for b in cols]
+        narrow += ["        r1 = rf", f"        C1 = {const!r}"]
+        narrow += [f"        A1_{b} = bt{f}_{b}" for b in cols]
+        narrow += [f"    elif rf <= {NARROW!r} and rf < r2:", "        r2 = rf",
+                   f"        C2 = {const!r}"]
+        narrow += [f"        A2_{b} = bt{f}_{b}" for b in cols]
+    for f, g in pairs:
+        # Y given X: the residual Y - (ty / sx) X, of standard deviation uy (backends/numpy.py
+        # _narrow_lines), narrow where Y is nearly a function of X (nearly collinear points)
+        narrow.append(f"    kr = ty{f}_{g} / sz{f} if sz{f} > 0.0 else 0.0")
+        for b in cols:
+            narrow.append(f"    br_{b} = bt{g}_{b} - kr * bt{f}_{b}")
+        norm = " + ".join(f"br_{b} * br_{b}" for b in cols)
+        cr = f"{q.given_forms[g][-1]!r} - kr * {q.given_forms[f][-1]!r}"
+        narrow += [f"    nr = math.sqrt({norm})",
+                   f"    rf = uy{f}_{g} / nr if sz{f} > 0.0 and nr > 0.0 else 1e300",
+                   f"    if rf <= {NARROW!r} and rf < r1:", "        r2 = r1", "        C2 = C1"]
+        narrow += [f"        A2_{b} = A1_{b}" for b in cols]
+        narrow += ["        r1 = rf", f"        C1 = {cr}"]
+        narrow += [f"        A1_{b} = br_{b}" for b in cols]
+        narrow += [f"    elif rf <= {NARROW!r} and rf < r2:", "        r2 = rf",
+                   f"        C2 = {cr}"]
+        narrow += [f"        A2_{b} = br_{b}" for b in cols]
+    xb, wb = rule(CUT_ACROSS)
+    xs, ws = legendre_rule(SPLIT_ORDER[0])
+    lines += [f"CONDE_{itg} = {array_literal(np.array(SPLIT_EDGES))}",
+              f"CONDSX_{itg} = {array_literal(xs)}", f"CONDSW_{itg} = {array_literal(ws)}",
+              f"CONDBX_{itg} = {array_literal(xb)}", f"CONDBW_{itg} = {array_literal(wb)}"]
+    rot = ["    cu0 = 1.0", "    cu1 = 0.0", "    across = 1"]
+    if ns == 2:
+        rot += ["    if l11 != 0.0:", "        nrm = math.sqrt(A1_0 * A1_0 + A1_1 * A1_1)",
+                "        cu0 = A1_0 / nrm", "        cu1 = A1_1 / nrm",
+                f"        across = len(CONDBW_{itg})"]
+    body_lines = ["    for k in range(across):",
+                  f"        b = CONDBX_{itg}[k] if across > 1 else 0.0",
+                  f"        wb = CONDBW_{itg}[k] if across > 1 else 1.0"]
+    breaks = []
+    for j in (1, 2):
+        along = " + ".join(f"A{j}_{b} * cu{b}" for b in cols)
+        across_dot = f"-A{j}_0 * cu1 + A{j}_1 * cu0" if ns == 2 else "0.0"
+        norm = " + ".join(f"A{j}_{b} * A{j}_{b}" for b in cols)
+        body_lines += [f"        al{j} = {along}",
+                       f"        if r{j} < 1e300 and al{j} != 0.0:",
+                       f"            t{j} = -(C{j} + b * ({across_dot})) / al{j}",
+                       f"            wd{j} = r{j} * math.sqrt({norm}) / abs(al{j})",
+                       "        else:", f"            t{j} = 1e300", f"            wd{j} = 0.0"]
+        for m, fac in enumerate(SPLIT_RAMP):
+            body_lines.append(f"        k{j}_{m} = t{j} + {fac!r} * wd{j}")
+            breaks.append(f"k{j}_{m}")
+    body_lines += [f"        for p in range(len(CONDE_{itg}) - 1):",
+                   f"            lo = CONDE_{itg}[p]", f"            top = CONDE_{itg}[p + 1]",
+                   "            while lo < top:", "                hi = top"]
+    ind = "                    "
+    for b in breaks:
+        body_lines += [f"{ind[4:]}if {b} > lo and {b} < hi:", f"{ind}hi = {b}"]
+    body_lines += [f"{ind[4:]}half = 0.5 * (hi - lo)", f"{ind[4:]}mid = 0.5 * (hi + lo)",
+                   f"{ind[4:]}for i in range(len(CONDSW_{itg})):",
+                   f"{ind}a = mid + half * CONDSX_{itg}[i]",
+                   f"{ind}ga = half * CONDSW_{itg}[i] * math.exp(-0.5 * a * a) * "
+                   f"{1.0 / math.sqrt(2.0 * math.pi)!r}",
+                   f"{ind}n0 = a * cu0 - b * cu1"]
+    if ns == 2:
+        body_lines.append(f"{ind}n1 = a * cu1 + b * cu0")
+    body_lines += [f"{ind}z{order[a]} = " + " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))
+                   for a in range(ns)]
+    body_lines += [f"{ind}{ln}" for ln in node]
+    body_lines += [f"{ind}acc += wb * ga * ({printer.doprint(body)})", "                lo = hi"]
+    split = (["    if r1 < 1e300:"] + ["    " + ln for ln in rot + body_lines]
+             + ["        return acc"])
+
+    tri = [f"c{i}{j}" for i in range(dim) for j in range(i + 1)]
+    lines += [jit, f"def {name}({', '.join(tri)}):"]
+    lines += cholesky_lines("l", order) + fixed + ["    acc = 0.0"]
+    lines += narrow + split
+    if ns == 2:
+        # a rank-1 pivot pair (identical points): the 1-D rule along w0, as the diagonal's
+        # integral takes it
+        lines += ["    if l11 == 0.0:"]
+        lines += ["    " + ln for ln in loop(f"CONDLX_{itg}", f"CONDLW_{itg}", True)]
+        lines += ["        return acc"]
+    lines += loop(f"CONDX_{itg}", f"CONDW_{itg}", False) + ["    return acc", ""]
     return lines
 
 

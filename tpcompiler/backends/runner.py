@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from .coincident import coincident as _coincident
+from .coincident import copy_repeats, repeated
 from .gram import call_shape, cross_block, self_gram
 
 
@@ -100,9 +101,12 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
     # a point given twice is one point: its pairs take the diagonal's value, which the
     # per-point code computes by the integrals of one point (a pair's integrals of twice the
     # dimension, or a series cut short, may differ from it in the last digits or more)
+    rows = repeated(arrays1, inputs)
+    cols = rows if sym else repeated(a2, inputs)
     for k, o in zip(ks, o1.T):
         for i, j in same:
             k[i, j] = o[i]
+        copy_repeats(k, rows, cols)
     return dict(zip(kinds, ks))
 
 

@@ -17,7 +17,7 @@ import sys
 
 import sympy as sp
 
-from .. import ir, quadrature
+from .. import conditional, ir, quadrature
 from ..errors import TPError
 from ..kernel_program import (
     GramEntry,
@@ -125,11 +125,20 @@ class _Builder:
             layout = ()
         per_point = all(is_first_point(s) for row in q.cov for e in row
                         for s in e.free_symbols)
-        key = (len(q.cov), q.integrand, pivot, kinked, forms, breaks, layout, per_point)
+        given = None
+        if not (kinked or breaks) and len(q.cov) > quadrature.MAX_SPLIT_DIM and \
+                conditional.off_origin(q.integrand):
+            # kinks off the origin (or oblique) that the rules above do not split: smooth
+            # coordinates by the tensor rule, the kinked ones in closed form given them
+            given = conditional.conditional(q.integrand, len(q.cov))
+        cond = () if given is None else (given[1], given[2], given[3])
+        if given is not None:
+            pivot = given[0]
+        key = (len(q.cov), q.integrand, pivot, kinked, forms, breaks, layout, per_point, cond)
         itg = self.integrands.get(key)
         if itg is None:
             itg = Integrand(f"Q{len(self.integrands)}", len(q.cov), q.integrand, pivot, kinked,
-                            forms, breaks, layout, per_point)
+                            forms, breaks, layout, per_point, *cond)
             self.integrands[key] = itg
         args = [q.cov[i][j] for i in range(len(q.cov)) for j in range(i + 1)]
         return quad_call(itg.name, itg.dim)(*args)
