@@ -256,6 +256,14 @@ def quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[st
     return lines
 
 
+def ramp_lines(prefix: str, centre: str, width: str, ind: str) -> tuple[list[str], list[str]]:
+    """(names, lines) of the breaks around a transition: centre + m width for m in
+    quadrature.SPLIT_RAMP."""
+    names = [f"{prefix}_{m}" for m in range(len(SPLIT_RAMP))]
+    return names, [f"{ind}{n} = {centre} + {fac!r} * {width}"
+                   for n, fac in zip(names, SPLIT_RAMP)]
+
+
 def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[str]:
     """Source of quad<dim>_<name> by the conditional rule (quadrature.conditional; the same
     arithmetic as backends/numpy.py's _conditional): z = L w in the order pivot + given; the
@@ -339,40 +347,35 @@ def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> 
     cols = range(ns)
     narrow = ["    r1 = 1e300", "    r2 = 1e300", "    C1 = 0.0", "    C2 = 0.0"]
     narrow += [f"    A{j}_{b} = 0.0" for j in (1, 2) for b in cols]
+
+    def candidate(ratio: str, beta: str, const: str) -> list[str]:
+        """Lines keeping the two narrowest lines so far: (ratio, A = beta_0.., C = const)."""
+        out = [f"    rf = {ratio}", f"    if rf <= {NARROW!r} and rf < r1:", "        r2 = r1",
+               "        C2 = C1"]
+        out += [f"        A2_{b} = A1_{b}" for b in cols]
+        out += ["        r1 = rf", f"        C1 = {const}"]
+        out += [f"        A1_{b} = {beta}_{b}" for b in cols]
+        out += [f"    elif rf <= {NARROW!r} and rf < r2:", "        r2 = rf",
+                f"        C2 = {const}"]
+        return out + [f"        A2_{b} = {beta}_{b}" for b in cols]
+
     for f in used:
         for b in cols:
             beta = " + ".join(f"{rows[f][a]!r} * l{ns + a}{b}" for a in range(ng)
                               if rows[f][a] != 0.0)
             narrow.append(f"    bt{f}_{b} = {beta or '0.0'}")
         norm = " + ".join(f"bt{f}_{b} * bt{f}_{b}" for b in cols)
-        const = q.given_forms[f][-1]
-        narrow += [f"    nb{f} = math.sqrt({norm})",
-                   f"    rf = sz{f} / nb{f} if nb{f} > 0.0 else 1e300",
-                   f"    if rf <= {NARROW!r} and rf < r1:",
-                   "        r2 = r1", "        C2 = C1"]
-        narrow += [f"        A2_{b} = A1_{b}" for b in cols]
-        narrow += ["        r1 = rf", f"        C1 = {const!r}"]
-        narrow += [f"        A1_{b} = bt{f}_{b}" for b in cols]
-        narrow += [f"    elif rf <= {NARROW!r} and rf < r2:", "        r2 = rf",
-                   f"        C2 = {const!r}"]
-        narrow += [f"        A2_{b} = bt{f}_{b}" for b in cols]
+        narrow.append(f"    nb{f} = math.sqrt({norm})")
+        narrow += candidate(f"sz{f} / nb{f} if nb{f} > 0.0 else 1e300", f"bt{f}",
+                            repr(q.given_forms[f][-1]))
     for f, g in pairs:
         # Y given X: the residual Y - (ty / sx) X, of standard deviation uy (backends/numpy.py
         # _narrow_lines), narrow where Y is nearly a function of X (nearly collinear points)
         narrow.append(f"    kr = ty{f}_{g} / sz{f} if sz{f} > 0.0 else 0.0")
-        for b in cols:
-            narrow.append(f"    br_{b} = bt{g}_{b} - kr * bt{f}_{b}")
-        norm = " + ".join(f"br_{b} * br_{b}" for b in cols)
-        cr = f"{q.given_forms[g][-1]!r} - kr * {q.given_forms[f][-1]!r}"
-        narrow += [f"    nr = math.sqrt({norm})",
-                   f"    rf = uy{f}_{g} / nr if sz{f} > 0.0 and nr > 0.0 else 1e300",
-                   f"    if rf <= {NARROW!r} and rf < r1:", "        r2 = r1", "        C2 = C1"]
-        narrow += [f"        A2_{b} = A1_{b}" for b in cols]
-        narrow += ["        r1 = rf", f"        C1 = {cr}"]
-        narrow += [f"        A1_{b} = br_{b}" for b in cols]
-        narrow += [f"    elif rf <= {NARROW!r} and rf < r2:", "        r2 = rf",
-                   f"        C2 = {cr}"]
-        narrow += [f"        A2_{b} = br_{b}" for b in cols]
+        narrow += [f"    br_{b} = bt{g}_{b} - kr * bt{f}_{b}" for b in cols]
+        narrow.append(f"    nr = math.sqrt({' + '.join(f'br_{b} * br_{b}' for b in cols)})")
+        narrow += candidate(f"uy{f}_{g} / nr if sz{f} > 0.0 and nr > 0.0 else 1e300", "br",
+                            f"{q.given_forms[g][-1]!r} - kr * {q.given_forms[f][-1]!r}")
     xb, wb = rule(CUT_ACROSS)
     xs, ws = legendre_rule(SPLIT_ORDER[0])
     lines += [f"CONDE_{itg} = {array_literal(np.array(SPLIT_EDGES))}",
@@ -396,9 +399,9 @@ def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> 
                        f"            t{j} = -(C{j} + b * ({across_dot})) / al{j}",
                        f"            wd{j} = r{j} * math.sqrt({norm}) / abs(al{j})",
                        "        else:", f"            t{j} = 1e300", f"            wd{j} = 0.0"]
-        for m, fac in enumerate(SPLIT_RAMP):
-            body_lines.append(f"        k{j}_{m} = t{j} + {fac!r} * wd{j}")
-            breaks.append(f"k{j}_{m}")
+        names, ramp = ramp_lines(f"k{j}", f"t{j}", f"wd{j}", "        ")
+        body_lines += ramp
+        breaks += names
     body_lines += [f"        for p in range(len(CONDE_{itg}) - 1):",
                    f"            lo = CONDE_{itg}[p]", f"            top = CONDE_{itg}[p + 1]",
                    "            while lo < top:", "                hi = top"]
@@ -500,9 +503,9 @@ def split_source(q: Integrand, printer: KernelPrinter, jit: str = JIT,
                   f"        a{j} = -({c!r}) / b{j}_0",
                   f"        v{j} = abs(b{j}_1 / b{j}_0)",
                   "    else:", f"        a{j} = {none}", f"        v{j} = 0.0"]
-        for m, f in enumerate(SPLIT_RAMP):
-            lines.append(f"    o{j}_{m} = a{j} + {f!r} * v{j}")
-            outer.append(f"o{j}_{m}")
+        names, ramp = ramp_lines(f"o{j}", f"a{j}", f"v{j}", "    ")
+        lines += ramp
+        outer += names
 
     def axis(a: int, breaks: list[str], ind: str, target: str, inner: list[str]) -> list[str]:
         out = [f"{ind}{target} = 0.0",
