@@ -7,6 +7,8 @@ point (diag) or pair (cross) is one element of a broadcast array; helpers run el
 from __future__ import annotations
 
 import contextvars
+import functools
+import inspect
 
 import numpy as np
 import sympy as sp
@@ -340,8 +342,30 @@ def _quad_chunk(itg, c: np.ndarray, tnodes: np.ndarray, tweights: np.ndarray) ->
     return np.sum((vals * weights).reshape(n, -1), axis=-1)
 
 
-_kink_moment = np.vectorize(truncated.kink_moment, otypes=[np.float64])
-_kink_low = np.vectorize(truncated.kink_low, otypes=[np.float64])
+@functools.cache
+def _truncated_ufuncs():
+    """kink_moment and kink_low of tpcompiler/truncated.py as NumPy ufuncs, compiled by Numba
+    from the same sources the generated modules copy (np.vectorize over the Python functions
+    took ~10 us a call: minutes for the accuracy probe's raised conditional rule)."""
+    import math
+
+    import numba
+
+    ns: dict = {"math": math, "njit": numba.njit}
+    for name in truncated.SOURCE_ORDER:
+        exec("@njit(cache=False)\n" + inspect.getsource(truncated.TRUNCATED[name]), ns)
+    sig = "f8(" + ", ".join(["f8"] * 10) + ")"
+    moment = numba.vectorize([sig])(ns["kink_moment"].py_func)
+    low = numba.vectorize(["f8(f8, f8, f8, f8, f8)"])(ns["kink_low"].py_func)
+    return moment, low
+
+
+def _kink_moment(*args):
+    return _truncated_ufuncs()[0](*(np.asarray(a, dtype=np.float64) for a in args))
+
+
+def _kink_low(*args):
+    return _truncated_ufuncs()[1](*(np.asarray(a, dtype=np.float64) for a in args))
 
 
 def _conditional(itg, c: np.ndarray) -> np.ndarray:
