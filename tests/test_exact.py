@@ -358,7 +358,7 @@ def test_shifted_kink_times_a_second_vector_is_exact():
     """relu(h - 1/2) tanh(h + g), h and g of two matrices: 3-D and 4-D integrals per pair with
     a kink off the origin, which no addition formula separates. The conditional rule
     integrates the smooth coordinates by the tensor rule and the kinked ones in closed form
-    given them (quadrature.conditional, helpers.kink_moment); the tensor rule in 4-D was
+    given them (conditional.conditional, truncated.kink_moment); the tensor rule in 4-D was
     1.2e-3 / 4.1e-2 off and indefinite. Against the nested reference (gauss2 over the kinked
     pair, split at the kink; composite Gauss-Legendre over the smooth one): within TOL,
     silent. test_shifted_kink_times_a_second_vector_on_hard_rows (slow) has the hard rows."""

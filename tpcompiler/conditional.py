@@ -21,7 +21,7 @@ from . import functions as F
 from .quadrature import KINKED, frozen, grid, linear_row
 
 #: the rule's tensor order per axis over the smooth coordinates (a kinked pair given them is
-#: a closed form, helpers.kink_moment), and raised for the accuracy probe
+#: a closed form, truncated.kink_moment), and raised for the accuracy probe
 CONDITIONAL_ORDER = {1: 96, 2: 48, 3: 10, 4: 7}
 BOOSTED_CONDITIONAL = {1: 160, 2: 64, 3: 14, 4: 9}
 
@@ -73,13 +73,14 @@ def off_origin(expr: sp.Expr) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def conditional(expr: sp.Expr, k: int) -> tuple | None:
-    """The conditional rule for E[expr(z0..z{k-1})] where the kinks are off the origin in more
-    than MAX_SPLIT_DIM coordinates (relu(u - 1/2) tanh(u + w) per pair of points: 4-D, its
-    kinks on u and u' only): integrate the smooth coordinates S by the tensor rule and, given
-    them, the kinked ones K in closed form. Given S, K is Gaussian (its mean linear in S, its
-    covariance fixed), and each term of expr is (a function of S) x (a product of relu, step
-    and powers of at most two affine forms of K), whose expectation is a truncated moment of
-    a bivariate Gaussian (helpers.kink_moment). abs, sign and abrelu are sums of relu and step.
+    """The conditional rule for E[expr(z0..z{k-1})] where the kinks are off the origin in
+    more than quadrature.MAX_SPLIT_DIM coordinates (relu(u - 1/2) tanh(u + w) per pair of
+    points: 4-D, its kinks on u and u' only): integrate the smooth coordinates S by the tensor
+    rule and, given them, the kinked ones K in closed form. Given S, K is Gaussian (its mean
+    linear in S, its covariance fixed), and each term of expr is (a function of S) x (a
+    product of relu, step and powers of at most two affine forms of K), whose expectation is a
+    truncated moment of a bivariate Gaussian (truncated.kink_moment). abs, sign and abrelu are
+    sums of relu and step.
 
     (smooth, given, forms, terms) or None where expr does not have that shape (a coordinate
     of K outside a kink function; a kink argument that mixes K and S; three forms in a term):

@@ -88,7 +88,7 @@ class Integrand:
     #: an integral over one point's coordinates (the diag block): O(N) of them, so its tensor
     #: rule takes the higher orders of quadrature.PER_POINT_ORDER
     per_point: bool = False
-    #: the conditional rule (quadrature.conditional) when not empty: these kinked coordinates
+    #: the conditional rule (conditional.conditional) when not empty: these kinked coordinates
     #: are integrated in closed form given the pivot's (the tensor rule), the kink forms
     #: `given_forms` as rows (r_0, .., r_{dim-1}, c), and the integrand as `given_terms`
     #: (function of the pivot, f, p, i, g, q, j): a sum of E[X_f^p [X_f > 0]^i X_g^q

@@ -1,5 +1,5 @@
 """Truncated moments of a bivariate Gaussian in closed form: the kinked coordinates of the
-conditional rule (quadrature.conditional) given its smooth ones.
+conditional rule (conditional.conditional) given its smooth ones.
 
 X = mx + sx e0 and Y = my + ty e0 + uy e1 (e0, e1 independent N(0, 1), sx, uy >= 0) are two
 kink forms; E[X^p Y^q [X > 0]^i [Y > 0]^j] is a sum of Phi, phi and the orthant probability

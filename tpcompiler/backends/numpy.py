@@ -369,10 +369,10 @@ def _kink_low(*args):
 
 
 def _conditional(itg, c: np.ndarray) -> np.ndarray:
-    """The conditional rule (quadrature.conditional) for covariances c (n, k, k): the tensor
+    """The conditional rule (conditional.conditional) for covariances c (n, k, k): the tensor
     rule over the pivot's whitened coordinates (the 1-D rule along the first when a pair of
     them is rank 1, as the diagonal's integral takes identical points), the given coordinates
-    in closed form (helpers.kink_moment): z_given = m + L_gg e, m = L_gp w."""
+    in closed form (truncated.kink_moment): z_given = m + L_gg e, m = L_gp w."""
     n = c.shape[0]
     ns = len(itg.pivot)
     order = list(itg.pivot) + list(itg.given)

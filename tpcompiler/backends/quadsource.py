@@ -265,11 +265,11 @@ def ramp_lines(prefix: str, centre: str, width: str, ind: str) -> tuple[list[str
 
 
 def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[str]:
-    """Source of quad<dim>_<name> by the conditional rule (quadrature.conditional; the same
+    """Source of quad<dim>_<name> by the conditional rule (conditional.conditional; the same
     arithmetic as backends/numpy.py's _conditional): z = L w in the order pivot + given; the
     tensor rule over the pivot's w as nested loops (the 1-D rule along w0 when a pivot pair is
     rank 1); per node, the given coordinates' conditional means m and each kink form's mean,
-    and the integrand as a sum of functions of the pivot times helpers.kink_moment of the
+    and the integrand as a sum of functions of the pivot times truncated.kink_moment of the
     forms (their loadings on the given coordinates' whitened part are fixed per call)."""
     name, dim, itg = f"quad{q.dim}_{q.name}", q.dim, q.name
     ns = len(q.pivot)
