@@ -446,10 +446,10 @@ def test_random_programs_give_symmetric_consistent_kernels(src, x):
     """Products, sums, shifted kinks and user acts (tpcompiler.testing.programs) on nearly
     collinear, duplicate, antipodal, zero, 1e-8 and 1e8 rows, plus a copy of the first row:
     finite, symmetric, a repeated row equal to the diagonal to a few ulps, and PSD to rounding
-    unless the compiler warned (the one open class: kinks off the origin inside 3-D/4-D
-    integrals that no addition formula separates take the tensor rule, warned, not PSD by
-    construction; docs/theory.md). Seeded and small here; the finite-width check of the same
-    strategies, tests/test_testing.py, is slow."""
+    unless the compiler warned (the open classes: kinks off the origin in every coordinate of
+    a 3-D/4-D integral, relu(h) step(h + g - 1), take the natural tensor rule; steep smooth
+    functions at large variance; docs/theory.md). Seeded and small here; the finite-width
+    check of the same strategies, tests/test_testing.py, is slow."""
     x = np.vstack([x, x[:1]])
     net = tp.compile_source(src)
     with warnings.catch_warnings(record=True) as caught:
