@@ -429,7 +429,7 @@ def test_shifted_kink_times_a_second_vector_on_hard_rows():
     for w in caught:
         kind = "nngp" if "NNGP" in str(w.message) else "ntk"
         said[kind] = float(str(w.message).split("about ")[1].split(" ")[0])
-    ref = kinked_two_vectors(X, 2.0, 0.1, 1.0, 0.5)
+    ref = kinked_two_vectors(X, 2.0, 0.1, 1.0, 0.5, fine=True)
     for kind in ("nngp", "ntk"):
         scale = np.max(np.diag(ref[kind]))
         err = np.max(np.abs(K[kind] - ref[kind])) / scale
