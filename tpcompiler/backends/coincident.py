@@ -37,13 +37,25 @@ def repeated(arrays: dict, kp_inputs) -> list[tuple[int, int]]:
     return out
 
 
-def copy_repeats(k: np.ndarray, rows: list, cols: list) -> None:
-    """Rows of repeated points (repeated(X1)) and columns (repeated(X2)) copied from their
-    first occurrence, in place: a point given twice has the same row to the last digit,
-    whatever the rounding of its pairs' integrals (their Cholesky order follows the pair's
-    order; with nearly degenerate covariances that moves them by ~1e-12, and two rows that
-    differ by that make a kernel with a repeated point indefinite by about as much)."""
+def settle(k: np.ndarray, diag, same: list, rows: list, cols: list) -> None:
+    """A point given twice is one point, in place: pairs of identical points (`same`, from
+    coincident) take the diagonal's value, which the per-point code computes by the integrals
+    of one point (a pair's integrals of twice the dimension, or a series cut short, may differ
+    from it in the last digits or more); rows of repeated points (repeated(X1)) and columns
+    (repeated(X2)) are their first occurrence's, to the last digit, whatever the rounding of
+    their pairs' integrals (their Cholesky order follows the pair's order; with nearly
+    degenerate covariances that moved them by ~1e-12, and two rows that differ by that made a
+    kernel with a repeated point indefinite by about as much)."""
+    for i, j in same:
+        k[i, j] = diag[i]
     for first, j in rows:
         k[j, :] = k[first, :]
     for first, j in cols:
         k[:, j] = k[:, first]
+
+
+def repeats(a1: dict, a2: dict | None, kp_inputs) -> tuple[list, list]:
+    """(rows, cols) for settle: the repeated points of the first data set and of the second
+    (the first again when there is no second)."""
+    rows = repeated(a1, kp_inputs)
+    return rows, (rows if a2 is None or a2 is a1 else repeated(a2, kp_inputs))

@@ -31,7 +31,7 @@ from .. import __version__
 from ..errors import TPError
 from ..kernel_program import KernelProgram
 from . import cache
-from .coincident import coincident, copy_repeats, repeated
+from .coincident import coincident, repeats, settle
 from .gram import call_shape, cross_block, self_gram
 from .printer import KernelPrinter, first_point_loads, pair_body, per_point_body, runtime_lines
 from .quadsource import quad_source
@@ -246,12 +246,9 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
         for n, k in ks:
             for i in range(n1):
                 k[i, i] = o1h[i, n]
-    rows = repeated(arrays1, inputs)
-    cols = rows if sym else repeated(a2, inputs)
+    rows, cols = repeats(arrays1, None if sym else a2, inputs)
     for n, k in ks:  # a point given twice is one point (backends/coincident.py)
-        for i, j in same:
-            k[i, j] = o1h[i, n]
-        copy_repeats(k, rows, cols)
+        settle(k, o1h[:, n], same, rows, cols)
     for _, k in ks:
         if hasattr(k, "flush"):
             k.flush()

@@ -256,6 +256,29 @@ def quad_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[st
     return lines
 
 
+def panel_loop(edges: str, npanels: int, xs: str, ws: str, order: int, breaks: list[str],
+               ind: str, tag: str, node: str, weight: str, inner: list[str]) -> list[str]:
+    """Lines of the split rule along one whitened axis: the fixed panels `edges` (module array,
+    npanels + 1 entries) cut at the runtime `breaks` inside them by repeatedly taking the
+    nearest break above (scalar code, no arrays), Gauss-Legendre `xs`, `ws` (order nodes) on
+    every piece; per node, `node` and its weight `weight` (Gaussian weight included) are set
+    and the `inner` lines run. Loop variables carry the suffix `tag`."""
+    lo, hi, top = f"lo{tag}", f"hi{tag}", f"top{tag}"
+    out = [f"{ind}for p{tag} in range({npanels}):", f"{ind}    {lo} = {edges}[p{tag}]",
+           f"{ind}    {top} = {edges}[p{tag} + 1]", f"{ind}    while {lo} < {top}:",
+           f"{ind}        {hi} = {top}"]
+    for b in breaks:
+        out += [f"{ind}        if {b} > {lo} and {b} < {hi}:", f"{ind}            {hi} = {b}"]
+    out += [f"{ind}        half{tag} = 0.5 * ({hi} - {lo})",
+            f"{ind}        mid{tag} = 0.5 * ({hi} + {lo})",
+            f"{ind}        for i{tag} in range({order}):",
+            f"{ind}            {node} = mid{tag} + half{tag} * {xs}[i{tag}]",
+            f"{ind}            {weight} = half{tag} * {ws}[i{tag}] * "
+            f"math.exp(-0.5 * {node} * {node}) * {1.0 / math.sqrt(2.0 * math.pi)!r}"]
+    out += [f"{ind}            {line}" for line in inner]
+    return out + [f"{ind}        {lo} = {hi}"]
+
+
 def ramp_lines(prefix: str, centre: str, width: str, ind: str) -> tuple[list[str], list[str]]:
     """(names, lines) of the breaks around a transition: centre + m width for m in
     quadrature.SPLIT_RAMP."""
@@ -402,24 +425,13 @@ def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> 
         names, ramp = ramp_lines(f"k{j}", f"t{j}", f"wd{j}", "        ")
         body_lines += ramp
         breaks += names
-    body_lines += [f"        for p in range(len(CONDE_{itg}) - 1):",
-                   f"            lo = CONDE_{itg}[p]", f"            top = CONDE_{itg}[p + 1]",
-                   "            while lo < top:", "                hi = top"]
-    ind = "                    "
-    for b in breaks:
-        body_lines += [f"{ind[4:]}if {b} > lo and {b} < hi:", f"{ind}hi = {b}"]
-    body_lines += [f"{ind[4:]}half = 0.5 * (hi - lo)", f"{ind[4:]}mid = 0.5 * (hi + lo)",
-                   f"{ind[4:]}for i in range(len(CONDSW_{itg})):",
-                   f"{ind}a = mid + half * CONDSX_{itg}[i]",
-                   f"{ind}ga = half * CONDSW_{itg}[i] * math.exp(-0.5 * a * a) * "
-                   f"{1.0 / math.sqrt(2.0 * math.pi)!r}",
-                   f"{ind}n0 = a * cu0 - b * cu1"]
-    if ns == 2:
-        body_lines.append(f"{ind}n1 = a * cu1 + b * cu0")
-    body_lines += [f"{ind}z{order[a]} = " + " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))
-                   for a in range(ns)]
-    body_lines += [f"{ind}{ln}" for ln in node]
-    body_lines += [f"{ind}acc += wb * ga * ({printer.doprint(body)})", "                lo = hi"]
+    along_u = ["n0 = a * cu0 - b * cu1"] + (["n1 = a * cu1 + b * cu0"] if ns == 2 else [])
+    along_u += [f"z{order[a]} = " + " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))
+                for a in range(ns)]
+    along_u += node + [f"acc += wb * ga * ({printer.doprint(body)})"]
+    body_lines += panel_loop(f"CONDE_{itg}", len(SPLIT_EDGES) - 1, f"CONDSX_{itg}",
+                             f"CONDSW_{itg}", SPLIT_ORDER[0], breaks, "        ", "a", "a", "ga",
+                             along_u)
     split = (["    if r1 < 1e300:"] + ["    " + ln for ln in rot + body_lines]
              + ["        return acc"])
 
@@ -508,26 +520,10 @@ def split_source(q: Integrand, printer: KernelPrinter, jit: str = JIT,
         outer += names
 
     def axis(a: int, breaks: list[str], ind: str, target: str, inner: list[str]) -> list[str]:
-        out = [f"{ind}{target} = 0.0",
-               f"{ind}for p{a} in range({len(edges) - 1}):",
-               f"{ind}    lo{a} = SPE_{itg}[p{a}]",
-               f"{ind}    top{a} = SPE_{itg}[p{a} + 1]",
-               f"{ind}    while lo{a} < top{a}:",
-               f"{ind}        hi{a} = top{a}"]
-        for b in breaks:
-            out += [f"{ind}        if {b} > lo{a} and {b} < hi{a}:",
-                    f"{ind}            hi{a} = {b}"]
-        out += [f"{ind}        half{a} = 0.5 * (hi{a} - lo{a})",
-                f"{ind}        mid{a} = 0.5 * (hi{a} + lo{a})",
-                f"{ind}        for i{a} in range({SPLIT_ORDER[a]}):",
-                f"{ind}            n{a} = mid{a} + half{a} * SPX{a}_{itg}[i{a}]",
-                f"{ind}            g{a} = half{a} * SPW{a}_{itg}[i{a}] * "
-                f"math.exp(-0.5 * n{a} * n{a}) * {1.0 / math.sqrt(2.0 * math.pi)!r}",
-                f"{ind}            z{a} = " + " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))]
-        out += [f"{ind}            {line}" for line in placed.get(a, [])]
-        out += [f"{ind}            {line}" for line in inner]
-        out.append(f"{ind}        lo{a} = hi{a}")
-        return out
+        z = f"z{a} = " + " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))
+        return [f"{ind}{target} = 0.0"] + panel_loop(
+            f"SPE_{itg}", len(edges) - 1, f"SPX{a}_{itg}", f"SPW{a}_{itg}", SPLIT_ORDER[a],
+            breaks, ind, str(a), f"n{a}", f"g{a}", [z] + placed.get(a, []) + inner)
 
     if dim == 1:
         lines += axis(0, outer, "    ", "acc", store if nodes else [f"acc += g0 * ({value})"])

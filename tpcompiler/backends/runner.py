@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from .coincident import coincident as _coincident
-from .coincident import copy_repeats, repeated
+from .coincident import repeats, settle
 from .gram import call_shape, cross_block, self_gram
 
 
@@ -98,15 +98,9 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
             _pool_map(lambda lo, hi, k=k: module.mirror(k, lo, hi),
                       _row_blocks(n1, n1, False, 1, None), None, n1)
             np.fill_diagonal(k, o)
-    # a point given twice is one point: its pairs take the diagonal's value, which the
-    # per-point code computes by the integrals of one point (a pair's integrals of twice the
-    # dimension, or a series cut short, may differ from it in the last digits or more)
-    rows = repeated(arrays1, inputs)
-    cols = rows if sym else repeated(a2, inputs)
-    for k, o in zip(ks, o1.T):
-        for i, j in same:
-            k[i, j] = o[i]
-        copy_repeats(k, rows, cols)
+    rows, cols = repeats(arrays1, None if sym else a2, inputs)
+    for k, o in zip(ks, o1.T):  # a point given twice is one point (backends/coincident.py)
+        settle(k, o, same, rows, cols)
     return dict(zip(kinds, ks))
 
 
