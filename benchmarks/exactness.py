@@ -47,6 +47,9 @@ FAMILIES = {
     "relu(h - 0.5) * tanh(h + g) (two matrices)": (
         "input x\nh = dense(x, var=2.0, bias=0.1)\ng = dense(x, var=1.0)\n"
         "y = readout(relu(h - 0.5) * tanh(h + g))\n", None),
+    "relu(h) * step(h + g - 1) (kinks in every coordinate)": (
+        "input x\nh = dense(x, var=2.0, bias=0.1)\ng = dense(x, var=1.0)\n"
+        "y = readout(relu(h) * step(h + g - 1))\n", None),
 }
 VAR, BIAS = 2.0, 0.1
 
@@ -63,7 +66,12 @@ def _data(name: str, n: int, rng) -> np.ndarray:
 
 def _references() -> dict:
     """family -> (X -> (reference kernels, the reference's own error or 0))."""
-    from reference import kinked_two_vectors, tanh_product_layer, tanh_two_vectors
+    from reference import (
+        kinked_every_coordinate,
+        kinked_two_vectors,
+        tanh_product_layer,
+        tanh_two_vectors,
+    )
 
     def two_vectors(x):
         ref = tanh_two_vectors(x, 5.0, nodes=10)
@@ -74,7 +82,9 @@ def _references() -> dict:
     return {"tanh(h) * tanh(dense(h)), var 4": lambda x: (tanh_product_layer(x, 4.0, 0.1), 0.0),
             "tanh(u) * tanh(u + w), var 5": two_vectors,
             "relu(h - 0.5) * tanh(h + g) (two matrices)":
-                lambda x: (kinked_two_vectors(x, 2.0, 0.1, 1.0, 0.5), 0.0)}
+                lambda x: (kinked_two_vectors(x, 2.0, 0.1, 1.0, 0.5), 0.0),
+            "relu(h) * step(h + g - 1) (kinks in every coordinate)":
+                lambda x: (kinked_every_coordinate(x, 2.0, 0.1, 1.0, 0.0, 1.0), 0.0)}
 
 
 def measure(n_time: int = 200, n_ref: int = 6, only: str | None = None) -> dict:

@@ -251,6 +251,16 @@ def _smooth_pair(fns, cov: np.ndarray, nodes: int = 8, width: float = 1.75):
     g1 = low[0, 0] * t  # (T,)
     g2 = low[1, 0] * t[:, None] + low[1, 1] * t[None, :]  # (T, T)
 
+    if low[0, 0] == 0.0:  # a zero row: g is a point mass at 0, one axis is left
+        g2 = low[1, 1] * t
+
+        def at(u: float, v: float) -> np.ndarray:
+            a = np.array([f(u) for f in fns])  # (F,)
+            b = np.array([f(v + g2) for f in fns])  # (F, T)
+            return np.einsum("m,nj,j->mn", a, b, wt)
+
+        return at
+
     def at(u: float, v: float) -> np.ndarray:
         a = np.array([f(u + g1) for f in fns])  # (F, T)
         b = np.array([f(v + g2) for f in fns])  # (F, T, T)
@@ -260,7 +270,7 @@ def _smooth_pair(fns, cov: np.ndarray, nodes: int = 8, width: float = 1.75):
 
 
 def kinked_two_vectors(X: np.ndarray, vh: float, bh: float, vg: float, c: float,
-                       fine: bool = False) -> dict:
+                       fine: bool = False, pairs=None) -> dict:
     """NNGP and NTK of `h = dense(x, var=vh, bias=bh); g = dense(x, var=vg);
     y = readout(relu(h - c) * tanh(h + g))`: phi(h, g) = relu(h - c) tanh(h + g) with
     d phi / dh = step(h - c) tanh(h + g) + relu(h - c) sech^2(h + g) and d phi / dg =
@@ -268,7 +278,7 @@ def kinked_two_vectors(X: np.ndarray, vh: float, bh: float, vg: float, c: float,
     Each expectation is nested: over (h, h') by gauss2 (split at the kink), given them over
     (g, g') by _smooth_pair (smooth in g): 8 nodes on panels of 1.75, within 8e-12 at unit
     variances but 6e-9 off at variance 4.8; fine: 12 nodes on panels of 1.0 (within 3e-15 of
-    the compiler there, 6x slower)."""
+    the compiler there, 6x slower). `pairs`: only these (i, j) (the rest NaN)."""
     relu = lambda z: max(z - c, 0.0)  # noqa: E731
     step = lambda z: 1.0 if z - c > 0 else 0.0  # noqa: E731
     fns = [np.tanh, lambda z: 1.0 / np.cosh(z) ** 2]
@@ -276,9 +286,11 @@ def kinked_two_vectors(X: np.ndarray, vh: float, bh: float, vg: float, c: float,
     ch = vh * (X @ X.T) / d + bh
     cg = vg * (X @ X.T) / d
     n = len(X)
-    out = {"nngp": np.zeros((n, n)), "ntk": np.zeros((n, n))}
+    out = {"nngp": np.full((n, n), np.nan), "ntk": np.full((n, n), np.nan)}
     for i in range(n):
         for j in range(i, n):
+            if pairs is not None and (i, j) not in pairs and (j, i) not in pairs:
+                continue
             pair = lambda m: np.array([[m[i, i], m[i, j]], [m[i, j], m[j, j]]])  # noqa: E731
             s = _smooth_pair(fns, pair(cg), *((12, 1.0) if fine else ()))
             nngp = gauss2(lambda u, v: relu(u) * relu(v) * s(u, v)[0, 0], pair(ch), (c,))
@@ -292,4 +304,77 @@ def kinked_two_vectors(X: np.ndarray, vh: float, bh: float, vg: float, c: float,
             eg = gauss2(lambda u, v: relu(u) * relu(v) * s(u, v)[1, 1], pair(ch), (c,))
             out["nngp"][i, j] = out["nngp"][j, i] = nngp
             out["ntk"][i, j] = out["ntk"][j, i] = nngp + ch[i, j] * eh + cg[i, j] * eg
+    return out
+
+
+def _upper_orthant(cov: np.ndarray):
+    """(a, b) -> P(g > a, g' > b), (g, g') ~ N(0, cov), possibly singular: in whitened
+    coordinates g = l00 s, g' = l10 s + l11 t, the integral over s > a / l00 of phi(s)
+    Phi_c((b - l10 s) / l11) (scipy.special.ndtr), by Gauss-Legendre (20 nodes) on panels of
+    0.5 out to 12, cut where the integrand turns within l11 / |l10| (nearly collinear points)
+    and around it. At l11 = 0 and l00 = 0, ndtr's closed forms."""
+    from scipy.special import ndtr
+
+    low = _chol2(np.asarray(cov, float))
+    l00, l10, l11 = low[0, 0], low[1, 0], low[1, 1]
+    x, w = np.polynomial.legendre.leggauss(20)
+
+    def at(a: float, b: float) -> float:
+        if l00 == 0.0:
+            return float(0.0 > a) * (float(ndtr(-b / l11)) if l11 > 0 else float(0.0 > b))
+        lo = a / l00
+        if l11 == 0.0:
+            if l10 == 0.0:
+                return float(ndtr(-lo)) * float(0.0 > b)
+            cut = b / l10  # g' > b is s > cut (l10 > 0) or s < cut
+            if l10 > 0:
+                return float(ndtr(-max(lo, cut)))
+            return max(float(ndtr(cut) - ndtr(lo)), 0.0) if cut > lo else 0.0
+        if lo >= 12.0:
+            return 0.0
+        pts = {max(lo, -12.0), 12.0}
+        pts.update(float(p) for p in np.arange(-12.0, 12.0, 0.5) if p > lo)
+        if l10 != 0.0:
+            mid, width = b / l10, l11 / abs(l10)
+            pts.update(mid + m * width for m in (-20, -8, -3, -1, 0, 1, 3, 8, 20)
+                       if lo < mid + m * width < 12.0)
+        edges = np.array(sorted(pts))
+        half = 0.5 * np.diff(edges)
+        s = (0.5 * (edges[1:] + edges[:-1]))[:, None] + half[:, None] * x
+        f = np.exp(-0.5 * s * s) / math.sqrt(2 * math.pi) * ndtr(-(b - l10 * s) / l11)
+        return float(np.sum(half[:, None] * w * f))
+
+    return at
+
+
+def kinked_every_coordinate(X: np.ndarray, vh: float, bh: float, vg: float, a: float,
+                            c: float, pairs=None) -> dict:
+    """NNGP and NTK of `h = dense(x, var=vh, bias=bh); g = dense(x, var=vg);
+    y = readout(relu(h - a) * step(h + g - c))`: every coordinate of the 4-D integral is
+    kinked. phi_h = step(h - a) step(h + g - c) and phi_g = 0 (the jump's weak derivative is
+    0, as for step alone); NTK = NNGP + Cov_h E[phi_h phi_h']. Nested: over (h, h') by gauss2
+    split at a, given them the orthant probability of (g, g') (_upper_orthant). `pairs`:
+    only these (i, j) (the rest NaN; hard pairs take the reference ~10 s each)."""
+    d = X.shape[1]
+    ch = vh * (X @ X.T) / d + bh
+    cg = vg * (X @ X.T) / d
+    n = len(X)
+    out = {"nngp": np.full((n, n), np.nan), "ntk": np.full((n, n), np.nan)}
+    for i in range(n):
+        for j in range(i, n):
+            if pairs is not None and (i, j) not in pairs and (j, i) not in pairs:
+                continue
+            pair = lambda m: np.array([[m[i, i], m[i, j]], [m[i, j], m[j, j]]])  # noqa: E731
+            tail = _upper_orthant(pair(cg))
+            # where g or g' is a point mass (a zero row), the orthant probability jumps at
+            # h = c, and where its standard deviation s is small (a 1e-8 row) it turns there
+            # within s: cut at c and around it
+            cuts = (a, c) + tuple(c + m * math.sqrt(s) for s in (cg[i, i], cg[j, j])
+                                  if 0.0 < s < 1e-2 for m in (-20, -8, -3, -1, 1, 3, 8, 20))
+            nngp = gauss2(lambda u, v: max(u - a, 0.0) * max(v - a, 0.0)
+                          * tail(c - u, c - v), pair(ch), cuts)
+            eh = gauss2(lambda u, v: float(u > a) * float(v > a) * tail(c - u, c - v),
+                        pair(ch), cuts)
+            out["nngp"][i, j] = out["nngp"][j, i] = nngp
+            out["ntk"][i, j] = out["ntk"][j, i] = nngp + ch[i, j] * eh
     return out

@@ -38,13 +38,18 @@ PRUNE = 1e-17
 #: zero or tiny input row: h is then h + g itself, width 0; nearly collinear points: Y given
 #: X, the residual of one form on the other). The rule then rotates the smooth whitened
 #: coordinates so that the narrowest form's normal is an axis, takes the half-range rule at
-#: CUT_ACROSS across it and the split rule along it, cut at the two narrowest forms'
-#: crossings and around them (quadrature.SPLIT_RAMP times the width): ~40k nodes instead of
-#: 4888, for the pairs that need it. relu(h - 1/2) tanh(h + g) with a zero row against a row
-#: 1e-2, 1e-4 and 1e-8 times a normal one: the tensor rule was 3e-4 / 3e-4 / 1 % off; cut,
-#: within 1e-12 of the nested reference
-NARROW = 0.05
+#: CUT_ACROSS across it and the split rule along it, cut at every narrow form's crossing and
+#: around it (quadrature.SPLIT_RAMP times the width): ~40k nodes instead of 4888, for the
+#: pairs that need it. relu(h - 1/2) tanh(h + g) with a zero row against a row 1e-1, 1e-2,
+#: 1e-4 and 1e-8 times a normal one: the tensor rule was 1e-6 (width 0.29) / 3e-4 / 3e-4 /
+#: 1 % off; cut, within 1e-14 of the nested reference. Normal rows (width ~0.7) keep the
+#: tensor rule, exact there
+NARROW = 0.4
 CUT_ACROSS = 48
+#: a residual of two kink forms (Y given X) whose loading on the smooth coordinates is below
+#: this fraction of theirs is rounding (the forms coincide: identical points), not a line to
+#: cut at; as one, at width 0, it displaced a real cut (3e-5 off on a zero row's NTK)
+RESIDUAL_FLOOR = 1e-12
 
 
 def conditional_order(dim: int, boost: bool = False) -> int:
@@ -75,27 +80,54 @@ def off_origin(expr: sp.Expr) -> bool:
 def conditional(expr: sp.Expr, k: int) -> tuple | None:
     """The conditional rule for E[expr(z0..z{k-1})] where the kinks are off the origin in
     more than quadrature.MAX_SPLIT_DIM coordinates (relu(u - 1/2) tanh(u + w) per pair of
-    points: 4-D, its kinks on u and u' only): integrate the smooth coordinates S by the tensor
+    points: 4-D, its kinks on u and u' only): integrate the pivot coordinates S by the tensor
     rule and, given them, the kinked ones K in closed form. Given S, K is Gaussian (its mean
     linear in S, its covariance fixed), and each term of expr is (a function of S) x (a
-    product of relu, step and powers of at most two affine forms of K), whose expectation is a
-    truncated moment of a bivariate Gaussian (truncated.kink_moment). abs, sign and abrelu are
-    sums of relu and step.
+    product of relu, step and powers of at most two affine forms of K and S), whose
+    expectation is a truncated moment of a bivariate Gaussian (truncated.kink_moment). abs,
+    sign and abrelu are sums of relu and step.
 
-    (smooth, given, forms, terms) or None where expr does not have that shape (a coordinate
-    of K outside a kink function; a kink argument that mixes K and S; three forms in a term):
-    smooth and given are coordinates, forms rows (r_0, .., r_{k-1}, c) over z ({r . z + c}),
-    terms (function of S, f, p, i, g, q, j): E[X_f^p [X_f > 0]^i X_g^q [X_g > 0]^j | S], -1
-    for no form."""
+    K is every coordinate of a kink argument where that leaves S smooth. Where it leaves no
+    pivot (relu(h) step(h + g - 1), h and g of two matrices, in the coordinates h and
+    s = h + g: every coordinate is kinked), K is the choice with the fewest kinks of S alone
+    (S of one or two coordinates), here K = (h, h') given S = (s, s'): the kinks of S alone
+    (step(s - 1)) stay in the pivot's integrand, and the pivot's rule is cut at them
+    (`pivot_breaks`; backends/numpy.py `_cut_nodes`).
+
+    (smooth, given, forms, terms, pivot_breaks) or None where expr has no such shape: smooth
+    and given are coordinates, forms rows (r_0, .., r_{k-1}, c) over z ({r . z + c}), terms
+    (function of S, f, p, i, g, q, j): E[X_f^p [X_f > 0]^i X_g^q [X_g > 0]^j | S], -1 for no
+    form; pivot_breaks rows (r, c) of the kinks of S alone."""
     zs = [sp.Symbol(f"z{i}", real=True) for i in range(k)]
     atoms = expr.atoms(*KINKED)
-    given = sorted({i for f in atoms for i, z in enumerate(zs) if z in f.args[0].free_symbols})
-    smooth = [i for i in range(k) if i not in given]
-    if not atoms or not smooth:
+    if not atoms:
+        return None
+    kinked = sorted({i for f in atoms for i, z in enumerate(zs) if z in f.args[0].free_symbols})
+    first = _decompose(expr, zs, frozenset(kinked))
+    if first is not None:
+        return first
+    found = []
+    for mask in range(1, 2 ** k - 1):
+        given = frozenset(i for i in range(k) if mask >> i & 1)
+        if k - len(given) > 2:
+            continue  # the pivot rule is cut in one or two coordinates
+        got = _decompose(expr, zs, given)
+        if got is not None:
+            found.append(((len(got[4]), -len(given), sorted(given)), got))
+    return min(found, key=lambda t: t[0])[1] if found else None
+
+
+def _decompose(expr: sp.Expr, zs: list, given_set: frozenset) -> tuple | None:
+    """conditional()'s decomposition with K = given_set, or None where it does not apply."""
+    k = len(zs)
+    given = sorted(given_set)
+    smooth = [i for i in range(k) if i not in given_set]
+    if not smooth or not given:
         return None
     kz = {zs[i] for i in given}
     forms: list[sp.Expr] = []
     units: dict[sp.Symbol, tuple[int, int]] = {}  # placeholder -> (form, 1 relu | 0 step)
+    cuts: set[tuple[float, ...]] = set()
 
     def unit(arg: sp.Expr, relu: bool) -> sp.Symbol:
         arg = sp.expand(arg)
@@ -107,11 +139,17 @@ def conditional(expr: sp.Expr, k: int) -> tuple | None:
         return sym
 
     sub = {}
-    for f in atoms:
+    for f in expr.atoms(*KINKED):
         a = f.args[0]
         row = linear_row(a, zs, constant=True)
-        if row is None or a.free_symbols - kz:
+        if row is None:
             return None
+        if not a.free_symbols & kz:
+            # a kink of the pivot alone: evaluated at the pivot's nodes, which are cut there
+            const = sp.expand(a - sum(c * z for c, z in zip(row, zs)))
+            if any(c != 0 for c in row):
+                cuts.add(tuple(float(c) + 0.0 for c in row) + (float(const) + 0.0,))
+            continue
         if isinstance(f, F.Relu):
             sub[f] = unit(a, True)
         elif isinstance(f, F.Step):
@@ -161,4 +199,4 @@ def conditional(expr: sp.Expr, k: int) -> tuple | None:
         const = sp.expand(form - sum(c * z for c, z in zip(row, zs)))
         rows.append(tuple(float(c) + 0.0 for c in row) + (float(const) + 0.0,))
     terms = tuple((e,) + key for key, e in sorted(grouped.items()) if e != 0)
-    return tuple(smooth), tuple(given), tuple(rows), terms
+    return tuple(smooth), tuple(given), tuple(rows), terms, tuple(sorted(cuts))

@@ -96,6 +96,9 @@ class Integrand:
     given: tuple[int, ...] = ()
     given_forms: tuple[tuple[float, ...], ...] = ()
     given_terms: tuple = ()
+    #: kinks of the pivot alone under the conditional rule, rows (r_0, .., r_{dim-1}, c): the
+    #: pivot's rule is cut at them (relu(h) with step(h + g - 1) given h)
+    pivot_breaks: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self):
         if self.pivot is None:
@@ -111,7 +114,8 @@ class Integrand:
         if self.breaks:
             return f"split at {len(self.breaks)} kink(s)"
         if self.given:
-            return (f"tensor over {', '.join(f'z{i}' for i in self.pivot)} x closed form in "
+            over = "split" if self.pivot_breaks else "tensor"
+            return (f"{over} over {', '.join(f'z{i}' for i in self.pivot)} x closed form in "
                     f"{', '.join(f'z{i}' for i in self.given)} ({len(self.given_forms)} "
                     "kink forms)")
         tensor = "tensor" + ("" if self.pivot == tuple(range(self.dim)) else

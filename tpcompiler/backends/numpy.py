@@ -14,7 +14,7 @@ import sympy as sp
 
 from .. import functions as F
 from .. import helpers, series
-from ..conditional import CUT_ACROSS, NARROW, conditional_grid
+from ..conditional import CUT_ACROSS, NARROW, RESIDUAL_FLOOR, conditional_grid
 from ..kernel_program import KernelProgram, QuadCall, twin
 from ..quadrature import (
     BOOSTED,
@@ -384,19 +384,32 @@ def _conditional(itg, c: np.ndarray) -> np.ndarray:
     x, wx = conditional_grid(ns, BOOST.get())
     out = np.empty(n)
     line = low[:, 1, 1] == 0.0 if ns == 2 and not BOOST.get() else np.zeros(n, dtype=bool)
-    cuts = [_narrow_lines(itg, low[m]) for m in range(n)]
+    cuts = [_narrow_lines(itg, low[m]) + _pivot_lines(itg, low[m]) for m in range(n)]
     cut = np.array([bool(c) for c in cuts], dtype=bool)
     for sel, (nodes, weights) in ((line & ~cut, _line_nodes()), (~line & ~cut, (x, wx))):
         if sel.any():
             out[sel] = _conditional_at(itg, low[sel], nodes, weights)
     for m in np.flatnonzero(cut):
-        out[m] = _conditional_at(itg, low[m:m + 1], *_cut_nodes(cuts[m], ns, line[m]))[0]
+        nodes = _cut_nodes(cuts[m], ns, line[m], bool(itg.pivot_breaks))
+        out[m] = _conditional_at(itg, low[m:m + 1], *nodes)[0]
+    return out
+
+
+def _pivot_lines(itg, low: np.ndarray) -> list:
+    """The pivot's own kinks (Integrand.pivot_breaks) in its whitened coordinates w: (beta, c,
+    0.0) of {beta . w + c = 0}; a kink constant at this covariance (beta = 0) is none."""
+    ns = len(itg.pivot)
+    out = []
+    for row in itg.pivot_breaks:
+        beta = np.array([row[i] for i in itg.pivot]) @ low[:ns, :ns]
+        if np.any(beta != 0.0):
+            out.append((beta, row[-1], 0.0))
     return out
 
 
 def _narrow_lines(itg, low: np.ndarray) -> list:
     """The kink forms of the integrand that are narrow in the smooth whitened coordinates w
-    at this covariance (conditional.NARROW), narrowest first, at most two: (beta, c, width)
+    at this covariance (conditional.NARROW), narrowest first: (beta, c, width)
     of {beta . w + c = 0}, width = the form's conditional standard deviation / |beta|."""
     ns = len(itg.pivot)
     used = sorted({t[1] for t in itg.given_terms if t[1] >= 0}
@@ -405,7 +418,8 @@ def _narrow_lines(itg, low: np.ndarray) -> list:
     forms = {}
     for f in used:
         row = np.array([itg.given_forms[f][i] for i in itg.given])
-        forms[f] = (row @ low[ns:, :ns], itg.given_forms[f][-1], row @ low[ns:, ns:])
+        own = np.array([itg.given_forms[f][i] for i in itg.pivot]) @ low[:ns, :ns]
+        forms[f] = (row @ low[ns:, :ns] + own, itg.given_forms[f][-1], row @ low[ns:, ns:])
     candidates = [(beta, c, float(np.sqrt(np.sum(ell * ell))))
                   for beta, c, ell in forms.values()]
     # Y given X for a pair of forms in one term: its residual Y - (ty / sx) X, of standard
@@ -417,13 +431,18 @@ def _narrow_lines(itg, low: np.ndarray) -> list:
             ty, uy = _pair_loadings(lf[None], lg[None], np.array([sf]),
                                     np.array([np.sqrt(np.sum(lg * lg))]))
             k = float(ty[0]) / sf
-            candidates.append((bg - k * bf, cg - k * cf, float(uy[0])))
+            beta = bg - k * bf
+            # two forms that are one form here (identical points) leave a residual of
+            # rounding, no line
+            scale = float(np.sqrt(np.sum(bg * bg))) + abs(k) * float(np.sqrt(np.sum(bf * bf)))
+            if float(np.sqrt(np.sum(beta * beta))) > RESIDUAL_FLOOR * scale:
+                candidates.append((beta, cg - k * cf, float(uy[0])))
     for beta, c, size in candidates:
         nb = float(np.sqrt(np.sum(beta * beta)))
         if nb > 0.0 and size <= NARROW * nb:
             out.append((size / nb, beta, c))
     out.sort(key=lambda t: t[0])
-    return [(beta, c, width) for width, beta, c in out[:2]]
+    return [(beta, c, width) for width, beta, c in out]
 
 
 def _ramp(t: float, width: float) -> list[float]:
@@ -431,11 +450,15 @@ def _ramp(t: float, width: float) -> list[float]:
     return [t] if width == 0.0 else [t + m * width for m in SPLIT_RAMP]
 
 
-def _cut_nodes(lines: list, ns: int, line: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The smooth coordinates' nodes at narrow kink forms (_narrow_lines): rotated so that
-    the narrowest one's normal u is an axis, the half-range rule across it (ns = 2), and along
-    it, per node across, the split rule cut at both forms' crossings and around them
-    (SPLIT_RAMP times the width). A rank-1 pair (line): along w0 alone."""
+def _cut_nodes(lines: list, ns: int, line: bool, kinks: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The smooth coordinates' nodes at the lines {beta . w + c = 0} of relative width W
+    (_narrow_lines, then _pivot_lines: kinks, W = 0): rotated so that the first one's normal
+    u is an axis, and along u, per node across, the split rule cut at every line's crossing
+    and around it (SPLIT_RAMP times the width). Across (ns = 2): the half-range rule where
+    the lines are narrow transitions only; where there are kinks (`kinks`), the split rule
+    cut where two lines cross and around lines steep across (the along integral has a kink
+    or a narrow step there: quadrature.outer_breaks). A rank-1 pair (line): along w0 alone."""
     boost = BOOST.get()
     order = BOOSTED["split"][0] if boost else SPLIT_ORDER[0]
     if line or ns == 1:
@@ -445,7 +468,12 @@ def _cut_nodes(lines: list, ns: int, line: bool) -> tuple[np.ndarray, np.ndarray
         beta = lines[0][0]
         u = beta / np.sqrt(np.sum(beta * beta))
         perp = np.array([-u[1], u[0]])
-        xb, wb = rule(CUT_ACROSS + 16 if boost else CUT_ACROSS)
+        if kinks:
+            xb, wb = split_axis(np.array([_across_breaks(lines, u, perp)]).reshape(1, -1),
+                                order)
+            xb, wb = xb[0], wb[0]
+        else:
+            xb, wb = rule(CUT_ACROSS + 16 if boost else CUT_ACROSS)
     rows = []
     for b in xb:
         cuts = []
@@ -466,6 +494,23 @@ def _cut_nodes(lines: list, ns: int, line: bool) -> tuple[np.ndarray, np.ndarray
     return nodes.reshape(-1, ns), (wa * wb[:, None]).reshape(-1)
 
 
+def _across_breaks(lines: list, u: np.ndarray, perp: np.ndarray) -> list[float]:
+    """Where the integral along u of a function cut at `lines` is not smooth across: where
+    two lines cross, and around a line steep across (|along| < |across|: its crossing sweeps
+    the along axis within a width |along / across|, plus its own width)."""
+    parts = [(float(beta @ u), float(beta @ perp), c, width * float(np.sqrt(np.sum(beta * beta))))
+             for beta, c, width in lines]
+    out = []
+    for i, (ai, bi, ci, _) in enumerate(parts):
+        for aj, bj, cj, _ in parts[i + 1:]:
+            det = ai * bj - aj * bi
+            if det != 0.0:
+                out.append((aj * ci - ai * cj) / det)
+        if abs(ai) < abs(bi):
+            out += _ramp(-ci / bi, (abs(ai) + parts[i][3]) / abs(bi))
+    return out
+
+
 def _line_nodes() -> tuple[np.ndarray, np.ndarray]:
     x, wx = rule(DEFAULT_ORDER[1])
     return np.stack([x, np.zeros_like(x)], axis=1), wx
@@ -478,7 +523,8 @@ def _conditional_at(itg, low: np.ndarray, nodes: np.ndarray, weights: np.ndarray
     mean = np.einsum("nij,mj->nmi", low[:, ns:, :ns], nodes)  # (n, M, given)
     rows = np.array([[r[i] for i in itg.given] for r in itg.given_forms])  # (F, given)
     const = np.array([r[-1] for r in itg.given_forms])
-    mu = mean @ rows.T + const  # (n, M, F)
+    own = np.array([[r[i] for i in itg.pivot] for r in itg.given_forms])  # (F, ns)
+    mu = mean @ rows.T + zt @ own.T + const  # (n, M, F)
     ell = np.einsum("fa,nab->nfb", rows, low[:, ns:, ns:])  # (n, F, given): loadings
     size = np.sqrt(np.sum(ell * ell, axis=-1))  # (n, F)
     total = np.zeros(zt.shape[:2])

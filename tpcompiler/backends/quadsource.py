@@ -12,7 +12,7 @@ import math
 import numpy as np
 import sympy as sp
 
-from ..conditional import CUT_ACROSS, NARROW, conditional_grid
+from ..conditional import CUT_ACROSS, NARROW, RESIDUAL_FLOOR, conditional_grid
 from ..kernel_program import Integrand
 from ..quadrature import (
     DEFAULT_ORDER,
@@ -328,9 +328,11 @@ def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> 
     node: list[str] = []
     for a in range(ng):
         node.append(f"m{a} = " + " + ".join(f"l{ns + a}{b} * n{b}" for b in range(ns)))
+    own = [[r[i] for i in q.pivot] for r in q.given_forms]  # the forms' pivot part
     for f, row in enumerate(rows):
-        mean = " + ".join(f"{row[a]!r} * m{a}" for a in range(ng) if row[a] != 0.0)
-        node.append(f"mu{f} = {mean or '0.0'} + {q.given_forms[f][-1]!r}")
+        mean = [f"{row[a]!r} * m{a}" for a in range(ng) if row[a] != 0.0]
+        mean += [f"{own[f][a]!r} * z{q.pivot[a]}" for a in range(ns) if own[f][a] != 0.0]
+        node.append(f"mu{f} = {' + '.join(mean) or '0.0'} + {q.given_forms[f][-1]!r}")
     value = sp.S.Zero
     for rest, f, p, i, g, qq, j in q.given_terms:
         if f < 0:
@@ -362,43 +364,61 @@ def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> 
         return out
 
     # narrow kink forms (conditional.NARROW; backends/numpy.py _narrow_lines, _cut_nodes):
-    # the two narrowest, {A . w + C = 0} of relative width W; the smooth coordinates rotated
-    # so that the first one's normal u is an axis, the half-range rule across it (skipped for
-    # a rank-1 pair) and along it the split rule cut at both crossings and around them
+    # each candidate line n {An . w + Cn = 0} of relative width rn (1e300: not narrow here);
+    # the smooth coordinates rotated so that the narrowest one's normal u is an axis, the
+    # half-range rule across it (skipped for a rank-1 pair) and along it the split rule cut
+    # at every line's crossing and around it
     used = sorted({t[1] for t in q.given_terms if t[1] >= 0}
                   | {t[4] for t in q.given_terms if t[4] >= 0})
     cols = range(ns)
-    narrow = ["    r1 = 1e300", "    r2 = 1e300", "    C1 = 0.0", "    C2 = 0.0"]
-    narrow += [f"    A{j}_{b} = 0.0" for j in (1, 2) for b in cols]
+    narrow: list[str] = []
+    slots = 0
 
     def candidate(ratio: str, beta: str, const: str) -> list[str]:
-        """Lines keeping the two narrowest lines so far: (ratio, A = beta_0.., C = const)."""
-        out = [f"    rf = {ratio}", f"    if rf <= {NARROW!r} and rf < r1:", "        r2 = r1",
-               "        C2 = C1"]
-        out += [f"        A2_{b} = A1_{b}" for b in cols]
-        out += ["        r1 = rf", f"        C1 = {const}"]
-        out += [f"        A1_{b} = {beta}_{b}" for b in cols]
-        out += [f"    elif rf <= {NARROW!r} and rf < r2:", "        r2 = rf",
-                f"        C2 = {const}"]
-        return out + [f"        A2_{b} = {beta}_{b}" for b in cols]
+        """Lines of candidate line `slots`: (ratio, An = beta_0.., Cn = const)."""
+        n = slots
+        out = [f"    rn{n} = {ratio}", f"    if rn{n} > {NARROW!r}:", f"        rn{n} = 1e300"]
+        out += [f"    An{n}_{b} = {beta}_{b}" for b in cols]
+        return out + [f"    Cn{n} = {const}"]
 
     for f in used:
         for b in cols:
-            beta = " + ".join(f"{rows[f][a]!r} * l{ns + a}{b}" for a in range(ng)
-                              if rows[f][a] != 0.0)
-            narrow.append(f"    bt{f}_{b} = {beta or '0.0'}")
+            beta = [f"{rows[f][a]!r} * l{ns + a}{b}" for a in range(ng) if rows[f][a] != 0.0]
+            beta += [f"{own[f][a]!r} * l{a}{b}" for a in range(b, ns) if own[f][a] != 0.0]
+            narrow.append(f"    bt{f}_{b} = {' + '.join(beta) or '0.0'}")
         norm = " + ".join(f"bt{f}_{b} * bt{f}_{b}" for b in cols)
         narrow.append(f"    nb{f} = math.sqrt({norm})")
         narrow += candidate(f"sz{f} / nb{f} if nb{f} > 0.0 else 1e300", f"bt{f}",
                             repr(q.given_forms[f][-1]))
+        slots += 1
     for f, g in pairs:
         # Y given X: the residual Y - (ty / sx) X, of standard deviation uy (backends/numpy.py
-        # _narrow_lines), narrow where Y is nearly a function of X (nearly collinear points)
+        # _narrow_lines), narrow where Y is nearly a function of X (nearly collinear points);
+        # none where it is rounding (conditional.RESIDUAL_FLOOR)
         narrow.append(f"    kr = ty{f}_{g} / sz{f} if sz{f} > 0.0 else 0.0")
-        narrow += [f"    br_{b} = bt{g}_{b} - kr * bt{f}_{b}" for b in cols]
-        narrow.append(f"    nr = math.sqrt({' + '.join(f'br_{b} * br_{b}' for b in cols)})")
-        narrow += candidate(f"uy{f}_{g} / nr if sz{f} > 0.0 and nr > 0.0 else 1e300", "br",
+        narrow += [f"    br{slots}_{b} = bt{g}_{b} - kr * bt{f}_{b}" for b in cols]
+        squares = " + ".join(f"br{slots}_{b} * br{slots}_{b}" for b in cols)
+        narrow.append(f"    nr = math.sqrt({squares})")
+        narrow.append(f"    floor = {RESIDUAL_FLOOR!r} * (nb{g} + abs(kr) * nb{f})")
+        narrow += candidate(f"uy{f}_{g} / nr if sz{f} > 0.0 and nr > floor and nr > 0.0 "
+                            "else 1e300", f"br{slots}",
                             f"{q.given_forms[g][-1]!r} - kr * {q.given_forms[f][-1]!r}")
+        slots += 1
+    # the pivot's own kinks (Integrand.pivot_breaks; backends/numpy.py _pivot_lines): lines
+    # P{j} of width 0, present where their whitened normal is not 0
+    npiv = len(q.pivot_breaks)
+    for j, row in enumerate(q.pivot_breaks):
+        for b in cols:
+            beta = [f"{row[q.pivot[a]]!r} * l{a}{b}" for a in range(b, ns)
+                    if row[q.pivot[a]] != 0.0]
+            narrow.append(f"    P{j}_{b} = {' + '.join(beta) or '0.0'}")
+        narrow.append(f"    pn{j} = math.sqrt({' + '.join(f'P{j}_{b} * P{j}_{b}' for b in cols)})")
+    # every line: (normal, constant, width times |normal|, present)
+    every = [(f"An{n}_", f"Cn{n}",
+              f"rn{n} * math.sqrt({' + '.join(f'An{n}_{b} * An{n}_{b}' for b in cols)})",
+              f"rn{n} < 1e300") for n in range(slots)]
+    every += [(f"P{j}_", repr(row[-1]), "0.0", f"pn{j} > 0.0")
+              for j, row in enumerate(q.pivot_breaks)]
     xb, wb = rule(CUT_ACROSS)
     xs, ws = legendre_rule(SPLIT_ORDER[0])
     lines += [f"CONDE_{itg} = {array_literal(np.array(SPLIT_EDGES))}",
@@ -406,33 +426,80 @@ def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> 
               f"CONDBX_{itg} = {array_literal(xb)}", f"CONDBW_{itg} = {array_literal(wb)}"]
     rot = ["    cu0 = 1.0", "    cu1 = 0.0", "    across = 1"]
     if ns == 2:
-        rot += ["    if l11 != 0.0:", "        nrm = math.sqrt(A1_0 * A1_0 + A1_1 * A1_1)",
-                "        cu0 = A1_0 / nrm", "        cu1 = A1_1 / nrm",
-                f"        across = len(CONDBW_{itg})"]
-    body_lines = ["    for k in range(across):",
-                  f"        b = CONDBX_{itg}[k] if across > 1 else 0.0",
-                  f"        wb = CONDBW_{itg}[k] if across > 1 else 1.0"]
-    breaks = []
-    for j in (1, 2):
-        along = " + ".join(f"A{j}_{b} * cu{b}" for b in cols)
-        across_dot = f"-A{j}_0 * cu1 + A{j}_1 * cu0" if ns == 2 else "0.0"
-        norm = " + ".join(f"A{j}_{b} * A{j}_{b}" for b in cols)
-        body_lines += [f"        al{j} = {along}",
-                       f"        if r{j} < 1e300 and al{j} != 0.0:",
-                       f"            t{j} = -(C{j} + b * ({across_dot})) / al{j}",
-                       f"            wd{j} = r{j} * math.sqrt({norm}) / abs(al{j})",
-                       "        else:", f"            t{j} = 1e300", f"            wd{j} = 0.0"]
-        names, ramp = ramp_lines(f"k{j}", f"t{j}", f"wd{j}", "        ")
-        body_lines += ramp
-        breaks += names
-    along_u = ["n0 = a * cu0 - b * cu1"] + (["n1 = a * cu1 + b * cu0"] if ns == 2 else [])
-    along_u += [f"z{order[a]} = " + " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))
-                for a in range(ns)]
-    along_u += node + [f"acc += wb * ga * ({printer.doprint(body)})"]
-    body_lines += panel_loop(f"CONDE_{itg}", len(SPLIT_EDGES) - 1, f"CONDSX_{itg}",
-                             f"CONDSW_{itg}", SPLIT_ORDER[0], breaks, "        ", "a", "a", "ga",
-                             along_u)
-    split = (["    if r1 < 1e300:"] + ["    " + ln for ln in rot + body_lines]
+        # u: the narrowest narrow line's normal (the first of equals), else the first kink's
+        rot += ["    if l11 != 0.0:", "        best = 1e300", "        found = False"]
+        for n in range(slots):
+            rot += [f"        if rn{n} < best:", f"            best = rn{n}",
+                    f"            nrm = math.sqrt(An{n}_0 * An{n}_0 + An{n}_1 * An{n}_1)",
+                    f"            cu0 = An{n}_0 / nrm", f"            cu1 = An{n}_1 / nrm",
+                    "            found = True"]
+        for j in range(npiv):
+            rot += [f"        if not found and pn{j} > 0.0:", f"            cu0 = P{j}_0 / pn{j}",
+                    f"            cu1 = P{j}_1 / pn{j}", "            found = True"]
+        rot += [f"        across = len(CONDBW_{itg})"]
+
+    def along_block(ind: str) -> list[str]:
+        """Per node across (b, weight wb): the split rule along u cut at every line."""
+        out, breaks = [], []
+        for n, (beta, const, width, present) in enumerate(every):
+            along = " + ".join(f"{beta}{b} * cu{b}" for b in cols)
+            across_dot = f"-{beta}0 * cu1 + {beta}1 * cu0" if ns == 2 else "0.0"
+            out += [f"{ind}al{n} = {along}", f"{ind}if {present} and al{n} != 0.0:",
+                    f"{ind}    t{n} = -({const} + b * ({across_dot})) / al{n}",
+                    f"{ind}    wd{n} = {width} / abs(al{n})",
+                    f"{ind}else:", f"{ind}    t{n} = 1e300", f"{ind}    wd{n} = 0.0"]
+            if n < slots:
+                names, ramp = ramp_lines(f"k{n}", f"t{n}", f"wd{n}", ind)
+                out += ramp
+                breaks += names
+            else:
+                breaks.append(f"t{n}")
+        along_u = ["n0 = a * cu0 - b * cu1"] + (["n1 = a * cu1 + b * cu0"] if ns == 2 else [])
+        along_u += [f"z{order[a]} = " + " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))
+                    for a in range(ns)]
+        along_u += node + [f"acc += wb * ga * ({printer.doprint(body)})"]
+        return out + panel_loop(f"CONDE_{itg}", len(SPLIT_EDGES) - 1, f"CONDSX_{itg}",
+                                f"CONDSW_{itg}", SPLIT_ORDER[0], breaks, ind, "a", "a", "ga",
+                                along_u)
+
+    if npiv and ns == 2:
+        # across, where there are kinks: the split rule cut where two lines cross and around
+        # lines steep across (backends/numpy.py _across_breaks)
+        cross = ["        bn = 0.0"]  # (along, across, constant, width) of line n, per call
+        names = []
+        for n, (beta, const, width, present) in enumerate(every):
+            cross += [f"        ua{n} = {beta}0 * cu0 + {beta}1 * cu1",
+                      f"        ub{n} = -{beta}0 * cu1 + {beta}1 * cu0",
+                      f"        uw{n} = {width}"]
+        for n, (_, const_n, _, present_n) in enumerate(every):
+            for m, (_, const_m, _, present_m) in enumerate(every[n + 1:], n + 1):
+                cross += [f"        det = ua{n} * ub{m} - ua{m} * ub{n}",
+                          f"        x{n}_{m} = (ua{m} * {const_n} - ua{n} * {const_m}) / det "
+                          f"if {present_n} and {present_m} and det != 0.0 else 1e300"]
+                names.append(f"x{n}_{m}")
+            cross += [f"        if {present_n} and abs(ua{n}) < abs(ub{n}):",
+                      f"            s{n} = -{const_n} / ub{n}",
+                      f"            sw{n} = (abs(ua{n}) + uw{n}) / abs(ub{n})",
+                      "        else:", f"            s{n} = 1e300", f"            sw{n} = 0.0"]
+            more, ramp = ramp_lines(f"q{n}", f"s{n}", f"sw{n}", "        ")
+            cross += ramp
+            names += more
+        inner = ["wb = gb"] + along_block("")
+        body_lines = ["    if across > 1:"] + cross + panel_loop(
+            f"CONDE_{itg}", len(SPLIT_EDGES) - 1, f"CONDSX_{itg}", f"CONDSW_{itg}",
+            SPLIT_ORDER[0], names, "        ", "b", "b", "gb", inner)
+        body_lines += ["    else:", "        b = 0.0", "        wb = 1.0"]
+        body_lines += along_block("        ")
+    elif npiv:
+        body_lines = ["    b = 0.0", "    wb = 1.0"] + along_block("    ")
+    else:
+        body_lines = ["    for k in range(across):",
+                      f"        b = CONDBX_{itg}[k] if across > 1 else 0.0",
+                      f"        wb = CONDBW_{itg}[k] if across > 1 else 1.0"]
+        body_lines += along_block("        ")
+    present = " or ".join([f"rn{n} < 1e300" for n in range(slots)]
+                          + [f"pn{j} > 0.0" for j in range(npiv)]) or "False"
+    split = ([f"    if {present}:"] + ["    " + ln for ln in rot + body_lines]
              + ["        return acc"])
 
     tri = [f"c{i}{j}" for i in range(dim) for j in range(i + 1)]

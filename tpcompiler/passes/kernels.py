@@ -131,7 +131,7 @@ class _Builder:
             # kinks off the origin (or oblique) that the rules above do not split: smooth
             # coordinates by the tensor rule, the kinked ones in closed form given them
             given = conditional.conditional(q.integrand, len(q.cov))
-        cond = () if given is None else (given[1], given[2], given[3])
+        cond = () if given is None else given[1:]
         if given is not None:
             pivot = given[0]
         key = (len(q.cov), q.integrand, pivot, kinked, forms, breaks, layout, per_point, cond)
