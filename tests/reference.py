@@ -282,6 +282,27 @@ def kinked_two_vectors(X: np.ndarray, vh: float, bh: float, vg: float, c: float,
     relu = lambda z: max(z - c, 0.0)  # noqa: E731
     step = lambda z: 1.0 if z - c > 0 else 0.0  # noqa: E731
     fns = [np.tanh, lambda z: 1.0 / np.cosh(z) ** 2]
+
+    def value(ch: np.ndarray, cg: np.ndarray) -> tuple[float, float]:
+        s = _smooth_pair(fns, cg, *((12, 1.0) if fine else ()))
+        nngp = gauss2(lambda u, v: relu(u) * relu(v) * s(u, v)[0, 0], ch, (c,))
+
+        def dh(u, v):
+            m = s(u, v)
+            a, b = (step(u), relu(u)), (step(v), relu(v))
+            return sum(a[p] * b[q] * m[p, q] for p in range(2) for q in range(2))
+
+        eh = gauss2(dh, ch, (c,))
+        eg = gauss2(lambda u, v: relu(u) * relu(v) * s(u, v)[1, 1], ch, (c,))
+        return nngp, nngp + ch[0, 1] * eh + cg[0, 1] * eg
+
+    return _two_matrices(X, vh, bh, vg, value, pairs)
+
+
+def _two_matrices(X: np.ndarray, vh: float, bh: float, vg: float, value, pairs) -> dict:
+    """NNGP and NTK matrices of a network of h = dense(x, var=vh, bias=bh) and
+    g = dense(x, var=vg): value(pair covariance of h, of g) -> (nngp, ntk) per pair of
+    points, for the `pairs` (i, j) wanted (all if None; the rest NaN)."""
     d = X.shape[1]
     ch = vh * (X @ X.T) / d + bh
     cg = vg * (X @ X.T) / d
@@ -292,18 +313,9 @@ def kinked_two_vectors(X: np.ndarray, vh: float, bh: float, vg: float, c: float,
             if pairs is not None and (i, j) not in pairs and (j, i) not in pairs:
                 continue
             pair = lambda m: np.array([[m[i, i], m[i, j]], [m[i, j], m[j, j]]])  # noqa: E731
-            s = _smooth_pair(fns, pair(cg), *((12, 1.0) if fine else ()))
-            nngp = gauss2(lambda u, v: relu(u) * relu(v) * s(u, v)[0, 0], pair(ch), (c,))
-
-            def dh(u, v):
-                m = s(u, v)
-                a, b = (step(u), relu(u)), (step(v), relu(v))
-                return sum(a[p] * b[q] * m[p, q] for p in range(2) for q in range(2))
-
-            eh = gauss2(dh, pair(ch), (c,))
-            eg = gauss2(lambda u, v: relu(u) * relu(v) * s(u, v)[1, 1], pair(ch), (c,))
+            nngp, ntk = value(pair(ch), pair(cg))
             out["nngp"][i, j] = out["nngp"][j, i] = nngp
-            out["ntk"][i, j] = out["ntk"][j, i] = nngp + ch[i, j] * eh + cg[i, j] * eg
+            out["ntk"][i, j] = out["ntk"][j, i] = ntk
     return out
 
 
@@ -355,26 +367,16 @@ def kinked_every_coordinate(X: np.ndarray, vh: float, bh: float, vg: float, a: f
     0, as for step alone); NTK = NNGP + Cov_h E[phi_h phi_h']. Nested: over (h, h') by gauss2
     split at a, given them the orthant probability of (g, g') (_upper_orthant). `pairs`:
     only these (i, j) (the rest NaN; hard pairs take the reference ~10 s each)."""
-    d = X.shape[1]
-    ch = vh * (X @ X.T) / d + bh
-    cg = vg * (X @ X.T) / d
-    n = len(X)
-    out = {"nngp": np.full((n, n), np.nan), "ntk": np.full((n, n), np.nan)}
-    for i in range(n):
-        for j in range(i, n):
-            if pairs is not None and (i, j) not in pairs and (j, i) not in pairs:
-                continue
-            pair = lambda m: np.array([[m[i, i], m[i, j]], [m[i, j], m[j, j]]])  # noqa: E731
-            tail = _upper_orthant(pair(cg))
-            # where g or g' is a point mass (a zero row), the orthant probability jumps at
-            # h = c, and where its standard deviation s is small (a 1e-8 row) it turns there
-            # within s: cut at c and around it
-            cuts = (a, c) + tuple(c + m * math.sqrt(s) for s in (cg[i, i], cg[j, j])
-                                  if 0.0 < s < 1e-2 for m in (-20, -8, -3, -1, 1, 3, 8, 20))
-            nngp = gauss2(lambda u, v: max(u - a, 0.0) * max(v - a, 0.0)
-                          * tail(c - u, c - v), pair(ch), cuts)
-            eh = gauss2(lambda u, v: float(u > a) * float(v > a) * tail(c - u, c - v),
-                        pair(ch), cuts)
-            out["nngp"][i, j] = out["nngp"][j, i] = nngp
-            out["ntk"][i, j] = out["ntk"][j, i] = nngp + ch[i, j] * eh
-    return out
+    def value(ch: np.ndarray, cg: np.ndarray) -> tuple[float, float]:
+        tail = _upper_orthant(cg)
+        # where g or g' is a point mass (a zero row), the orthant probability jumps at h = c,
+        # and where its standard deviation s is small (a 1e-8 row) it turns there within s:
+        # cut at c and around it
+        cuts = (a, c) + tuple(c + m * math.sqrt(s) for s in (cg[0, 0], cg[1, 1])
+                              if 0.0 < s < 1e-2 for m in (-20, -8, -3, -1, 1, 3, 8, 20))
+        nngp = gauss2(lambda u, v: max(u - a, 0.0) * max(v - a, 0.0) * tail(c - u, c - v),
+                      ch, cuts)
+        eh = gauss2(lambda u, v: float(u > a) * float(v > a) * tail(c - u, c - v), ch, cuts)
+        return nngp, nngp + ch[0, 1] * eh
+
+    return _two_matrices(X, vh, bh, vg, value, pairs)
