@@ -427,6 +427,9 @@ _EVERY = ("input x\nh = dense(x, var=2.0, bias=0.1)\ng = dense(x, var=1.0)\n"
 
 
 def _every_rows(seed: int = 7) -> np.ndarray:
+    """8 points in 3-D: x, 1.3 x + 1e-5 noise (nearly collinear), -x (antipodal), a random
+    row (3), a zero row (4), a 1e-8 row (5), 0.01 x (6) and x again (7: a duplicate). Unlike
+    _hard_rows, tiny rows whose g has nearly zero variance."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=3)
     return np.stack([x, 1.3 * x + 1e-5 * rng.normal(size=3), -x, rng.normal(size=3),

@@ -88,7 +88,7 @@ def method(program: KernelProgram, itg) -> str:
                 f"{'x'.join(str(o) for o in SPLIT_ORDER[:itg.dim])}/piece")
     elif itg.given and itg.pivot_breaks:
         base = (f"split rule at {len(itg.pivot_breaks)} kink(s) of the pivot, Legendre "
-                f"{SPLIT_ORDER[0]}x{SPLIT_ORDER[1]}/piece x closed form at "
+                f"{SPLIT_ORDER[0]}x{SPLIT_ORDER[0]}/piece x closed form at "
                 f"{len(itg.given_forms)} kink form(s)")
     elif itg.given:
         base = (f"tensor {conditional_order(len(itg.pivot))}/half-axis x closed form at "

@@ -146,9 +146,8 @@ def _decompose(expr: sp.Expr, zs: list, given_set: frozenset) -> tuple | None:
             return None
         if not a.free_symbols & kz:
             # a kink of the pivot alone: evaluated at the pivot's nodes, which are cut there
-            const = sp.expand(a - sum(c * z for c, z in zip(row, zs)))
             if any(c != 0 for c in row):
-                cuts.add(tuple(float(c) + 0.0 for c in row) + (float(const) + 0.0,))
+                cuts.add(_float_row(a, zs))
             continue
         if isinstance(f, F.Relu):
             sub[f] = unit(a, True)
@@ -193,10 +192,13 @@ def _decompose(expr: sp.Expr, zs: list, given_set: frozenset) -> tuple | None:
         slots = sorted(powers.items()) + [(-1, [0, 0])] * (2 - len(powers))
         key = tuple(x for n, (pw, tr) in slots for x in (n, pw, tr))
         grouped[key] = grouped.get(key, sp.S.Zero) + rest
-    rows = []
-    for form in forms:
-        row = linear_row(form, zs, constant=True)
-        const = sp.expand(form - sum(c * z for c, z in zip(row, zs)))
-        rows.append(tuple(float(c) + 0.0 for c in row) + (float(const) + 0.0,))
+    rows = tuple(_float_row(form, zs) for form in forms)
     terms = tuple((e,) + key for key, e in sorted(grouped.items()) if e != 0)
-    return tuple(smooth), tuple(given), tuple(rows), terms, tuple(sorted(cuts))
+    return tuple(smooth), tuple(given), rows, terms, tuple(sorted(cuts))
+
+
+def _float_row(form: sp.Expr, zs: list) -> tuple[float, ...]:
+    """An affine form as floats (r_0, .., r_{k-1}, c), {r . z + c}; no -0.0."""
+    row = linear_row(form, zs, constant=True)
+    const = sp.expand(form - sum(c * z for c, z in zip(row, zs)))
+    return tuple(float(c) + 0.0 for c in row) + (float(const) + 0.0,)

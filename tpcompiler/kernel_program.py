@@ -97,7 +97,7 @@ class Integrand:
     given_forms: tuple[tuple[float, ...], ...] = ()
     given_terms: tuple = ()
     #: kinks of the pivot alone under the conditional rule, rows (r_0, .., r_{dim-1}, c): the
-    #: pivot's rule is cut at them (relu(h) with step(h + g - 1) given h)
+    #: pivot's rule is cut at them (step(s - 1) of s = h + g, with relu(h) given s)
     pivot_breaks: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self):

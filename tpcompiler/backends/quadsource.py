@@ -279,12 +279,20 @@ def panel_loop(edges: str, npanels: int, xs: str, ws: str, order: int, breaks: l
     return out + [f"{ind}        {lo} = {hi}"]
 
 
-def ramp_lines(prefix: str, centre: str, width: str, ind: str) -> tuple[list[str], list[str]]:
+def ramp_lines(prefix: str, centre: str, width: str, ind: str,
+               when: str | None = None) -> tuple[list[str], list[str]]:
     """(names, lines) of the breaks around a transition: centre + m width for m in
-    quadrature.SPLIT_RAMP."""
+    quadrature.SPLIT_RAMP. With `when`, only where that holds (centre and width are then
+    evaluated under it); elsewhere the breaks are 1e300, never inside a panel."""
+    lines = []
+    if when is not None:
+        lines = [f"{ind}if {when}:", f"{ind}    {prefix}c = {centre}",
+                 f"{ind}    {prefix}w = {width}", f"{ind}else:", f"{ind}    {prefix}c = 1e300",
+                 f"{ind}    {prefix}w = 0.0"]
+        centre, width = f"{prefix}c", f"{prefix}w"
     names = [f"{prefix}_{m}" for m in range(len(SPLIT_RAMP))]
-    return names, [f"{ind}{n} = {centre} + {fac!r} * {width}"
-                   for n, fac in zip(names, SPLIT_RAMP)]
+    return names, lines + [f"{ind}{n} = {centre} + {fac!r} * {width}"
+                           for n, fac in zip(names, SPLIT_RAMP)]
 
 
 def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> list[str]:
@@ -444,15 +452,15 @@ def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> 
         for n, (beta, const, width, present) in enumerate(every):
             along = " + ".join(f"{beta}{b} * cu{b}" for b in cols)
             across_dot = f"-{beta}0 * cu1 + {beta}1 * cu0" if ns == 2 else "0.0"
-            out += [f"{ind}al{n} = {along}", f"{ind}if {present} and al{n} != 0.0:",
-                    f"{ind}    t{n} = -({const} + b * ({across_dot})) / al{n}",
-                    f"{ind}    wd{n} = {width} / abs(al{n})",
-                    f"{ind}else:", f"{ind}    t{n} = 1e300", f"{ind}    wd{n} = 0.0"]
+            out.append(f"{ind}al{n} = {along}")
+            when = f"{present} and al{n} != 0.0"
+            crossing = f"-({const} + b * ({across_dot})) / al{n}"
             if n < slots:
-                names, ramp = ramp_lines(f"k{n}", f"t{n}", f"wd{n}", ind)
+                names, ramp = ramp_lines(f"k{n}", crossing, f"{width} / abs(al{n})", ind, when)
                 out += ramp
                 breaks += names
-            else:
+            else:  # a kink: one break, no width
+                out.append(f"{ind}t{n} = {crossing} if {when} else 1e300")
                 breaks.append(f"t{n}")
         along_u = ["n0 = a * cu0 - b * cu1"] + (["n1 = a * cu1 + b * cu0"] if ns == 2 else [])
         along_u += [f"z{order[a]} = " + " + ".join(f"l{a}{b} * n{b}" for b in range(a + 1))
@@ -465,7 +473,7 @@ def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> 
     if npiv and ns == 2:
         # across, where there are kinks: the split rule cut where two lines cross and around
         # lines steep across (backends/numpy.py _across_breaks)
-        cross = ["        bn = 0.0"]  # (along, across, constant, width) of line n, per call
+        cross = []  # (along, across, width) of line n, per call
         names = []
         for n, (beta, const, width, present) in enumerate(every):
             cross += [f"        ua{n} = {beta}0 * cu0 + {beta}1 * cu1",
@@ -477,11 +485,9 @@ def conditional_source(q: Integrand, printer: KernelPrinter, jit: str = JIT) -> 
                           f"        x{n}_{m} = (ua{m} * {const_n} - ua{n} * {const_m}) / det "
                           f"if {present_n} and {present_m} and det != 0.0 else 1e300"]
                 names.append(f"x{n}_{m}")
-            cross += [f"        if {present_n} and abs(ua{n}) < abs(ub{n}):",
-                      f"            s{n} = -{const_n} / ub{n}",
-                      f"            sw{n} = (abs(ua{n}) + uw{n}) / abs(ub{n})",
-                      "        else:", f"            s{n} = 1e300", f"            sw{n} = 0.0"]
-            more, ramp = ramp_lines(f"q{n}", f"s{n}", f"sw{n}", "        ")
+            more, ramp = ramp_lines(f"q{n}", f"-{const_n} / ub{n}",
+                                    f"(abs(ua{n}) + uw{n}) / abs(ub{n})", "        ",
+                                    f"{present_n} and abs(ua{n}) < abs(ub{n})")
             cross += ramp
             names += more
         inner = ["wb = gb"] + along_block("")
@@ -578,11 +584,8 @@ def split_source(q: Integrand, printer: KernelPrinter, jit: str = JIT,
                          f"else {none}")
             outer.append(f"o{j}")
             continue
-        lines += [f"    if b{j}_0 != 0.0 and abs(b{j}_1) < abs(b{j}_0):",
-                  f"        a{j} = -({c!r}) / b{j}_0",
-                  f"        v{j} = abs(b{j}_1 / b{j}_0)",
-                  "    else:", f"        a{j} = {none}", f"        v{j} = 0.0"]
-        names, ramp = ramp_lines(f"o{j}", f"a{j}", f"v{j}", "    ")
+        names, ramp = ramp_lines(f"o{j}", f"-({c!r}) / b{j}_0", f"abs(b{j}_1 / b{j}_0)",
+                                 "    ", f"b{j}_0 != 0.0 and abs(b{j}_1) < abs(b{j}_0)")
         lines += ramp
         outer += names
 
