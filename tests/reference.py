@@ -270,18 +270,25 @@ def _smooth_pair(fns, cov: np.ndarray, nodes: int = 8, width: float = 1.75):
 
 
 def kinked_two_vectors(X: np.ndarray, vh: float, bh: float, vg: float, c: float,
-                       fine: bool = False, pairs=None) -> dict:
+                       fine: bool = False, pairs=None, slope: float = 0.0,
+                       smooth: str = "tanh") -> dict:
     """NNGP and NTK of `h = dense(x, var=vh, bias=bh); g = dense(x, var=vg);
     y = readout(relu(h - c) * tanh(h + g))`: phi(h, g) = relu(h - c) tanh(h + g) with
     d phi / dh = step(h - c) tanh(h + g) + relu(h - c) sech^2(h + g) and d phi / dg =
     relu(h - c) sech^2(h + g); NTK = NNGP + Cov_h E[phi_h phi_h'] + Cov_g E[phi_g phi_g'].
+    slope: leaky_relu(h - c, slope) for relu (its derivative slope below c); smooth: "tanh"
+    or "sigmoid" for the smooth factor.
     Each expectation is nested: over (h, h') by gauss2 (split at the kink), given them over
     (g, g') by _smooth_pair (smooth in g): 8 nodes on panels of 1.75, within 8e-12 at unit
     variances but 6e-9 off at variance 4.8; fine: 12 nodes on panels of 1.0 (within 3e-15 of
     the compiler there, 6x slower). `pairs`: only these (i, j) (the rest NaN)."""
-    relu = lambda z: max(z - c, 0.0)  # noqa: E731
-    step = lambda z: 1.0 if z - c > 0 else 0.0  # noqa: E731
-    fns = [np.tanh, lambda z: 1.0 / np.cosh(z) ** 2]
+    relu = lambda z: z - c if z > c else slope * (z - c)  # noqa: E731
+    step = lambda z: 1.0 if z - c > 0 else slope  # noqa: E731
+    if smooth == "tanh":
+        fns = [np.tanh, lambda z: 1.0 / np.cosh(z) ** 2]
+    else:
+        sig = lambda z: 0.5 * (1.0 + np.tanh(0.5 * z))  # noqa: E731
+        fns = [sig, lambda z: sig(z) * (1.0 - sig(z))]
 
     def value(ch: np.ndarray, cg: np.ndarray) -> tuple[float, float]:
         s = _smooth_pair(fns, cg, *((12, 1.0) if fine else ()))

@@ -29,7 +29,7 @@ STAGES = (
      "backends.quadsource", "backends.cache", "backends.numpy", "backends.numba",
      "backends.cuda", "backends.runner", "latex"),
     # what runs the backends: the probe and the finite-width simulator
-    ("accuracy", "simulate", "warm"),
+    ("accuracy", "psd", "simulate", "warm"),
     # the API that wires the stages together
     ("api",),
     # users of the API: commands and test helpers

@@ -383,16 +383,12 @@ def test_empirical_nngp_monte_carlo():
 # --- convergence to the compiled kernels ---------------------------------------------------------
 
 
-# Eigenvalues >= -PSD_TOL * max. Closed forms are exact to rounding: 1e-9. Kernels that need
-# quadratures are only as accurate as the rules (tpcompiler/quadrature.py): with a duplicated
-# point the diagonal entry comes from a lower-dimensional integral than the off-diagonal one at
-# correlation 1. 1-D vs 2-D agree to rounding when smooth or kinked on one coordinate (the same
-# half-range rule, 32 nodes per half-line) and to ~2e-12 relative for a kinked pair (polar rule);
-# 2-D vs 4-D tensor integrals (products of nonlinearities; 7 nodes per half-line in 4-D) disagree
-# by up to ~2e-2 relative (shrinking with the 4-D order). 1e-5 for those (a wrong formula gives
-# O(1) violations): it holds for the examples drawn here, but in 120 more draws of networks()
-# (~95 programs with quadratures) 5 programs with 4-D integrals went below it (to -1.6e-3 * max).
-PSD_TOL = {False: 1e-9, True: 1e-5}
+# Eigenvalues >= -PSD_TOL * max, the standard's "PSD to rounding". Closed forms are exact to
+# rounding. Kernels that need quadratures are accurate to the tolerance (1e-10 of the scale) or
+# warned, and a warned kernel that came out indefinite is replaced by its nearest PSD matrix
+# (tpcompiler/psd.py); before that, 5 of ~95 random programs with 4-D integrals went below
+# -1.6e-3 * max.
+PSD_TOL = 1e-12
 
 
 # agreement of backends / with finite networks at their own tolerances, not the
@@ -407,11 +403,10 @@ def test_limit_kernels_are_symmetric_psd(prog, seed):
     got = _limit(src, x)
     assume(got is not None)
     net, limit = got
-    tol = PSD_TOL[bool(net.kernel_program.integrands)]
     for kind, k in limit.items():
         assert np.array_equal(k, k.T), kind
         eig = np.linalg.eigvalsh(k)
-        assert eig.min() >= -tol * max(eig.max(), 0.0), (kind, eig)
+        assert eig.min() >= -PSD_TOL * max(eig.max(), 0.0), (kind, eig)
 
 
 # agreement of backends / with finite networks at their own tolerances, not the

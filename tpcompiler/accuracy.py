@@ -88,11 +88,11 @@ def method(program: KernelProgram, itg) -> str:
                 f"{'x'.join(str(o) for o in SPLIT_ORDER[:itg.dim])}/piece")
     elif itg.given and itg.pivot_breaks:
         base = (f"split rule at {len(itg.pivot_breaks)} kink(s) of the pivot, Legendre "
-                f"{SPLIT_ORDER[0]}x{SPLIT_ORDER[0]}/piece x closed form at "
-                f"{len(itg.given_forms)} kink form(s)")
+                f"{SPLIT_ORDER[0]}x{SPLIT_ORDER[0]}/piece x closed form in "
+                f"{len(itg.given_forms)} given form(s)")
     elif itg.given:
-        base = (f"tensor {conditional_order(len(itg.pivot))}/half-axis x closed form at "
-                f"{len(itg.given_forms)} kink form(s)")
+        base = (f"tensor {conditional_order(len(itg.pivot))}/half-axis x closed form in "
+                f"{len(itg.given_forms)} given form(s)")
     elif itg.kinked:
         nleg, nrad = polar_order(len(itg.pivot))
         base = f"polar wedge {nleg}x{nrad}/arc"

@@ -66,6 +66,13 @@ def conditional_grid(dim: int, boost: bool = False) -> tuple[np.ndarray, np.ndar
     return frozen(np.ascontiguousarray(x[keep]), np.ascontiguousarray(w[keep]))
 
 
+def applies(expr: sp.Expr) -> bool:
+    """Is the conditional rule worth trying for a 3-D/4-D integrand the split and polar rules
+    do not take: kinks off the origin, or no kinks at all (coordinates that enter only as
+    powers, z0 z1 sigmoid(z2) sigmoid(z3), are then given in closed form)?"""
+    return off_origin(expr) or not expr.atoms(*KINKED)
+
+
 def off_origin(expr: sp.Expr) -> bool:
     """Has expr a kink that is not on a hyperplane through the origin (relu(z0 - 1/2))?"""
     for f in expr.atoms(*KINKED):
@@ -87,8 +94,10 @@ def conditional(expr: sp.Expr, k: int) -> tuple | None:
     expectation is a truncated moment of a bivariate Gaussian (truncated.kink_moment). abs,
     sign and abrelu are sums of relu and step.
 
-    K is every coordinate of a kink argument where that leaves S smooth. Where it leaves no
-    pivot (relu(h) step(h + g - 1), h and g of two matrices, in the coordinates h and
+    K is every coordinate of a kink argument where that leaves S smooth and of one or two
+    coordinates (the pivot's rule is cut in at most two). Where it leaves three (relu(z1 + 2)
+    z0 sigmoid(z2) sigmoid(z3): K = (z0, z1), z0 entering as a power), or no pivot
+    (relu(h) step(h + g - 1), h and g of two matrices, in the coordinates h and
     s = h + g: every coordinate is kinked), K is the choice with the fewest kinks of S alone
     (S of one or two coordinates), here K = (h, h') given S = (s, s'): the kinks of S alone
     (step(s - 1)) stay in the pivot's integrand, and the pivot's rule is cut at them
@@ -101,10 +110,10 @@ def conditional(expr: sp.Expr, k: int) -> tuple | None:
     zs = [sp.Symbol(f"z{i}", real=True) for i in range(k)]
     atoms = expr.atoms(*KINKED)
     if not atoms:
-        return None
+        return _powers_given(expr, zs)
     kinked = sorted({i for f in atoms for i, z in enumerate(zs) if z in f.args[0].free_symbols})
     first = _decompose(expr, zs, frozenset(kinked))
-    if first is not None:
+    if first is not None and len(first[0]) <= 2:
         return first
     found = []
     for mask in range(1, 2 ** k - 1):
@@ -115,6 +124,22 @@ def conditional(expr: sp.Expr, k: int) -> tuple | None:
         if got is not None:
             found.append(((len(got[4]), -len(given), sorted(given)), got))
     return min(found, key=lambda t: t[0])[1] if found else None
+
+
+def _powers_given(expr: sp.Expr, zs: list) -> tuple | None:
+    """A smooth integrand whose coordinates K enter only as powers (z0 z1 sigmoid(z2)
+    sigmoid(z3): (h - c) h' sigmoid(h + g) sigmoid(h' + g'), from leaky_relu(a) = slope a +
+    (1 - slope) relu(a)): the largest such K that leaves a pivot of one or two coordinates, given
+    them in closed form (a 2-D rule instead of the 4-D tensor rule at 7 nodes a half-axis);
+    None where there is none."""
+    k = len(zs)
+    best = None
+    for mask in range(1, 2 ** k - 1):
+        given = frozenset(i for i in range(k) if mask >> i & 1)
+        if k - len(given) > 2 or (best is not None and len(given) <= len(best[1])):
+            continue
+        best = _decompose(expr, zs, given) or best
+    return best
 
 
 def _decompose(expr: sp.Expr, zs: list, given_set: frozenset) -> tuple | None:

@@ -127,9 +127,10 @@ class _Builder:
                         for s in e.free_symbols)
         given = None
         if not (kinked or breaks) and len(q.cov) > quadrature.MAX_SPLIT_DIM and \
-                conditional.off_origin(q.integrand):
-            # kinks off the origin (or oblique) that the rules above do not split: smooth
-            # coordinates by the tensor rule, the kinked ones in closed form given them
+                conditional.applies(q.integrand):
+            # kinks off the origin (or oblique) that the rules above do not split, or smooth
+            # coordinates that enter only as powers: the pivot by the tensor rule, the kinked
+            # (or polynomial) coordinates in closed form given it
             given = conditional.conditional(q.integrand, len(q.cov))
         cond = () if given is None else given[1:]
         if given is not None:
