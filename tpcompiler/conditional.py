@@ -133,10 +133,15 @@ def _powers_given(expr: sp.Expr, zs: list) -> tuple | None:
     them in closed form (a 2-D rule instead of the 4-D tensor rule at 7 nodes a half-axis);
     None where there is none."""
     k = len(zs)
+    inside = set().union(*(f.free_symbols for f in expr.atoms(sp.Function)))
+    free = [i for i in range(k) if zs[i] not in inside]  # not inside any function
+    if len(free) < k - 2:
+        return None  # most 3-D/4-D smooth integrands: no expansion tried
     best = None
-    for mask in range(1, 2 ** k - 1):
-        given = frozenset(i for i in range(k) if mask >> i & 1)
-        if k - len(given) > 2 or (best is not None and len(given) <= len(best[1])):
+    for mask in range(1, 2 ** len(free)):
+        given = frozenset(free[i] for i in range(len(free)) if mask >> i & 1)
+        if k - len(given) > 2 or not k - len(given) or \
+                (best is not None and len(given) <= len(best[1])):
             continue
         best = _decompose(expr, zs, given) or best
     return best
