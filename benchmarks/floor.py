@@ -2,12 +2,20 @@
 one sqrt per layer per pair, for the n (n + 1) / 2 pairs of the upper triangle (diagonal
 included; NNGP and NTK share them), in a tight Numba loop on all threads.
 
+acos is tpcompiler's own branch-free one (acos(c) = atan2_pos(sqrt(1 - c^2), c),
+tpcompiler/helpers.py: within 4.5e-16, no libm call), which LLVM vectorises over a contiguous
+block of pairs: ~2 ns per acos + sqrt on this machine against ~6-8 ns with `math.acos` (a call
+per evaluation), so the floor measured with `math.acos` before issue 15 overstated it.
+`libm=True` measures that one for comparison.
+
 The layers of one pair form a dependent chain, as in any kernel recursion (layer l + 1 needs
 layer l): c <- (sqrt(1 - c^2) + (pi - acos(c)) c) / pi, the normalised arc-cosine map of a relu
-layer (it keeps c in [0, 1]). Different pairs are independent, so the CPU may overlap them.
-Rows r and n - 1 - r go together (as in tpcompiler's `square` driver) so that every row index
-has the same n + 1 pairs; the row indices are split in blocks over a thread pool, as tpcompiler
-does (its drivers release the GIL; `numba.prange` would cost a parallel compile of ~4 s).
+layer (it keeps c in [0, 1]). Different pairs are independent: both loops run innermost over
+the pairs of a row, held in an array (structure of arrays), so the SIMD width is used at every
+layer. Rows r and n - 1 - r go together (as in tpcompiler's `square` driver) so that every row
+index has the same n + 1 pairs; the row indices are split in blocks over a thread pool, as
+tpcompiler does (its drivers release the GIL; `numba.prange` would cost a parallel compile of
+~4 s).
 """
 
 from __future__ import annotations
@@ -16,44 +24,79 @@ import concurrent.futures
 import math
 import os
 import time
+import types
 
 import numba
 import numpy as np
 from numba import njit
 
+from tpcompiler import helpers
 
-@njit(nogil=True, cache=True, error_model="numpy")
-def _chain(n, layers, out, lo, hi):  # pragma: no cover - compiled
-    for r in range(lo, hi):
-        acc = 0.0
-        for side in range(2):
-            i = r if side == 0 else n - 1 - r
-            if side == 1 and i == r:
-                continue
-            for j in range(i, n):
-                # a pair-dependent start in [0.05, 0.95] (no memory traffic)
-                c = 0.05 + 0.9 * ((i * 7919 + j * 104729) % 1009) / 1009.0
+# the helpers as the generated modules have them: atan2_pos bound to a jitted atan_unit
+_atan_unit = njit(inline="always")(helpers.atan_unit)
+_atan2_pos = njit(inline="always")(types.FunctionType(
+    helpers.atan2_pos.__code__, {"math": math, "atan_unit": _atan_unit}, "atan2_pos"))
+
+
+@njit(inline="always")
+def _acos_poly(s, c):  # pragma: no cover - compiled
+    return _atan2_pos(s, c)
+
+
+@njit(inline="always")
+def _acos_libm(s, c):  # pragma: no cover - compiled
+    return math.acos(c)
+
+
+def _loops(acos):
+    """The chained and the independent loop with this acos(sqrt(1 - c^2), c): closures over a
+    jitted function, compiled per variant (not cached)."""
+
+    # reassoc: sums may be reordered; indices from 0 (j = i + m): LLVM then vectorises
+    @njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
+    def chain(n, layers, out, lo, hi):  # pragma: no cover - compiled
+        c = np.empty(n)
+        for r in range(lo, hi):
+            acc = 0.0
+            for side in range(2):
+                i = r if side == 0 else n - 1 - r
+                if side == 1 and i == r:
+                    continue
+                m = n - i
+                for k in range(m):
+                    # a pair-dependent start in [0.05, 0.95] (no memory traffic)
+                    u = i * 0.6180339887 + (i + k) * 0.4142135623
+                    c[k] = 0.05 + 0.9 * (u - math.floor(u))
                 for _ in range(layers):
-                    c = (math.sqrt(1.0 - c * c) + (math.pi - math.acos(c)) * c) / math.pi
-                acc += c
-        out[r] = acc
+                    for k in range(m):
+                        ck = c[k]
+                        s = math.sqrt(1.0 - ck * ck)
+                        c[k] = (s + (math.pi - acos(s, ck)) * ck) * (1.0 / math.pi)
+                for k in range(m):
+                    acc += c[k]
+            out[r] = acc
 
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def _independent(n, layers, out, lo, hi):  # pragma: no cover - compiled
-    """The same count of acos + sqrt, but every evaluation independent (throughput bound)."""
-    for r in range(lo, hi):
-        acc = 0.0
-        for side in range(2):
-            i = r if side == 0 else n - 1 - r
-            if side == 1 and i == r:
-                continue
-            for j in range(i, n):
-                c0 = 0.05 + 0.9 * ((i * 7919 + j * 104729) % 1009) / 1009.0
+    @njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
+    def independent(n, layers, out, lo, hi):  # pragma: no cover - compiled
+        """The same count of acos + sqrt, every evaluation independent (throughput bound)."""
+        for r in range(lo, hi):
+            acc = 0.0
+            for side in range(2):
+                i = r if side == 0 else n - 1 - r
+                if side == 1 and i == r:
+                    continue
                 for t in range(layers):
-                    c = c0 * (1.0 - 0.01 * t)
-                    acc += math.sqrt(1.0 - c * c) + math.acos(c)
-        out[r] = acc
+                    for k in range(n - i):
+                        u = i * 0.6180339887 + (i + k) * 0.4142135623 + t * 0.01
+                        c = 0.05 + 0.9 * (u - math.floor(u))
+                        s = math.sqrt(1.0 - c * c)
+                        acc += s + acos(s, c)
+            out[r] = acc
+
+    return chain, independent
+
+
+_LOOPS = {False: _loops(_acos_poly), True: _loops(_acos_libm)}
 
 
 def threads() -> int:
@@ -62,13 +105,15 @@ def threads() -> int:
                or numba.config.NUMBA_NUM_THREADS)
 
 
-def floor_time(n: int, layers: int, independent: bool = True, nthreads: int | None = None):
+def floor_time(n: int, layers: int, independent: bool = True, nthreads: int | None = None,
+               libm: bool = False):
     """Seconds for n (n + 1) / 2 * layers (acos + sqrt) on `nthreads` (default: tpcompiler's
-    count) threads; independent=False: chained per pair."""
+    count) threads; independent=False: chained per pair; libm=True: with `math.acos`."""
     nthreads = nthreads or threads()
     half = (n + 1) // 2
     out = np.empty(half)
-    fn = _independent if independent else _chain
+    chain, indep = _LOOPS[libm]
+    fn = indep if independent else chain
     nblocks = min(half, 4 * nthreads) if nthreads > 1 else 1
     step = -(-half // max(nblocks, 1))
     blocks = [(lo, min(half, lo + step)) for lo in range(0, half, step)]
@@ -83,7 +128,8 @@ def floor_time(n: int, layers: int, independent: bool = True, nthreads: int | No
 
 
 def warm() -> None:
-    """Compile (or load from cache) both loops."""
+    """Compile the loops."""
     out = np.empty(2)
-    _chain(3, 2, out, 0, 2)
-    _independent(3, 2, out, 0, 2)
+    for chain, indep in _LOOPS.values():
+        chain(3, 2, out, 0, 2)
+        indep(3, 2, out, 0, 2)

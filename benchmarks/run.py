@@ -572,10 +572,11 @@ def report(results: dict, cfg: dict, args) -> str:
                  "'ntk'))` + `block_until_ready`, *warm*; cold = a freshly built network and "
                  "`jax.jit`, first call, trace + XLA compile included; naive: "
                  "`peers.naive_mlp`, N x N arrays per layer). Floor: one acos + one sqrt per "
-                 "layer per pair of the upper triangle (incl. diagonal), independent "
+                 "layer per pair of the upper triangle (incl. diagonal), the acos tpcompiler's "
+                 "branch-free one, vectorised over the pairs of a row, independent "
                  "evaluations in a tight Numba loop on all threads (`floor.py`); chained: the "
-                 "same count as a per-pair dependent chain (as a recursion is). x = speed-up "
-                 "of tpcompiler.\n")
+                 "same count as a per-pair dependent chain (as a recursion is), the pairs of a "
+                 "row held in an array. x = speed-up of tpcompiler.\n")
         L.append("| net | N | tpcompiler | NT warm | NT cold | naive NumPy | vs NT warm | "
                  "vs NT cold | vs naive | floor | floor (chained) | tpc / floor | "
                  "tpc / chained | runs |")
