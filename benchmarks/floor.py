@@ -39,34 +39,42 @@ _atan2_pos = njit(inline="always")(types.FunctionType(
 
 
 @njit(inline="always")
-def _acos_poly(s, c):  # pragma: no cover - compiled
-    return _atan2_pos(s, c)
+def _acos_libm(s, c):  # pragma: no cover - compiled
+    return math.acos(c)
 
 
 @njit(inline="always")
-def _acos_libm(s, c):  # pragma: no cover - compiled
-    return math.acos(c)
+def _row(n, r, side):  # pragma: no cover - compiled
+    """The first point of row r's side-th half (rows r and n - 1 - r go together); -1 where
+    the second half is the first (the middle row of an odd n)."""
+    i = r if side == 0 else n - 1 - r
+    return -1 if side == 1 and i == r else i
+
+
+@njit(inline="always")
+def _start(i, j, t):  # pragma: no cover - compiled
+    """A pair- and layer-dependent value in [0.05, 0.95] (no memory traffic)."""
+    u = i * 0.6180339887 + j * 0.4142135623 + t * 0.01
+    return 0.05 + 0.9 * (u - math.floor(u))
 
 
 def _loops(acos):
     """The chained and the independent loop with this acos(sqrt(1 - c^2), c): closures over a
     jitted function, compiled per variant (not cached)."""
 
-    # reassoc: sums may be reordered; indices from 0 (j = i + m): LLVM then vectorises
+    # reassoc: sums may be reordered; indices from 0 (j = i + k): LLVM then vectorises
     @njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
     def chain(n, layers, out, lo, hi):  # pragma: no cover - compiled
         c = np.empty(n)
         for r in range(lo, hi):
             acc = 0.0
             for side in range(2):
-                i = r if side == 0 else n - 1 - r
-                if side == 1 and i == r:
+                i = _row(n, r, side)
+                if i < 0:
                     continue
                 m = n - i
                 for k in range(m):
-                    # a pair-dependent start in [0.05, 0.95] (no memory traffic)
-                    u = i * 0.6180339887 + (i + k) * 0.4142135623
-                    c[k] = 0.05 + 0.9 * (u - math.floor(u))
+                    c[k] = _start(i, i + k, 0)
                 for _ in range(layers):
                     for k in range(m):
                         ck = c[k]
@@ -82,13 +90,12 @@ def _loops(acos):
         for r in range(lo, hi):
             acc = 0.0
             for side in range(2):
-                i = r if side == 0 else n - 1 - r
-                if side == 1 and i == r:
+                i = _row(n, r, side)
+                if i < 0:
                     continue
                 for t in range(layers):
                     for k in range(n - i):
-                        u = i * 0.6180339887 + (i + k) * 0.4142135623 + t * 0.01
-                        c = 0.05 + 0.9 * (u - math.floor(u))
+                        c = _start(i, i + k, t)
                         s = math.sqrt(1.0 - c * c)
                         acc += s + acos(s, c)
             out[r] = acc
@@ -96,7 +103,7 @@ def _loops(acos):
     return chain, independent
 
 
-_LOOPS = {False: _loops(_acos_poly), True: _loops(_acos_libm)}
+_LOOPS = {False: _loops(_atan2_pos), True: _loops(_acos_libm)}
 
 
 def threads() -> int:

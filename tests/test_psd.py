@@ -9,12 +9,14 @@ to the diagonal, and a warning that says what was done.
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import tpcompiler as tp
 from tpcompiler import psd
+from tpcompiler.backends import coincident
 
 
 def _truth_and_noisy(rng, n: int, rank: int, noise: float):
@@ -44,7 +46,8 @@ def test_repeated_points_stay_identical_and_psd_input_is_untouched():
     rng = np.random.default_rng(7)
     x = rng.normal(size=(5, 3))
     x = np.vstack([x, x[[1, 3]], x[1:2]])  # rows 5 and 7 repeat row 1, row 6 repeats row 3
-    first, inverse = psd.distinct_rows({"x": x})
+    repeated = coincident.repeated({"x": x}, [SimpleNamespace(name="x")])
+    first, inverse = psd.distinct_rows(len(x), repeated)
     assert len(first) == 5 and np.array_equal(x[first][inverse], x)
     truth, noisy = _truth_and_noisy(rng, 5, 2, 0.05)
     big = noisy[np.ix_(inverse, inverse)]  # what a kernel of repeated points looks like

@@ -12,7 +12,7 @@ import sympy as sp
 
 from . import __version__, accuracy, ir, passes, psd, warm
 from .accuracy import DEFAULT_TOL
-from .backends import cache, runner
+from .backends import cache, coincident, runner
 from .backends import cuda as cuda_backend
 from .backends import numba as numba_backend
 from .backends import numpy as numpy_backend
@@ -45,8 +45,8 @@ class CompiledNetwork:
         self.tol = float(tol)
         self.spec = DataSpec.of(program)  # what checking data needs
         self._warm_key: str | None = None  # set by compile(): record the warm start
-        self._probed: dict[str, tuple] = {}  # data fingerprint -> (report, kinds warned)
-        self._projected: dict[str, set] = {}  # data fingerprint -> kinds told of a projection
+        # data fingerprint -> (report, what was said: kinds warned, ("psd", kind) projected)
+        self._probed: dict[str, tuple] = {}
         self._ntk_caveats_told = False
 
     # --- stages ----------------------------------------------------------------------
@@ -140,7 +140,7 @@ class CompiledNetwork:
             with np.errstate(over="ignore", invalid="ignore"):  # overflow: a TPError next
                 res = numpy_backend.evaluate(kp, a, b, get)
             warm.check_finite(res, get)
-            self._make_psd(res, a, b, self._probe(a, b, get))
+            self._make_psd(res, a, b, *self._probe(a, b, get))
             return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
         if backend != "numba":
             raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
@@ -154,7 +154,7 @@ class CompiledNetwork:
         else:
             res = runner.run(module, self._meta, a, b, progress=progress)
         warm.check_finite(res, get)
-        self._make_psd(res, a, b, self._probe(a, b, get))
+        self._make_psd(res, a, b, *self._probe(a, b, get))
         if out is not None:
             for kind in get:
                 if res[kind] is not out[kind]:
@@ -164,17 +164,17 @@ class CompiledNetwork:
 
     # --- accuracy (tpcompiler/accuracy.py) -------------------------------------------
 
-    def _probe(self, a: dict, b: dict | None, get) -> list[str]:
+    def _probe(self, a: dict, b: dict | None, get) -> tuple[list[str], set]:
         """Warn (TPWarning) when a kernel just computed is not accurate to self.tol on these
         data; closed-form programs need no probe, and data seen before are not probed again.
-        Returns the kinds of `get` above the tolerance."""
+        Returns the kinds of `get` above the tolerance and what was said about these data."""
         if "kernel_program" in self.__dict__:  # built (the NumPy path): no Numba compile
             integrals = bool(self.kernel_program.integrands)
         else:
             self._module  # noqa: B018 - sets _integrals (from the cache index on a warm start)
             integrals = self._integrals
         if not integrals:
-            return []
+            return [], set()
         data = a if b is None else {k: np.concatenate([a[k], b[k]]) for k in a}
         key = accuracy.fingerprint(data)
         if key not in self._probed:  # every kind at once: one run of the raised recursion
@@ -185,21 +185,24 @@ class CompiledNetwork:
         kinds = [k for k in get if k in report.kernels and k not in warned]
         warned.update(kinds)
         accuracy.warn_if_inaccurate(report, self.name, kinds)
-        return [k for k in get if report.kernels.get(k, 0.0) > report.tol]
+        return [k for k in get if report.kernels.get(k, 0.0) > report.tol], warned
 
-    def _make_psd(self, res: dict, a: dict, b: dict | None, inexact: list[str]) -> None:
+    def _make_psd(self, res: dict, a: dict, b: dict | None, inexact: list[str],
+                  said: set) -> None:
         """Replace each square kernel the probe could not vouch for by its nearest PSD matrix
         when it is indefinite (tpcompiler/psd.py: never farther from the exact kernel), and say
-        so once per data and kind. A kernel between two sets of points has no such projection."""
+        so once per data and kind (`said`: the probe's record for these data). A kernel between
+        two sets of points has no such projection."""
         if b is not None or not inexact:
             return
-        first, inverse = psd.distinct_rows(a)
-        told = self._projected.setdefault(accuracy.fingerprint(a), set())
+        n = next(iter(a.values())).shape[0]
+        first, inverse = psd.distinct_rows(n, coincident.repeated(a, self.ir.inputs))
         name = self.name or "this network"
         for kind in inexact:
+            told = ("psd", kind)
             if len(first) > psd.MAX_POINTS:
-                if kind not in told:
-                    told.add(kind)
+                if told not in said:
+                    said.add(told)
                     warn(f"the {kind.upper()} of {name} was not checked for positive "
                          f"semi-definiteness: an eigendecomposition is attempted for at most "
                          f"{psd.MAX_POINTS} distinct points, these data have {len(first)}",
@@ -210,8 +213,8 @@ class CompiledNetwork:
             if fixed is res[kind]:
                 continue
             res[kind] = fixed
-            if kind not in told:
-                told.add(kind)
+            if told not in said:
+                said.add(told)
                 warn(f"the {kind.upper()} of {name} came out indefinite (smallest eigenvalue "
                      f"{ratio:.1e} of the largest) and was replaced by the nearest positive "
                      f"semi-definite matrix, which is no farther from the exact kernel "

@@ -140,9 +140,8 @@ def _powers_given(expr: sp.Expr, zs: list) -> tuple | None:
     best = None
     for mask in range(1, 2 ** len(free)):
         given = frozenset(free[i] for i in range(len(free)) if mask >> i & 1)
-        if k - len(given) > 2 or not k - len(given) or \
-                (best is not None and len(given) <= len(best[1])):
-            continue
+        if k - len(given) > 2 or (best is not None and len(given) <= len(best[1])):
+            continue  # (K = every coordinate leaves no pivot: _decompose says None)
         best = _decompose(expr, zs, given) or best
     return best
 

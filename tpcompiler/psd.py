@@ -23,14 +23,16 @@ FLOOR = 1e-13
 MAX_POINTS = 6000
 
 
-def distinct_rows(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the first occurrence of each distinct point and, for every point, the
-    position of its copy among them (all inputs of a point together)."""
-    n = next(iter(data.values())).shape[0]
-    flat = np.concatenate([np.asarray(v, dtype=np.float64).reshape(n, -1) for v in data.values()],
-                          axis=1)
-    _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
-    return first, inverse.reshape(-1)
+def distinct_rows(n: int, repeated: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the distinct points, and for each of the n points the position of its first
+    occurrence among them), from backends/coincident.repeated's (first, j) pairs."""
+    first_of = np.arange(n)
+    for first, j in repeated:
+        first_of[j] = first
+    keep = np.flatnonzero(first_of == np.arange(n))
+    position = np.empty(n, dtype=np.intp)
+    position[keep] = np.arange(len(keep))
+    return keep, position[first_of]
 
 
 def nearest_psd(k: np.ndarray, first: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, float]:
