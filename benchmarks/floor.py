@@ -58,49 +58,57 @@ def _start(i, j, t):  # pragma: no cover - compiled
     return 0.05 + 0.9 * (u - math.floor(u))
 
 
+def _over_rows(per_row):
+    """A driver over rows lo..hi of `per_row(n, i, layers, scratch)` (the sum over the pairs
+    (i, i..n-1) of one half-row): rows r and n - 1 - r together, the sum per row in out[r]."""
+
+    # reassoc: sums may be reordered, so LLVM vectorises the inlined per-row loops
+    @njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
+    def run(n, layers, out, lo, hi):  # pragma: no cover - compiled
+        scratch = np.empty(n)
+        for r in range(lo, hi):
+            acc = 0.0
+            for side in range(2):
+                i = _row(n, r, side)
+                if i >= 0:
+                    acc += per_row(n, i, layers, scratch)
+            out[r] = acc
+
+    return run
+
+
 def _loops(acos):
     """The chained and the independent loop with this acos(sqrt(1 - c^2), c): closures over a
-    jitted function, compiled per variant (not cached)."""
+    jitted function, compiled per variant (not cached). Indices run from 0 (pair (i, i + k)):
+    LLVM then vectorises."""
 
-    # reassoc: sums may be reordered; indices from 0 (j = i + k): LLVM then vectorises
-    @njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
-    def chain(n, layers, out, lo, hi):  # pragma: no cover - compiled
-        c = np.empty(n)
-        for r in range(lo, hi):
-            acc = 0.0
-            for side in range(2):
-                i = _row(n, r, side)
-                if i < 0:
-                    continue
-                m = n - i
-                for k in range(m):
-                    c[k] = _start(i, i + k, 0)
-                for _ in range(layers):
-                    for k in range(m):
-                        ck = c[k]
-                        s = math.sqrt(1.0 - ck * ck)
-                        c[k] = (s + (math.pi - acos(s, ck)) * ck) * (1.0 / math.pi)
-                for k in range(m):
-                    acc += c[k]
-            out[r] = acc
+    @njit(inline="always", fastmath={"reassoc"})
+    def chain(n, i, layers, c):  # pragma: no cover - compiled
+        m = n - i
+        for k in range(m):
+            c[k] = _start(i, i + k, 0)
+        for _ in range(layers):
+            for k in range(m):
+                ck = c[k]
+                s = math.sqrt(1.0 - ck * ck)
+                c[k] = (s + (math.pi - acos(s, ck)) * ck) * (1.0 / math.pi)
+        acc = 0.0
+        for k in range(m):
+            acc += c[k]
+        return acc
 
-    @njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
-    def independent(n, layers, out, lo, hi):  # pragma: no cover - compiled
+    @njit(inline="always", fastmath={"reassoc"})
+    def independent(n, i, layers, c):  # pragma: no cover - compiled
         """The same count of acos + sqrt, every evaluation independent (throughput bound)."""
-        for r in range(lo, hi):
-            acc = 0.0
-            for side in range(2):
-                i = _row(n, r, side)
-                if i < 0:
-                    continue
-                for t in range(layers):
-                    for k in range(n - i):
-                        c = _start(i, i + k, t)
-                        s = math.sqrt(1.0 - c * c)
-                        acc += s + acos(s, c)
-            out[r] = acc
+        acc = 0.0
+        for t in range(layers):
+            for k in range(n - i):
+                v = _start(i, i + k, t)
+                s = math.sqrt(1.0 - v * v)
+                acc += s + acos(s, v)
+        return acc
 
-    return chain, independent
+    return _over_rows(chain), _over_rows(independent)
 
 
 _LOOPS = {False: _loops(_atan2_pos), True: _loops(_acos_libm)}
