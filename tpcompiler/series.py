@@ -106,6 +106,8 @@ class SeriesCall:
     rhos: tuple[tuple[int, int, int], ...] = ()
     #: the coordinates of each point, the shared vectors' first (series._vectors); () for 2-D
     order: tuple[tuple[int, ...], ...] = ()
+    #: a 2-D call whose z0 is the second point's coordinate (terms' a is then z1's factor)
+    swapped: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,7 +297,8 @@ def plan(kp: KernelProgram, first_column: int) -> SeriesPlan:
                 continue
             expr = integrands[name].expr
             c00, _, c11 = (a.xreplace(env) for a in call.args)
-            if _one_point(c00, 2) and _one_point(c11, 1) and c00.free_symbols:
+            swapped = bool(_one_point(c00, 2) and _one_point(c11, 1) and c00.free_symbols)
+            if swapped:
                 # the second point's coordinate first: the same series with the roles of the
                 # coordinates exchanged (the call and its fallbacks keep their order)
                 expr = expr.xreplace({Z0: Z1, Z1: Z0})
@@ -314,7 +317,7 @@ def plan(kp: KernelProgram, first_column: int) -> SeriesPlan:
                     idx.append(factors.setdefault((fn, var, None, "1"), len(factors)))
                 terms.append(Term(coef, *idx))
             calls[call] = SeriesCall(f"ser{len(calls)}", call, integrands[name].expr,
-                                     tuple(terms))
+                                     tuple(terms), swapped=swapped)
     facs = []
     column = first_column
     for fn, var, var2, kind in factors:

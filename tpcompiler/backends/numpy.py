@@ -218,6 +218,8 @@ def _series(plan, itg, c: np.ndarray) -> np.ndarray:
     pos = (a > 0.0) & (b > 0.0)
     rho = np.where(pos, ab / np.sqrt(np.where(pos, a * b, 1.0)), 0.0)
     tables: dict = {}
+    # terms pair the first point's factor (a) with the second's (b): their variances
+    first, second = (b, a) if call.swapped else (a, b)
 
     def table(side: str, index: int | None, var: np.ndarray):
         if index is None:
@@ -228,7 +230,7 @@ def _series(plan, itg, c: np.ndarray) -> np.ndarray:
 
     out = np.zeros(len(rho))
     for t in call.terms:
-        ta, tb = table("a", t.a, a), table("b", t.b, b)
+        ta, tb = table("a", t.a, first), table("b", t.b, second)
         if ta is not None and tb is not None:
             v = series.hdot_array(ta, tb, rho)
         elif ta is not None:
