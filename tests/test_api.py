@@ -181,7 +181,7 @@ def _fresh_net(source=(ROOT / "examples" / "relu_mlp.tp").read_text()):
 
 
 def _assert_nothing_built(net, cache):
-    assert "kernel_program" not in net.__dict__
+    assert "rolled_program" not in net.__dict__
     assert "_module" not in net.__dict__
     assert not list(cache.glob("k_*.py")), "a kernel module was generated"
 

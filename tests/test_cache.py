@@ -41,7 +41,7 @@ PROBE = textwrap.dedent("""\
     jitted = [f for f in vars(module).values() if hasattr(f, "stats")]  # numba dispatchers
     misses = sum(sum(f.stats.cache_misses.values()) for f in jitted)
     np.save(sys.argv[3], np.stack([k["nngp"], k["ntk"]]))
-    print(json.dumps({"built": "kernel_program" in net.__dict__, "numba_misses": misses,
+    print(json.dumps({"built": "rolled_program" in net.__dict__, "numba_misses": misses,
                       "seconds": seconds, "key": net._cache_key}))
 """)
 
@@ -108,11 +108,11 @@ def test_damaged_module_is_regenerated(damage, fresh_cache, monkeypatch):
                       "empty": b""}[damage])
     _forget_import(first, monkeypatch)
     again = tp.compile_source(SMALL).prepare()
-    assert "kernel_program" in again.__dict__  # the index entry was not trusted
+    assert "rolled_program" in again.__dict__  # the index entry was not trusted
     assert path.read_bytes() == good and _sound(path)
     assert again._module.KINDS == ("nngp", "ntk")
     # and the next one is warm again
-    assert "kernel_program" not in tp.compile_source(SMALL).prepare().__dict__
+    assert "rolled_program" not in tp.compile_source(SMALL).prepare().__dict__
 
 
 def test_damaged_index_is_rebuilt(fresh_cache):
@@ -120,7 +120,7 @@ def test_damaged_index_is_rebuilt(fresh_cache):
     index = cache.index_path(first._cache_key)
     index.write_text(index.read_text()[:10])
     again = tp.compile_source(SMALL).prepare()
-    assert "kernel_program" in again.__dict__
+    assert "rolled_program" in again.__dict__
     assert json.loads(index.read_text())["kinds"] == ["nngp", "ntk"]
 
 

@@ -29,7 +29,7 @@ z0, z1, z2, z3 = Z
 
 def rule_value(expr, cov, independent=()):
     """E[expr] by the rule plan() picks; `independent`: index pairs whose covariance is a
-    structural zero (as kernels._Builder passes them: sympy zeros)."""
+    structural zero (as kernels.Builder passes them: sympy zeros)."""
     cov = np.asarray(cov, dtype=np.float64)
     k = len(cov)
     zero = {frozenset(p) for p in independent}

@@ -31,7 +31,7 @@ RELU = ROOT / "examples" / "relu_mlp.tp"
 
 
 def _nothing_built(net) -> bool:
-    return "kernel_program" not in net.__dict__ and "_module" not in net.__dict__
+    return "rolled_program" not in net.__dict__ and "_module" not in net.__dict__
 
 
 # --- data -----------------------------------------------------------------------------------

@@ -52,11 +52,18 @@ class CompiledNetwork:
     # --- stages ----------------------------------------------------------------------
 
     @functools.cached_property
-    def kernel_program(self) -> KernelProgram:
-        """The NNGP/NTK recursion as straight-line scalar code (built on first use)."""
+    def rolled_program(self) -> KernelProgram:
+        """The NNGP/NTK recursion, its loops kept rolled where their iterations are copies of
+        one another (built on first use): what the Numba backend compiles."""
         kp = passes.kernel_program(self.ir)
         _check_constants(kp, self.ir)
         return kp
+
+    @functools.cached_property
+    def kernel_program(self) -> KernelProgram:
+        """The NNGP/NTK recursion as straight-line scalar code (the rolled program written
+        out: what the NumPy, CUDA and LaTeX renderers read)."""
+        return self.rolled_program.unrolled()
 
     @functools.cached_property
     def _cache_key(self) -> str:
@@ -72,7 +79,7 @@ class CompiledNetwork:
             self._integrals = entry.get("integrals", True)
             self._record_warm()
             return cache.load_module(entry["source"])
-        kp = self.kernel_program
+        kp = self.rolled_program
         self._kinds, self._refused = kp.kinds, dict(kp.refused)
         self._meta = GramLayout.of(kp)
         self._integrals = bool(kp.integrands)
@@ -315,7 +322,7 @@ def _check_constants(kp: KernelProgram, prog: ir.Program) -> None:
     float64. lowering.py bounds every constant of the program (1e100); their products (a variance
     times coefficients, the expansion of (h + c) ** k, Gaussian moments) are checked here."""
     pieces = [(str(kp.labels[s.name][0]) if s.name in kp.labels else str(s), e)
-              for s, e in (*kp.diag, *kp.cross)]
+              for s, e in kp.assignments()]
     pieces += [(kind.upper(), e) for kind, pair in kp.outputs.items() for e in pair]
     pieces += [(f"the integrand {q.name}", q.expr) for q in kp.integrands]
     for label, expr in pieces:

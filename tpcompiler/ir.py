@@ -112,6 +112,21 @@ class Parametrization:
 
 
 @dataclass(frozen=True)
+class LoopRecord:
+    """Where a top-level `repeat` (or `for`) of the source put its iterations in the unrolled
+    G-var list: iteration k owns gvars[starts[k]:starts[k + 1]]. Not part of the program's
+    meaning (the text and digest leave it out): the kernel pass may keep such a loop rolled
+    (passes/loops.py) when its iterations are copies of one another."""
+
+    starts: tuple[int, ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def count(self) -> int:
+        return len(self.starts) - 1
+
+
+@dataclass(frozen=True)
 class Program:
     name: str | None
     parametrization: Parametrization
@@ -120,6 +135,7 @@ class Program:
     biases: tuple[Bias, ...]
     gvars: tuple[GVar, ...]
     readout: Readout
+    loops: tuple[LoopRecord, ...] = field(default=(), compare=False, repr=False)
 
     def matrix(self, name: str) -> Matrix:
         return self._index()[name]

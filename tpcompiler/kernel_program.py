@@ -5,10 +5,15 @@ Two blocks of assignments:
   cross  per pair (xi, xi'):  Gram entries x_a(xi).x_b(xi')/d, then symbols c0, c1, ...
 The cross block reads the diag values of both points: d_i of xi as d_i, of xi' as e_i.
 Quadratures are calls quad<k>_<name>(C[0][0], C[1][0], C[1][1], ...) of named integrands.
+
+A rolled program (passes/loops.py) also has loops: each Loop's body runs `count` times at its
+place in the two blocks, over state symbols that the straight code before it assigns and that
+each iteration replaces (`unrolled()` writes the same program out as straight-line code).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -50,8 +55,8 @@ class Label:
         prime = "" if self.same_point else "'"
         if self.kind == "cov":
             return f"Cov({self.a}, {self.b})" + (" at one point" if self.same_point else "'")
-        if self.kind == "dcov":
-            return f"D({self.a}, {self.b}{prime})"
+        if self.kind in ("dcov", "tcov"):
+            return f"{'DT'[self.kind == 'tcov']}({self.a}, {self.b}{prime})"
         if self.kind == "gram":
             return f"<{self.a}, {self.b}{prime}>/d"
         return self.kind.upper()
@@ -128,6 +133,27 @@ class Integrand:
 
 
 @dataclass(frozen=True)
+class Loop:
+    """A body of assignments run `count` times, after the first `diag_at` assignments of the
+    diag block (per point) and the first `cross_at` of the cross block (per pair). The body
+    reads state symbols, which the straight code assigns before the loop; after each
+    iteration every state symbol takes its `next` value (all at once: the next values are
+    read before any is replaced). Straight code after the loop reads the state's final
+    values and never a symbol the body assigns."""
+
+    count: int
+    diag: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    cross: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    diag_state: tuple[tuple[sp.Symbol, sp.Expr], ...]  # (state, next)
+    cross_state: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    diag_at: int
+    cross_at: int
+
+    def __post_init__(self):
+        assert self.count >= 1
+
+
+@dataclass(frozen=True)
 class KernelProgram:
     inputs: tuple[Input, ...]  # data binding order: generated code names them x0, x1, ...
     diag_gram: tuple[GramEntry, ...]
@@ -139,10 +165,72 @@ class KernelProgram:
     #: symbol name -> its meanings (Label; several when value numbering shared the symbol)
     labels: dict = field(default_factory=dict, compare=False)
     refused: dict = field(default_factory=dict)  # kind -> why it is not available
+    loops: tuple[Loop, ...] = ()  # in order of their places (diag_at and cross_at ascending)
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.outputs)
+
+    def assignments(self):
+        """Every assignment of both blocks, loop bodies and state updates included."""
+        yield from self.diag
+        yield from self.cross
+        for lp in self.loops:
+            yield from lp.diag + lp.cross + lp.diag_state + lp.cross_state
+
+    def unrolled(self) -> KernelProgram:
+        """The same program as straight-line code: each loop's body written out `count` times,
+        its symbols renamed per iteration (fresh d_i for per-point values, name_k for the
+        rest) and its state symbols replaced by the values of the iteration before."""
+        if not self.loops:
+            return self
+        top = max([s.index for s, _ in self.diag if isinstance(s, PointValue)]
+                  + [s.index for lp in self.loops for s, _ in lp.diag
+                     if isinstance(s, PointValue)]
+                  + [g.symbol.index for g in self.diag_gram], default=-1) + 1
+        labels = dict(self.labels)
+        now: dict = {}  # state symbol (and its twin) -> its value at this point
+        diag: list = []
+        cross: list = []
+        d_done = c_done = 0
+
+        def put(out, assigns, rename):
+            for sym, e in assigns:
+                e = e.xreplace(now).xreplace(rename)
+                out.append((rename.get(sym, sym), e))
+
+        for lp in self.loops:
+            put(diag, self.diag[d_done:lp.diag_at], {})
+            put(cross, self.cross[c_done:lp.cross_at], {})
+            d_done, c_done = lp.diag_at, lp.cross_at
+            for k in range(lp.count):
+                rename: dict = {}
+                for sym, _ in lp.diag:
+                    if isinstance(sym, PointValue):
+                        new = PointValue(top)
+                        top += 1
+                        rename[sym], rename[twin(sym)] = new, twin(new)
+                    else:
+                        rename[sym] = sp.Symbol(f"{sym.name}_{k}", real=True)
+                for sym, _ in lp.cross:
+                    rename[sym] = sp.Symbol(f"{sym.name}_{k}", real=True)
+                for old, new in rename.items():
+                    if old.name in labels:
+                        labels[new.name] = labels[old.name]
+                put(diag, lp.diag, rename)
+                put(cross, lp.cross, rename)
+                nxt = {}
+                for state, value in lp.diag_state + lp.cross_state:
+                    value = value.xreplace(now).xreplace(rename)
+                    nxt[state] = value
+                    if is_first_point(state):
+                        nxt[twin(state)] = twin(value) if is_first_point(value) else value
+                now.update(nxt)
+        put(diag, self.diag[d_done:], {})
+        put(cross, self.cross[c_done:], {})
+        outputs = {k: (d.xreplace(now), c.xreplace(now)) for k, (d, c) in self.outputs.items()}
+        return dataclasses.replace(self, diag=tuple(diag), cross=tuple(cross), outputs=outputs,
+                                   labels=labels, loops=())
 
     def cross_reads(self) -> set[str]:
         """Names of the symbols that the cross block and the off-diagonal outputs read."""
@@ -160,17 +248,32 @@ class KernelProgram:
                                                     if is_first_point(s)]
         return tuple(s for s in out if s.name in names or twin(s).name in names)
 
+    def _block_text(self, block: str) -> list[str]:
+        def line(s, e, indent=""):
+            return f"{indent}{s} = {sp.sstr(e)}{_comment(self.labels, s)}"
+
+        straight = getattr(self, block)
+        out: list[str] = []
+        done = 0
+        for lp in self.loops:
+            at = getattr(lp, block + "_at")
+            out += [line(s, e) for s, e in straight[done:at]]
+            done = at
+            state = getattr(lp, block + "_state")
+            out.append(f"repeat {lp.count} times (state {', '.join(str(s) for s, _ in state)}):")
+            out += [line(s, e, "    ") for s, e in getattr(lp, block)]
+            out += [f"    {s} <- {sp.sstr(v)}" for s, v in state]
+        return out + [line(s, e) for s, e in straight[done:]]
+
     def text(self) -> str:
         lines = ["# per point"]
         for g in self.diag_gram:
             lines.append(f"{g.symbol} = <{g.a}, {g.b}>/d")
-        for s, e in self.diag:
-            lines.append(f"{s} = {sp.sstr(e)}{_comment(self.labels, s)}")
+        lines += self._block_text("diag")
         lines.append("# per pair (d_i of the first point, e_i of the second)")
         for g in self.cross_gram:
             lines.append(f"{g.symbol} = <{g.a}, {g.b}'>/d")
-        for s, e in self.cross:
-            lines.append(f"{s} = {sp.sstr(e)}{_comment(self.labels, s)}")
+        lines += self._block_text("cross")
         for kind, (d, c) in self.outputs.items():
             lines.append(f"{kind}: diagonal {sp.sstr(d)}, off-diagonal {sp.sstr(c)}")
         for q in self.integrands:
@@ -185,12 +288,14 @@ def _comment(labels, s) -> str:
     return f"    # {'; '.join(map(str, meanings))}" if meanings else ""
 
 
-def cse_block(assigns, prefix: str) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
-    """Straight-line code with common subexpressions as temporaries (prefix0, prefix1, ...),
-    each placed right before its first use (a temporary may read earlier assignments)."""
+def cse_block(assigns, prefix: str, start: int = 0) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
+    """Straight-line code with common subexpressions as temporaries (prefix<start>,
+    prefix<start+1>, ...), each placed right before its first use (a temporary may read
+    earlier assignments)."""
     if not assigns:
         return ()
-    temps, reduced = sp.cse([e for _, e in assigns], symbols=sp.numbered_symbols(prefix, real=True),
+    temps, reduced = sp.cse([e for _, e in assigns],
+                            symbols=sp.numbered_symbols(prefix, real=True, start=start),
                             order="none")
     temp_expr = dict(temps)
     placed: set = set()

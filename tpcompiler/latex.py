@@ -18,8 +18,8 @@ def _g(name: str) -> str:
 def _label_tex(label: Label, side: str) -> str:
     """A meaning of a symbol at one side: "11" (x, x), "22" (x', x') or "12" (x, x')."""
     pt = {"11": "(x,x)", "22": "(x',x')", "12": "(x,x')"}[side]
-    if label.kind in ("cov", "dcov"):
-        head = r"\Sigma" if label.kind == "cov" else "D"
+    if label.kind in ("cov", "dcov", "tcov"):
+        head = {"cov": r"\Sigma", "dcov": "D", "tcov": r"\Theta"}[label.kind]
         return rf"{head}_{{{_g(label.a)}{_g(label.b)}}}{pt}"
     if label.kind == "gram":
         p1, p2 = {"11": ("", ""), "22": ("'", "'"), "12": ("", "'")}[side]

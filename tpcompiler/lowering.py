@@ -99,6 +99,8 @@ class _Lowerer:
         self.readout: ir.Readout | None = None
         self.readout_span: Span | None = None
         self.steps = 0
+        self.loop_depth = 0
+        self.loops: list[ir.LoopRecord] = []
         self.scales: dict = {}  # ranges.log_scale's memo: sub-expressions are shared
 
     # --- helpers -------------------------------------------------------------------------
@@ -222,6 +224,7 @@ class _Lowerer:
             biases=tuple(self.biases),
             gvars=tuple(self.gvars),
             readout=self.readout,
+            loops=tuple(self.loops),
         )
 
     def _check_param_targets(self) -> None:
@@ -377,12 +380,28 @@ class _Lowerer:
         self.env[s.name] = value
         self.defined_at.setdefault(s.name, s.span)
 
+    def _iterations(self, span, items, run) -> None:
+        """run(item) for each iteration; a top-level loop records where its iterations' G-vars
+        start (ir.LoopRecord), for the kernel pass to keep it rolled."""
+        starts = []
+        self.loop_depth += 1
+        try:
+            for item in items:
+                self._tick(span)  # also bounds nested loops with empty bodies
+                starts.append(len(self.gvars))
+                run(item)
+        finally:
+            self.loop_depth -= 1
+        if self.loop_depth == 0 and len(starts) >= 2:
+            self.loops.append(ir.LoopRecord((*starts, len(self.gvars)), span))
+
     def stmt_Repeat(self, s: S.Repeat) -> None:
         n = self.integer(s.count, "the repeat count", lo=0, hi=MAX_GVARS)
-        for _ in range(n):
-            self._tick(s.span)  # also bounds nested loops with empty bodies
+
+        def one(_):
             for b in s.body:
                 self.stmt(b)
+        self._iterations(s.span, range(n), one)
 
     def stmt_For(self, s: S.For) -> None:
         lo = self.integer(s.start, "the loop start")
@@ -394,12 +413,12 @@ class _Lowerer:
         if s.var in self.env:
             raise TPError(f"the loop variable '{s.var}' is already defined", s.span,
                           "choose another name")
+        def one(t):
+            self.env[s.var] = Scalar(sp.Integer(t))
+            for b in s.body:
+                self.stmt(b)
         try:
-            for t in range(lo, hi + 1):
-                self._tick(s.span)
-                self.env[s.var] = Scalar(sp.Integer(t))
-                for b in s.body:
-                    self.stmt(b)
+            self._iterations(s.span, range(lo, hi + 1), one)
         finally:
             self.env.pop(s.var, None)
 

@@ -53,32 +53,59 @@ def verify_program(p: ir.Program) -> ir.Program:
     return p
 
 
+def _walk(kp: KernelProgram, block: str, known: set, body_known: set = frozenset()) -> set:
+    """Check one block in order, each loop in its place: a symbol is assigned once and read
+    after its assignment; a loop's body reads what is known before it (and body_known), its
+    state is assigned before it, and the code after it never reads the body's symbols.
+    Returns the symbols known after the block."""
+    known = set(known)
+    assigned: set = set()
+
+    def run(assigns, scope):
+        for s, e in assigns:
+            _check(s not in assigned and s not in scope, f"{s} is assigned twice ({block})")
+            _check(e.free_symbols <= scope, f"{s} reads {sorted(map(str, e.free_symbols - scope))}"
+                                            f" before their assignment ({block})")
+            scope.add(s)
+            assigned.add(s)
+
+    straight = getattr(kp, block)
+    done = 0
+    for lp in kp.loops:
+        at = getattr(lp, block + "_at")
+        run(straight[done:at], known)
+        done = at
+        inner = known | set(body_known)
+        run(getattr(lp, block), inner)
+        for s, v in getattr(lp, block + "_state"):
+            _check(s in known, f"the loop state {s} is not assigned before the loop ({block})")
+            _check(v.free_symbols <= inner, f"the next value of {s} reads undefined symbols")
+    run(straight[done:], known)
+    return known
+
+
+def _point_values(assigns) -> set:
+    values = {s for s, _ in assigns if is_first_point(s)}
+    return values | {twin(s) for s in values}
+
+
 def verify_kernel_program(kp: KernelProgram) -> KernelProgram:
-    """Straight-line code: every symbol read is a Gram entry, an earlier assignment (the cross
-    block also reads the first point's diag values d_i and the second's e_i), or an
-    integration variable; assigned once; every quadrature call names an integrand; the outputs
-    read defined symbols. Returns kp."""
+    """Straight-line code (loops in their places: `_walk`): every symbol read is a Gram
+    entry, an earlier assignment (the cross block also reads the first point's diag values d_i
+    and the second's e_i; a loop's body those of the diag loop's body too), or an integration
+    variable; assigned once; every quadrature call names an integrand; the outputs read
+    defined symbols. Returns kp."""
     integrands = {q.name for q in kp.integrands}
-    diag = {g.symbol for g in kp.diag_gram}
-    for s, e in kp.diag:
-        _check(s not in diag, f"{s} is assigned twice in the diag block")
-        _check(e.free_symbols <= diag, f"{s} reads {sorted(map(str, e.free_symbols - diag))} "
-                                      "before their assignment (diag)")
-        diag.add(s)
-    # the per-point values the pair block may read: the d_i (Gram entries and recursion, not
-    # the diag block's temporaries) of both points
-    values = {g.symbol for g in kp.diag_gram} | {s for s, _ in kp.diag if is_first_point(s)}
-    cross = {g.symbol for g in kp.cross_gram} | values | {twin(s) for s in values}
-    for s, e in kp.cross:
-        _check(s not in cross, f"{s} is assigned twice")
-        _check(e.free_symbols <= cross, f"{s} reads {sorted(map(str, e.free_symbols - cross))} "
-                                       "before their assignment (cross)")
-        cross.add(s)
+    diag = _walk(kp, "diag", {g.symbol for g in kp.diag_gram})
+    grams = {g.symbol for g in kp.diag_gram}
+    values = _point_values(kp.diag) | grams | {twin(s) for s in grams}
+    body_values = set().union(*(_point_values(lp.diag) for lp in kp.loops))
+    cross = _walk(kp, "cross", {g.symbol for g in kp.cross_gram} | values, body_values)
     for kind, (d, c) in kp.outputs.items():
         _check(d.free_symbols <= diag, f"the {kind} diagonal reads undefined symbols")
         _check(c.free_symbols <= cross, f"the {kind} kernel reads undefined symbols")
         _check(kind in ("nngp", "ntk"), f"an output of unknown kind {kind}")
-    for _, e in (*kp.diag, *kp.cross):
+    for _, e in kp.assignments():
         for f in e.atoms(QuadCall):
             _check(f.integrand in integrands, f"{type(f).__name__} has no integrand")
     return kp

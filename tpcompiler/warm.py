@@ -126,6 +126,10 @@ def check_finite(res: dict, get) -> None:
     them (powers, products, exp) can still take large inputs past 1.8e308, and an inf (or the
     nan of inf - inf) is no kernel to hand back."""
     for kind in get:
+        # one pass that allocates nothing: a sum is finite unless an entry is not or the
+        # entries are too large to add (then the entry-wise check decides)
+        if np.isfinite(np.add.reduce(res[kind], axis=None)):
+            continue
         bad = ~np.isfinite(res[kind])
         if bad.any():
             i, j = (int(v) for v in np.argwhere(bad)[0])

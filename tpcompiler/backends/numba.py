@@ -12,6 +12,7 @@ column loop vectorises (measured 7x on a depth-10 relu MLP: 66 against 470 ns a 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 
@@ -20,7 +21,14 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__, series
-from ..kernel_program import Integrand, KernelProgram, quad_call
+from ..kernel_program import (
+    Integrand,
+    KernelProgram,
+    PointValue,
+    is_first_point,
+    quad_call,
+    untwin,
+)
 from ..quadrature import (
     careful_rows,
 )
@@ -68,9 +76,10 @@ def _careful_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str) -
     return lines
 
 
-#: what a generated series function reads besides the covariance: the per-point tables and the
-#: pair (names of the rows driver's locals)
-_SERIES_ARGS = tuple(sp.Symbol(n) for n in ("D1", "D2", "i", "j"))
+#: what a generated series function reads besides the covariance: the per-point tables, the
+#: pair and the offset of its factors' columns (a rolled loop's layer: names of the rows
+#: driver's locals)
+_SERIES_ARGS = tuple(sp.Symbol(n) for n in ("D1", "D2", "i", "j", "off"))
 
 
 def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = JIT,
@@ -149,7 +158,7 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
             lines += _vectors_source(c, plan, inline)
             continue
         quad = printer.doprint(quad_call(c.call.integrand + "fb", 2)(*sp.symbols("c00 c10 c11")))
-        lines += [inline, f"def {c.name}(c00, c10, c11, D1, D2, i, j):",
+        lines += [inline, f"def {c.name}(c00, c10, c11, D1, D2, i, j, off):",
                   "    rho = correlation(c00, c10, c11)",
                   f"    if abs(rho) >= {1.0 - series.UNIT!r}:",
                   f"        return _r1{type(c.call).__name__}(c00, c11, "
@@ -159,11 +168,12 @@ def _series_source(plan: series.SeriesPlan, printer: KernelPrinter, jit: str = J
             oa = plan.factors[t.a].column if t.a is not None else None
             ob = plan.factors[t.b].column if t.b is not None else None
             if oa is not None and ob is not None:
-                val = f"hdot(D1, i, SER_COL[{t.a}], D2, j, SER_COL[{t.b}], rho, False)"
+                val = (f"hdot(D1, i, SER_COL[{t.a}] + off, D2, j, SER_COL[{t.b}] + off, rho, "
+                       "False)")
             elif oa is not None:
-                val = f"D1[i, {oa + series.HEAD}]"  # alpha_0 = E[f(u)]
+                val = f"D1[i, {oa + series.HEAD} + off]"  # alpha_0 = E[f(u)]
             elif ob is not None:
-                val = f"D2[j, {ob + series.HEAD}]"
+                val = f"D2[j, {ob + series.HEAD} + off]"
             else:
                 val = "1.0"
             lines.append(f"    v += {t.coef!r} * {val}")
@@ -182,7 +192,7 @@ def _vectors_source(c: series.SeriesCall, plan: series.SeriesPlan, inline: str) 
     stays a positive semi-definite kernel, and the accuracy probe reports its error)."""
     dim = int(round((math.sqrt(8 * len(c.call.args) + 1) - 1) / 2))
     names = _tri_names(dim)
-    lines = [inline, f"def {c.name}({', '.join(names)}, D1, D2, i, j):"]
+    lines = [inline, f"def {c.name}({', '.join(names)}, D1, D2, i, j, off):"]
     for m, (a, ab, b) in enumerate(c.rhos):
         lines.append(f"    r{m} = correlation({names[a]}, {names[ab]}, {names[b]})")
     lines.append("    v = 0.0")
@@ -191,13 +201,13 @@ def _vectors_source(c: series.SeriesCall, plan: series.SeriesPlan, inline: str) 
         fb = plan.factors[t.b] if t.b is not None else None
         if fa is not None and fb is not None:
             if fa.kind == "2":
-                val = f"hdot2(D1, i, SER_COL[{t.a}], D2, j, SER_COL[{t.b}], r0, r1)"
+                val = f"hdot2(D1, i, SER_COL[{t.a}] + off, D2, j, SER_COL[{t.b}] + off, r0, r1)"
             else:
-                val = f"hdot(D1, i, SER_COL[{t.a}], D2, j, SER_COL[{t.b}], r0, True)"
+                val = f"hdot(D1, i, SER_COL[{t.a}] + off, D2, j, SER_COL[{t.b}] + off, r0, True)"
         elif fa is not None or fb is not None:
             f, idx, tab, row = (fa, t.a, "D1", "i") if fa is not None else (fb, t.b, "D2", "j")
             head = series.HEAD2 if f.kind == "2" else series.HEAD
-            val = f"{tab}[{row}, SER_COL[{idx}] + {head}]"  # the mean: c_0(0)
+            val = f"{tab}[{row}, SER_COL[{idx}] + {head} + off]"  # the mean: c_0(0)
         else:
             val = "1.0"
         lines.append(f"    v += {t.coef!r} * {val}")
@@ -208,6 +218,11 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
     """The generated module's source. Names come from the kernel program, never user text.
     use_series=False keeps every quadrature (the NumPy reference's algorithm, for tests)."""
     pr = KernelPrinter()
+    if kp.loops:
+        lines: list[str] = []
+        for q in kp.integrands:
+            lines += quad_source(q, pr)
+        return _module_text(lines + _render_rolled(kp, pr, use_series))
     kinds = list(kp.outputs)
     needed = kp.diag_needed()
     plan = series.plan(kp, len(needed)) if use_series else series.SeriesPlan((), ())
@@ -233,6 +248,7 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
     ks = [f"K{n}" for n in range(len(kinds))]
     lines += [PJIT, f"def rows({', '.join(gc + ['D1', 'D2T', 'D2'] + ks)}, lo, hi, col0, sym):",
               f"    n2 = {ks[0]}.shape[1]",
+              "    off = 0  # the series' columns are where the plan put them",
               "    for i in range(lo, hi):"]
     lines += first_point_loads(kp, needed, "        ")
     lines.append("        for j in range(i + 1 if sym else 0, n2):")
@@ -240,23 +256,228 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
     lines += pair_body(kp, needed, outs, kinds, pr, "            ", "i - lo, j - col0", "i, j",
                        calls)
     lines += ["    return", ""]
-    lines += [PJIT, "def mirror(K, lo, hi):",
-              "    # lower triangle from the upper, in tiles so both sides stay in cache",
-              "    n = K.shape[0]",
-              "    for i0 in range(lo, hi, 64):",
-              "        for j0 in range(0, i0 + 64, 64):",
-              "            for i in range(i0, min(i0 + 64, hi)):",
-              "                for j in range(j0, min(j0 + 64, i)):",
-              "                    K[i, j] = K[j, i]",
-              "    return", ""]
-    head = [f"# generated by tpcompiler {__version__}; do not edit",
-            "import math", "", "import numpy as np", "from numba import njit", ""]
-    lines = head + runtime_lines(lines, JIT) + lines
+    lines += _mirror_lines()
     lines.append(f"KINDS = {tuple(kinds)!r}")
     lines.append(f"N_SCALARS = {len(needed)}  # the columns D2T holds")
     lines.append(f"N_DIAG = {len(needed) + plan.width}")
-    return "\n".join(lines) + "\n"
+    return _module_text(lines)
+
+
+def _module_text(lines: list[str]) -> str:
+    head = [f"# generated by tpcompiler {__version__}; do not edit",
+            "import math", "", "import numpy as np", "from numba import njit", ""]
+    return "\n".join(head + runtime_lines(lines, JIT) + lines) + "\n"
+
+
+def _mirror_lines() -> list[str]:
+    return [PJIT, "def mirror(K, lo, hi):",
+            "    # lower triangle from the upper, in tiles so both sides stay in cache",
+            "    n = K.shape[0]",
+            "    for i0 in range(lo, hi, 64):",
+            "        for j0 in range(0, i0 + 64, 64):",
+            "            for i in range(i0, min(i0 + 64, hi)):",
+            "                for j in range(j0, min(j0 + 64, i)):",
+            "                    K[i, j] = K[j, i]",
+            "    return", ""]
+
+
+def _rolled_series(kp: KernelProgram, first_column: int):
+    """One series plan for a rolled program: the straight code's calls (factors from
+    first_column on), then each loop body's, whose factors' columns count from 0 within a
+    layer's group (the generated code adds the layer's offset `off`). Returns the plan, the
+    factor index ranges [start, stop) of each loop and, per loop, (first column, columns per
+    layer)."""
+    straight = series.plan(dataclasses.replace(kp, loops=()), first_column)
+    factors, calls = list(straight.factors), list(straight.calls)
+    column = first_column + straight.width
+    ranges, groups = [], []
+    for lp in kp.loops:
+        body = series.plan(dataclasses.replace(kp, cross=lp.cross, outputs={}, loops=()), 0)
+        shift = len(factors)
+        factors += body.factors
+        ranges.append((shift, len(factors)))
+        for c in body.calls:
+            terms = tuple(series.Term(t.coef, None if t.a is None else t.a + shift,
+                                      None if t.b is None else t.b + shift) for t in c.terms)
+            calls.append(dataclasses.replace(c, name=f"ser{len(calls)}", terms=terms))
+        groups.append((column, body.width))
+        column += lp.count * body.width
+    return series.SeriesPlan(tuple(factors), tuple(calls)), ranges, groups, column
 
 
 def numba_version() -> str:
     return numba.__version__
+
+
+#: pairs per block of the rolled pair driver: every piece of straight code and every layer
+#: runs over this many pairs at a time, its per-pair values in arrays (structure of arrays)
+BLOCK = 256
+
+
+def _point_reads(assigns, extra=()) -> set:
+    names: set = set()
+    for _, e in (*assigns, *((None, x) for x in extra)):
+        names |= e.free_symbols
+    return names
+
+
+def _rolled_columns(kp: KernelProgram):
+    """The per-point table of a rolled program: the fixed columns (per-point values that the
+    straight pair code reads, or a loop's body reads unchanged), then per loop `count` groups
+    of the values its pair body reads at each layer (the diag body's, and its state's at the
+    layer's start). Returns (fixed, per_loop) as symbol lists."""
+    loop_values = []
+    for lp in kp.loops:
+        mine = {s for s, _ in lp.diag if is_first_point(s)} | {s for s, _ in lp.diag_state}
+        reads = {untwin(s) for s in _point_reads(lp.cross, [v for _, v in lp.cross_state])
+                 if isinstance(s, PointValue)}
+        loop_values.append([s for s in [*(s for s, _ in lp.diag_state),
+                                        *(s for s, _ in lp.diag)] if s in mine and s in reads])
+    per_layer = {s for v in loop_values for s in v}
+    reads = {untwin(s) for s in _point_reads(kp.cross, [c for _, c in kp.outputs.values()])
+             if isinstance(s, PointValue)}
+    for lp in kp.loops:
+        reads |= {untwin(s) for s in _point_reads(lp.cross, [v for _, v in lp.cross_state])
+                  if isinstance(s, PointValue)} - per_layer
+    straight = [g.symbol for g in kp.diag_gram] + [s for s, _ in kp.diag if is_first_point(s)]
+    fixed = [s for s in straight if s in reads]
+    return fixed, loop_values
+
+
+def _render_rolled(kp: KernelProgram, pr: KernelPrinter, use_series: bool) -> list[str]:
+    """diag and rows drivers of a rolled program (KernelProgram.loops): each loop a `for`
+    over its layers. The pair driver runs every piece of straight code and every layer over a
+    block of BLOCK pairs of a row, its values carried between pieces in the array P (one row
+    per carried value), so the pair loops vectorise at any depth."""
+    kinds = list(kp.outputs)
+    outs = [sp.Symbol(f"out_{k}") for k in kinds]
+    fixed, per_loop = _rolled_columns(kp)
+    col = {s: n for n, s in enumerate(fixed)}
+    base, bases = len(fixed), []
+    for lp, values in zip(kp.loops, per_loop):
+        bases.append(base)
+        base += lp.count * len(values)
+    width = base
+    if use_series:
+        plan, ranges, groups, total = _rolled_series(kp, width)
+    else:
+        plan, ranges = series.SeriesPlan((), ()), [(0, 0)] * len(kp.loops)
+        groups, total = [(width, 0)] * len(kp.loops), width
+    calls = {c.call: sp.Function(c.name)(*c.call.args, *_SERIES_ARGS) for c in plan.calls}
+    in_loop = {n for start, stop in ranges for n in range(start, stop)}
+
+    def emit(assigns, indent):
+        return [f"{indent}{s} = {pr.doprint(e.xreplace(calls))}" for s, e in assigns]
+
+    def coefficients(numbers, indent, off):
+        out = []
+        for n in numbers:
+            f = plan.factors[n]
+            var2 = "0.0" if f.var2 is None else pr.doprint(f.var2)
+            out.append(f"{indent}_hc{plan.functions.index((f.fn, f.kind))}({pr.doprint(f.var)}"
+                       f", {var2}, D, i, SER_COL[{n}]{off})")
+        return out
+
+    lines = _series_source(plan, pr)
+
+    # --- per point
+    gd = [f"G{n}" for n in range(len(kp.diag_gram))]
+    lines += [PJIT, f"def diag({', '.join(gd + ['D', 'OUT', 'lo', 'hi'])}):",
+              "    for i in range(lo, hi):"]
+    lines += [f"        {g.symbol} = G{n}[i]" for n, g in enumerate(kp.diag_gram)]
+    done = 0
+    for lp, values, b, (start, stop), (fb, fw) in zip(kp.loops, per_loop, bases, ranges,
+                                                     groups):
+        lines += emit(kp.diag[done:lp.diag_at], "        ")
+        done = lp.diag_at
+        lines.append(f"        for layer in range({lp.count}):")
+        lines += emit(lp.diag, "            ")
+        lines += [f"            D[i, {b + m} + layer * {len(values)}] = {s}"
+                  for m, s in enumerate(values)]
+        lines += coefficients(range(start, stop), "            ", f" + {fb} + layer * {fw}")
+        if lp.diag_state:
+            lines.append(f"            {', '.join(str(s) for s, _ in lp.diag_state)} = "
+                         f"{', '.join(pr.doprint(v) for _, v in lp.diag_state)}")
+    lines += emit(list(kp.diag[done:]) + [(o, kp.outputs[k][0]) for o, k in zip(outs, kinds)],
+                  "        ")
+    lines += [f"        OUT[i, {n}] = {o}" for n, o in enumerate(outs)]
+    lines += [f"        D[i, {n}] = {s}" for n, s in enumerate(fixed)]
+    lines += coefficients([n for n in range(len(plan.factors)) if n not in in_loop], "        ",
+                          "")
+    lines += ["    return", ""]
+
+    # --- per pair: the pieces of straight code between the loops, and the loop bodies
+    pieces = []  # (assigns, stores after: [(symbol, value)], loop index or None)
+    done = 0
+    for n, lp in enumerate(kp.loops):
+        pieces.append((list(kp.cross[done:lp.cross_at]), [], None))
+        done = lp.cross_at
+        pieces.append((list(lp.cross), list(lp.cross_state), n))
+    pieces.append((list(kp.cross[done:]) + [(o, kp.outputs[k][1]) for o, k in zip(outs, kinds)],
+                   [], None))
+    gram = {g.symbol: n for n, g in enumerate(kp.cross_gram)}
+    owner: dict = {}
+    for p, (assigns, _, _) in enumerate(pieces):
+        for s, _ in assigns:
+            owner[s] = p
+    reads = [_point_reads(a, [v for _, v in st]) for a, st, _ in pieces]
+    spilled = sorted({s for p, r in enumerate(reads) for s in r
+                      if s in owner and owner[s] != p}
+                     | {s for lp in kp.loops for s, _ in lp.cross_state}, key=str)
+    slot = {s: n for n, s in enumerate(spilled)}
+    gc = [f"C{n}" for n in range(len(kp.cross_gram))]
+    ks = [f"K{n}" for n in range(len(kinds))]
+    lines += [PJIT, f"def rows({', '.join(gc + ['D1', 'D2T', 'D2'] + ks)}, lo, hi, col0, sym):",
+              f"    n2 = {ks[0]}.shape[1]",
+              f"    P = np.empty(({max(1, len(spilled))}, {BLOCK}))",
+              "    off = 0  # the straight code's series columns are where the plan put them",
+              "    for i in range(lo, hi):"]
+    first_reads = set().union(*reads)
+    clobbered = {s for v in per_loop for s in v}
+    lines += [f"        {s} = D1[i, {col[s]}]" for s in fixed if s in first_reads]
+    # (measured: column blocks outermost, with the triangle's start max(jlo, i + 1) inside,
+    # kept LLVM from vectorising the pair loops: 4.5x slower)
+    lines += [f"        for jlo in range(i + 1 if sym else 0, n2, {BLOCK}):",
+              f"            jhi = min(jlo + {BLOCK}, n2)"]
+    for p, (assigns, stores, n) in enumerate(pieces):
+        indent = "            "
+        layer_cols = {}
+        if n is not None:
+            lp, values, b = kp.loops[n], per_loop[n], bases[n]
+            layer_cols = {s: f"{b + m} + layer * {len(values)}" for m, s in enumerate(values)}
+            lines.append(f"{indent}for layer in range({lp.count}):")
+            indent += "    "
+            lines += [f"{indent}{s} = D1[i, {c}]" for s, c in layer_cols.items()
+                      if s in reads[p]]
+            if groups[n][1]:
+                lines.append(f"{indent}off = {groups[n][0]} + layer * {groups[n][1]}")
+        elif p > 0:  # a state's final value, where a loop's layers loaded its per-layer ones
+            lines += [f"{indent}{s} = D1[i, {col[s]}]" for s in fixed
+                      if s in reads[p] and s in clobbered]
+            if any(groups[m][1] for m in range(len(groups))):
+                lines.append(f"{indent}off = 0")
+        lines.append(f"{indent}for j in range(jlo, jhi):")
+        indent += "    "
+        own = {s for s, _ in assigns}
+        for s in sorted(reads[p], key=str):
+            if s in own:
+                continue
+            if s in slot:
+                lines.append(f"{indent}{s} = P[{slot[s]}, j - jlo]")
+            elif s in gram:
+                lines.append(f"{indent}{s} = C{gram[s]}[i - lo, j - col0]")
+            elif isinstance(s, PointValue) and s.point == 2:
+                c = layer_cols.get(untwin(s))
+                lines.append(f"{indent}{s} = D2T[{c if c is not None else col[untwin(s)]}, j]")
+        lines += emit(assigns, indent)
+        if p == len(pieces) - 1:
+            lines += [f"{indent}K{m}[i, j] = {o}" for m, o in enumerate(outs)]
+        lines += [f"{indent}P[{slot[s]}, j - jlo] = {s}" for s, _ in assigns
+                  if s in slot and n is None]
+        lines += [f"{indent}P[{slot[s]}, j - jlo] = {pr.doprint(v)}" for s, v in stores]
+    lines += ["    return", ""]
+    lines += _mirror_lines()
+    lines.append(f"KINDS = {tuple(kinds)!r}")
+    lines.append(f"N_SCALARS = {width}  # the columns D2T holds")
+    lines.append(f"N_DIAG = {total}")
+    return lines

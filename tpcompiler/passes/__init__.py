@@ -16,6 +16,7 @@ from ..lowering import lower
 from ..parse import parse_source
 from ..verify import verify_kernel_program, verify_program
 from .kernels import build_kernel_program
+from .loops import build_rolled
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,36 @@ class Source:
     path: str = "<string>"
 
 
+def _recursions(program: ir.Program) -> KernelProgram:
+    """The rolled kernel program where the program's loops can stay loops, else unrolled."""
+    return build_rolled(program) or build_kernel_program(program)
+
+
 def _cse(kp: KernelProgram) -> KernelProgram:
-    """Common subexpressions as temporaries of each block (t* per point, u* per pair)."""
-    return dataclasses.replace(kp, diag=cse_block(kp.diag, "t"), cross=cse_block(kp.cross, "u"))
+    """Common subexpressions as temporaries of each piece of straight code (t* per point, u*
+    per pair): a loop's body on its own, so that no temporary crosses a loop's boundary."""
+    pieces: dict = {}
+    loops = []
+    numbers = {"diag": 0, "cross": 0}
+
+    def cse(block, assigns):
+        out = cse_block(assigns, "t" if block == "diag" else "u", numbers[block])
+        numbers[block] += len(out) - len(assigns)
+        return out
+
+    for block in ("diag", "cross"):
+        straight, done, out = getattr(kp, block), 0, []
+        for n, lp in enumerate(kp.loops):
+            at = getattr(lp, block + "_at")
+            out += cse(block, straight[done:at])
+            done = at
+            pieces[(n, block)] = (len(out), cse(block, getattr(lp, block)))
+        pieces[block] = tuple(out + list(cse(block, straight[done:])))
+    for n, lp in enumerate(kp.loops):
+        (at_d, body_d), (at_c, body_c) = pieces[(n, "diag")], pieces[(n, "cross")]
+        loops.append(dataclasses.replace(lp, diag=body_d, cross=body_c, diag_at=at_d,
+                                         cross_at=at_c))
+    return dataclasses.replace(kp, diag=pieces["diag"], cross=pieces["cross"], loops=tuple(loops))
 
 
 @dataclass(frozen=True)
@@ -45,8 +73,9 @@ PIPELINE: tuple[Pass, ...] = (
          "text -> AST (syntax.Module): the grammar, syntax errors"),
     Pass("lower", lower, verify_program, ir.Program.text,
          "AST -> IR (ir.Program): names, kinds, loops unrolled, acts inlined"),
-    Pass("recursions", build_kernel_program, verify_kernel_program, KernelProgram.text,
-         "IR -> KernelProgram: the NNGP and NTK recursions by the Master theorem"),
+    Pass("recursions", _recursions, verify_kernel_program, KernelProgram.text,
+         "IR -> KernelProgram: the NNGP and NTK recursions by the Master theorem, loops kept "
+         "rolled where their iterations are copies of one another (passes/loops.py)"),
     Pass("cse", _cse, verify_kernel_program, KernelProgram.text,
          "KernelProgram -> KernelProgram: shared subexpressions computed once"),
 )
@@ -65,5 +94,6 @@ def run(value, start: str = "parse", stop: str = "cse"):
 
 
 def kernel_program(program: ir.Program) -> KernelProgram:
-    """IR -> KernelProgram: the passes after lowering."""
+    """IR -> KernelProgram: the passes after lowering (rolled where it can be:
+    KernelProgram.unrolled() writes it out as straight-line code)."""
     return run(program, start="recursions")

@@ -60,7 +60,7 @@ def at_side(h: sp.Expr, side: int) -> sp.Expr:
     return h.xreplace({s: sided(s.name, side) for s in h.free_symbols})
 
 
-class _Builder:
+class Builder:
     def __init__(self, prog: ir.Program):
         self.p = prog
         self.position = {g.name: i for i, g in enumerate(prog.gvars)}  # SSA order
@@ -233,6 +233,50 @@ class _Builder:
         self.memo[key] = self._new(block, total, Label("dcov", a, b, block == "diag"))
         return self.memo[key]
 
+    # --- the forward tangent kernel (rolled programs, passes/loops.py) -----------------
+
+    def tangent(self, a: str, block: str) -> sp.Expr:
+        """T(a) = lim <da/dtheta, da'/dtheta>/n summed over every parameter theta, in a program
+        whose every matrix and bias makes one G-var (so T(a, b) = 0 for a != b):
+            T(A x) = Cov,  T(b) = Cov = s_b^2,
+            T(W h) = Cov + s_W^2 sum_i E[d_i h d_i h'] T(g_i)   (h a function of the g_i).
+        The NTK is then NNGP + s_v^2 sum_i E[d_i h_out d_i h_out'] T(g_i): the chain rule
+        forward, as neural-tangents' Dense layers propagate it, equal to the backward sum of
+        `ntk` (D times Cov) in exact arithmetic."""
+        key = ("T", block, a)
+        if key in self.memo:
+            return self.memo[key]
+        g = self.p.gvar(a)
+        total = self.cov_diag(a, a) if block == "diag" else self.cov_cross(a, a)
+        if g.op is ir.Op.MATMUL:
+            var = self.p.param_var(g.param)
+            if var != 0:
+                total += var * self._chain(g.arg, block)
+        self.memo[key] = self._new(block, total, Label("tcov", a, a, block == "diag"))
+        return self.memo[key]
+
+    def _chain(self, h: sp.Expr, block: str) -> sp.Expr:
+        """sum_i E[d_i h d_i h'] T(g_i) over the G-vars g_i that h reads."""
+        sa, sb = (1, 1) if block == "diag" else (1, 2)
+        total = sp.S.Zero
+        for name in ir.gvars_of(h):
+            dh = sp.diff(h, ir.gsym(name))
+            if dh == 0:
+                continue
+            t = self.tangent(name, block)
+            if t == 0:
+                continue
+            total += t * self.E(at_side(dh, sa) * at_side(dh, sb))
+        return total
+
+    def ntk_forward(self, block: str, nngp: sp.Expr) -> sp.Expr:
+        r = self.p.readout
+        total = nngp
+        var = self.p.param_var(r.matrix)
+        if not isinstance(r.arg, ir.InputRef) and var != 0:
+            total += var * self._chain(r.arg, block)
+        return self._new(block, total, Label("ntk"))
+
     # --- outputs -----------------------------------------------------------------------
 
     def nngp(self, block: str) -> sp.Expr:
@@ -283,7 +327,7 @@ def build_kernel_program(prog: ir.Program) -> KernelProgram:
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 20_000))
     try:
-        b = _Builder(prog)
+        b = Builder(prog)
         refused = refusals(prog)
         outputs = {}
         if len(refused) < 2:
