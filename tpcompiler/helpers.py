@@ -43,16 +43,18 @@ def relu_relu(q1: float, q2: float, k: float) -> float:
         return 0.0
     r = math.sqrt(snapped_det(q1, q2, k))
     theta = math.atan2(r, k)  # == th(q1, q2, k); r is needed as well, so not recomputed
-    # (pi - theta) / pi is exactly 1 at theta = 0 and exactly 0 at theta = pi, which makes
-    # parallel inputs give k / 2 and antipodal ones 0 to the last bit
-    return r / (2.0 * math.pi) + 0.5 * k * ((math.pi - theta) / math.pi)
+    # products with the rounded 1 / (2 pi) and 1 / pi, not divisions (a division costs several
+    # times a product in the per-pair loops), within an ulp of the quotients; (pi - theta) / pi
+    # is still exactly 1 at theta = 0 (pi times the rounded 1 / pi is 1.0 to the last bit) and
+    # exactly 0 at theta = pi, so parallel inputs give k / 2 and antipodal ones 0 to the last bit
+    return r * 0.15915494309189535 + 0.5 * k * ((math.pi - theta) * 0.3183098861837907)
 
 
 def step_step(q1: float, q2: float, k: float) -> float:
     """E[step(u) step(v)] = (pi - theta) / (2 pi); 0 when a variance is 0 (step(0) = 0)."""
     if q1 <= 0.0 or q2 <= 0.0:
         return 0.0
-    return 0.5 * ((math.pi - th(q1, q2, k)) / math.pi)
+    return 0.5 * ((math.pi - th(q1, q2, k)) * 0.3183098861837907)  # see relu_relu
 
 
 def relu_step(q1: float, q2: float, k: float) -> float:
@@ -178,12 +180,12 @@ def angle(q1: float, q2: float, r: float, k: float) -> float:
 
 def relu_relu_rt(r: float, t: float, k: float) -> float:
     """relu_relu from r = rootdet and t = angle (computed once a layer, shared with step_step_t)."""
-    return r / (2.0 * math.pi) + 0.5 * k * ((math.pi - t) / math.pi)
+    return r * 0.15915494309189535 + 0.5 * k * ((math.pi - t) * 0.3183098861837907)
 
 
 def step_step_t(t: float) -> float:
     """step_step from t = angle: (pi - theta) / (2 pi), exact at theta = 0 and pi."""
-    return 0.5 * ((math.pi - t) / math.pi)
+    return 0.5 * ((math.pi - t) * 0.3183098861837907)
 
 
 def expm1h(x: float) -> float:
@@ -199,7 +201,7 @@ def step_mean(q: float) -> float:
 
 def step_step_q(q1: float, q2: float, t: float) -> float:
     """step_step_t, 0 when either variance is 0 (step(0) = 0 on a point mass)."""
-    return 0.0 if (q1 <= 0.0) | (q2 <= 0.0) else 0.5 * ((math.pi - t) / math.pi)
+    return 0.0 if (q1 <= 0.0) | (q2 <= 0.0) else 0.5 * ((math.pi - t) * 0.3183098861837907)
 
 
 HELPER_SOURCE_ORDER: tuple[str, ...] = (

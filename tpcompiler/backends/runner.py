@@ -9,6 +9,7 @@ import concurrent.futures
 import os
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .coincident import coincident as _coincident
 from .coincident import repeats, settle
@@ -92,7 +93,11 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
                  for g, ex in zip(cgram, exact)]
         module.rows(*grams, d1, d2t, d2, *ks, lo, hi, col0, sym)
 
-    _pool_map(block, _row_blocks(n1, n2, sym, len(cgram), progress), progress, n1)
+    # each block's Gram entries on its own thread, BLAS single-threaded: BLAS threads that
+    # spin-wait after a call take the cores from the other blocks' drivers (measured with
+    # OpenBLAS: relu depth 10, N = 4000 on 2 cores, 375 ms against 240 ms)
+    with threadpool_limits(limits=1, user_api="blas"):
+        _pool_map(block, _row_blocks(n1, n2, sym, len(cgram), progress), progress, n1)
     if sym:
         for k, o in zip(ks, o1.T):
             _pool_map(lambda lo, hi, k=k: module.mirror(k, lo, hi),
