@@ -165,7 +165,7 @@ def test_ir(runs, net):
 def test_kernel_program(runs, net):
     _, p = runs["kernel-program"]
     _ok(p)
-    assert p.stdout == net.kernel_program.text()
+    assert p.stdout == net.rolled_program.text()
 
 
 def test_latex(runs, net):

@@ -159,7 +159,9 @@ def _full(q1: float, q2: float, k: float) -> dict:
     """Every argument a helper may take; r and t are the shared arc-cosine pieces."""
     r = H.rootdet(q1, q2, k)
     x = min(1.0, abs(k) / math.sqrt(q1 * q2)) if q1 > 0 and q2 > 0 else 0.0
-    return {"q1": q1, "q2": q2, "k": k, "q": q1, "r": r, "t": H.angle(q1, q2, r, k), "x": x}
+    lo, hi = min(r, abs(k)), max(r, abs(k))  # atan_unit's ratio lo / hi
+    return {"q1": q1, "q2": q2, "k": k, "q": q1, "r": r, "t": H.angle(q1, q2, r, k), "x": x,
+            "lo": lo, "hi": hi if hi > 0 else 1.0}
 
 
 def sin_theta(rho: float) -> float:

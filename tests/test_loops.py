@@ -186,3 +186,48 @@ def test_the_rolled_program_reads_as_a_loop():
     text = tp.compile_source(ROLLED["relu"]).rolled_program.text()
     assert "repeat 5 times (state" in text
     assert "T(g" in text  # the forward tangent kernel's state
+
+
+def _loop_program(rng: np.random.Generator) -> str:
+    """A random program with a loop: a body of one or two layers of closed-form nonlinearities,
+    with sums or products with a vector from before the loop, or the input read again."""
+    # closed forms only: what is compared is the recursion, not a quadrature's accuracy
+    acts = ["relu({})", "erf({})", "abs({})", "leaky_relu({}, slope=0.3)", "gelu({})",
+            "({}) ** 2", "step({})"]
+
+    def act(arg):
+        return rng.choice(acts).replace("{}", arg)
+
+    def var():
+        return rng.choice(["0.5", "1.0", "2.0"])
+
+    lines = ["input x", f"h = dense(x, var={var()}, bias=0.1)", f"p = dense(x, var={var()})"]
+    body = []
+    if rng.random() < 0.5:
+        body.append(f"g = dense({act('h')}, var={var()}, bias={rng.choice(['0.0', '0.2'])})")
+        src = "g"
+    else:
+        src = "h"
+    extra = rng.choice(["", f" + 0.5 * {act('p')}", f" * {act('p')}", " + 0.3 * dense(x)"])
+    body.append(f"h = dense({act(src)}{extra}, var={var()}, bias={rng.choice(['0.0', '0.1'])})")
+    lines.append(f"repeat {int(rng.integers(2, 6))} {{\n    " + "\n    ".join(body) + "\n}")
+    lines.append(f"y = readout({act('h')}, var=1.0, bias=0.05)")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_loop_programs_equal_the_unrolled_derivation(seed, tmp_path, monkeypatch):
+    """Seeded draws (the slow sweep below takes 40): the rolled Numba kernels against the
+    unrolled derivation, on data with repeated, antipodal and zero points."""
+    monkeypatch.setenv("TPC_CACHE_DIR", str(tmp_path))
+    src = _loop_program(np.random.default_rng(seed))
+    net = tp.compile_source(src)
+    assert net.rolled_program.loops, src
+    x = _data(n=8, seed=seed)
+    _close(net.kernels(x), _classic(net, x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100, 140))
+def test_random_loop_programs_equal_the_unrolled_derivation_sweep(seed, tmp_path, monkeypatch):
+    test_random_loop_programs_equal_the_unrolled_derivation(seed, tmp_path, monkeypatch)

@@ -47,7 +47,7 @@ def cmd_kernel_program(args) -> int:
     from .api import compile
 
     net = compile(args.file, tol=args.tol)
-    print(net.kernel_program.text(), end="")
+    print(net.rolled_program.text(), end="")  # loops as loops: the same size at any depth
     if args.accuracy:
         x = load_data(args.data, "--data") if args.data else None
         print()

@@ -139,12 +139,14 @@ def erf_lin(q1: float, q2: float, k: float) -> float:
 
 # Dependency order for the backend that copies the sources: every helper appears after the
 # helpers it calls.
-def atan_unit(x: float) -> float:
-    """atan(x) for x in [0, 1], branch-free (Cephes' rational approximation, ~1 ulp)."""
-    # one range reduction at tan(3 pi / 16) ~ 0.66: atan(x) = pi/4 + atan((x - 1) / (x + 1));
-    # the conditional expressions compile to selects, so a loop over pairs can vectorise
-    big = x > 0.66
-    y = (x - 1.0) / (x + 1.0) if big else x
+def atan_unit(lo: float, hi: float) -> float:
+    """atan(lo / hi) for 0 <= lo <= hi, hi > 0, branch-free (Cephes' rational form, ~1 ulp)."""
+    # one range reduction at tan(3 pi / 16) ~ 0.66: atan(x) = pi/4 + atan((x - 1) / (x + 1)),
+    # with x = lo / hi taken as (lo - hi) / (lo + hi): one division instead of two, and the
+    # numerator exact (Sterbenz: lo >= hi / 2 there); the conditional expressions compile to
+    # selects, so a loop over pairs can vectorise
+    big = lo > 0.66 * hi
+    y = (lo - hi if big else lo) / (lo + hi if big else hi)
     z = y * y
     num = (((-8.750608600031904122785e-01 * z - 1.615753718733365076637e01) * z
             - 7.500855792314704667340e01) * z - 1.228866684490136173410e02) * z \
@@ -161,7 +163,7 @@ def atan2_pos(r: float, k: float) -> float:
     ak = abs(k)
     hi = max(r, ak)
     lo = min(r, ak)
-    t = atan_unit(lo / hi if hi > 0.0 else 0.0)
+    t = atan_unit(lo, hi if hi > 0.0 else 1.0)
     t = (1.5707963267948966 - t) + 6.123233995736766e-17 if r > ak else t
     return (3.141592653589793 - t) + 1.2246467991473532e-16 if k < 0.0 else t
 
