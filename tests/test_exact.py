@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tpcompiler as tp
+from tpcompiler import series
 from tpcompiler.quadrature import cholesky_psd
 from tpcompiler.testing import adversarial_data, programs
 
@@ -511,22 +512,35 @@ def test_a_kink_of_one_point_leaves_a_two_coordinate_pivot():
     assert all(q.dim <= 2 or q.given for q in integrands)
 
 
-def test_numpy_series_of_a_call_whose_first_coordinate_is_the_second_point():
-    """leaky_relu(h - 0.3, slope=0.5) tanh(h + g) has 2-D terms (h - 0.3) tanh(h' + g') whose
-    call lists the second point's coordinate first (quad2_Q(e.., c.., d..)); the series plan
-    swaps the roles, and the NumPy backend paired the first point's factor with the call's
-    first variance, that is the second point's. On rows of different norms its NTK was 0.22
-    off (of 2.8), and the accuracy probe, which runs the NumPy backend, warned 7.6e-2 on the
-    Numba backend's correct kernel. Both backends agree now, silently."""
+def _swapped_series_agree(readout: str) -> None:
     rng = np.random.default_rng(5)
     X = rng.normal(size=(4, 3))
     X[1], X[2], X[3] = 0.0, 1e-2 * rng.normal(size=3), -0.7 * X[0]
     net = tp.compile_source("input x\nh = dense(x, var=3.0, bias=0.2)\ng = dense(x, var=0.5)\n"
-                            "y = readout(leaky_relu(h - 0.3, slope=0.5) * tanh(h + g))\n")
+                            f"y = readout({readout})\n")
+    assert any(c.swapped for c in series.plan(net.kernel_program, 0).calls)
     K = net.kernels(X)  # filterwarnings = error: a TPWarning fails the test
     slow = net.kernels(X, backend="numpy")
     for kind, k in K.items():
         assert np.max(np.abs(slow[kind] - k)) <= 1e-13 * np.max(np.diag(k)), kind
+
+
+def test_numpy_series_of_a_call_whose_first_coordinate_is_the_second_point():
+    """(h - 0.3) tanh(h + g) has 2-D terms (h - 0.3) tanh(h' + g') whose call lists the second
+    point's coordinate first (quad2_Q(e.., c.., d..)); the series plan swaps the roles, and the
+    NumPy backend paired the first point's factor with the call's first variance, that is the
+    second point's. On rows of different norms (leaky_relu(h - 0.3, slope=0.5) tanh(h + g),
+    the slow test below) its NTK was 0.22 off (of 2.8), and the accuracy probe, which runs the
+    NumPy backend, warned 7.6e-2 on the Numba backend's correct kernel. Both backends agree
+    now, silently."""
+    _swapped_series_agree("(h - 0.3) * tanh(h + g)")
+
+
+@pytest.mark.slow
+def test_numpy_series_of_a_swapped_call_with_a_kink():
+    """The program the bug was found on: its kink adds the conditional rule (a 4-D module that
+    takes ~90 s to compile here, hence slow)."""
+    _swapped_series_agree("leaky_relu(h - 0.3, slope=0.5) * tanh(h + g)")
 
 
 @pytest.mark.slow

@@ -322,20 +322,24 @@ def refusals(prog: ir.Program) -> dict[str, str]:
     return {k: v for k, v in kernel_refusals(prog).items() if v is not None}
 
 
-def build_kernel_program(prog: ir.Program) -> KernelProgram:
-    """Derive the NNGP (and, where the theorem covers it, NTK) recursions of a program."""
+def derive(prog: ir.Program, roll=None) -> KernelProgram:
+    """The kernel program of `prog`. roll(builder), when given (passes/loops.py), derives the
+    rolled loops first and returns them; the NTK is then the forward tangent kernel's
+    (`ntk_forward`), else the backward sum (`ntk`)."""
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 20_000))
     try:
         b = Builder(prog)
         refused = refusals(prog)
+        loops = tuple(roll(b)) if roll is not None else ()
         outputs = {}
         if len(refused) < 2:
             nd, nc = b.nngp("diag"), b.nngp("cross")  # the NTK sums on top of the NNGP
             if "nngp" not in refused:
                 outputs["nngp"] = (nd, nc)
             if "ntk" not in refused:
-                outputs["ntk"] = (b.ntk("diag", nd), b.ntk("cross", nc))
+                ntk = b.ntk if roll is None else b.ntk_forward
+                outputs["ntk"] = (ntk("diag", nd), ntk("cross", nc))
     except RecursionError:
         raise TPError("the program is too deep to derive its kernels",
                       hint="reduce the loop counts") from None
@@ -351,4 +355,10 @@ def build_kernel_program(prog: ir.Program) -> KernelProgram:
         integrands=tuple(b.integrands.values()),
         labels=b.labels,
         refused=refused,
+        loops=loops,
     )
+
+
+def build_kernel_program(prog: ir.Program) -> KernelProgram:
+    """Derive the NNGP (and, where the theorem covers it, NTK) recursions of a program."""
+    return derive(prog)

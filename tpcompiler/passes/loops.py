@@ -20,15 +20,13 @@ iteration) are derived unrolled, as before (`build_kernel_program`).
 from __future__ import annotations
 
 import collections
-import sys
 from dataclasses import dataclass
 
 import sympy as sp
 
 from .. import ir
-from ..errors import TPError
 from ..kernel_program import KernelProgram, Label, Loop, PointValue
-from .kernels import Builder, refusals
+from .kernels import Builder, derive, refusals
 
 
 @dataclass(frozen=True)
@@ -195,31 +193,5 @@ def build_rolled(prog: ir.Program) -> KernelProgram | None:
     if not plans:
         return None
     quantities = _QUANTITIES if "ntk" not in refused else _QUANTITIES[:2]
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20_000))
-    try:
-        b = Builder(prog)
-        loops = tuple(lp for lp in (_roll(b, q, quantities) for q in plans) if lp is not None)
-        nd, nc = b.nngp("diag"), b.nngp("cross")
-        outputs = {}
-        if "nngp" not in refused:
-            outputs["nngp"] = (nd, nc)
-        if "ntk" not in refused:
-            outputs["ntk"] = (b.ntk_forward("diag", nd), b.ntk_forward("cross", nc))
-    except RecursionError:
-        raise TPError("the program is too deep to derive its kernels",
-                      hint="reduce the loop counts") from None
-    finally:
-        sys.setrecursionlimit(limit)
-    return KernelProgram(
-        inputs=prog.inputs,
-        diag_gram=tuple(b.diag_gram.values()),
-        diag=tuple(b.diag),
-        cross_gram=tuple(b.cross_gram.values()),
-        cross=tuple(b.cross),
-        outputs=outputs,
-        integrands=tuple(b.integrands.values()),
-        labels=b.labels,
-        refused=refused,
-        loops=loops,
-    )
+    return derive(prog, lambda b: (lp for lp in (_roll(b, q, quantities) for q in plans)
+                                   if lp is not None))
