@@ -336,7 +336,9 @@ def _check_one_layer(act, X, var, bias):
             assert abs(k[0, 1] - k[0, 0]) <= 8 * np.finfo(float).eps * scale
 
 
-@pytest.mark.parametrize("act, var", [("abrelu_cos", 2.0), ("abs_sin", 0.5)])
+# abs_sin compiles ~90 s of split rules here: it runs with the slow tests, abrelu_cos by default
+@pytest.mark.parametrize("act, var", [("abrelu_cos", 2.0),
+                                      pytest.param("abs_sin", 0.5, marks=pytest.mark.slow)])
 def test_kinks_at_the_zeros_of_a_smooth_argument(act, var):
     """abrelu(cos(g)) kinks wherever cos(g) = 0, abs(sin(g / 2)) at every 2 k pi: the compiler
     finds the zeros symbolically and splits there (quadrature.real_zeros; they took the
