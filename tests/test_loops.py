@@ -62,6 +62,13 @@ z = h
 repeat 3 { h = dense(abs(h), var=1.0) }
 y = readout(relu(h) + erf(z), var=1.0)
 """,
+    "the second loop's body reads the first's last vector": """input x
+h = dense(x, var=2.0)
+repeat 3 { h = dense(relu(h), var=2.0, bias=0.05) }
+z = h
+repeat 3 { h = dense(relu(h) * relu(z), var=1.0, bias=0.1) }
+y = readout(relu(h), var=1.0)
+""",
     "tanh (a quadrature per layer)": """input x
 h = dense(x, var=1.5, bias=0.05)
 repeat 4 { h = dense(tanh(h), var=1.5, bias=0.05) }

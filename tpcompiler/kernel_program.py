@@ -171,6 +171,17 @@ class KernelProgram:
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.outputs)
 
+    def pieces(self, block: str) -> list[tuple[tuple, Loop | None]]:
+        """The block ("diag" or "cross") in order as (assignments, None) for each piece of
+        straight code and (the body's assignments, the Loop) for each loop: straight and loop
+        pieces alternate, starting and ending with straight ones (possibly empty)."""
+        straight, done, out = getattr(self, block), 0, []
+        for lp in self.loops:
+            at = getattr(lp, block + "_at")
+            out += [(straight[done:at], None), (getattr(lp, block), lp)]
+            done = at
+        return out + [(straight[done:], None)]
+
     def assignments(self):
         """Every assignment of both blocks, loop bodies and state updates included."""
         yield from self.diag
@@ -192,17 +203,17 @@ class KernelProgram:
         now: dict = {}  # state symbol (and its twin) -> its value at this point
         diag: list = []
         cross: list = []
-        d_done = c_done = 0
 
         def put(out, assigns, rename):
             for sym, e in assigns:
                 e = e.xreplace(now).xreplace(rename)
                 out.append((rename.get(sym, sym), e))
 
-        for lp in self.loops:
-            put(diag, self.diag[d_done:lp.diag_at], {})
-            put(cross, self.cross[c_done:lp.cross_at], {})
-            d_done, c_done = lp.diag_at, lp.cross_at
+        for (d_piece, lp), (c_piece, _) in zip(self.pieces("diag"), self.pieces("cross")):
+            if lp is None:
+                put(diag, d_piece, {})
+                put(cross, c_piece, {})
+                continue
             for k in range(lp.count):
                 rename: dict = {}
                 for sym, _ in lp.diag:
@@ -226,8 +237,6 @@ class KernelProgram:
                     if is_first_point(state):
                         nxt[twin(state)] = twin(value) if is_first_point(value) else value
                 now.update(nxt)
-        put(diag, self.diag[d_done:], {})
-        put(cross, self.cross[c_done:], {})
         outputs = {k: (d.xreplace(now), c.xreplace(now)) for k, (d, c) in self.outputs.items()}
         return dataclasses.replace(self, diag=tuple(diag), cross=tuple(cross), outputs=outputs,
                                    labels=labels, loops=())
@@ -252,18 +261,16 @@ class KernelProgram:
         def line(s, e, indent=""):
             return f"{indent}{s} = {sp.sstr(e)}{_comment(self.labels, s)}"
 
-        straight = getattr(self, block)
         out: list[str] = []
-        done = 0
-        for lp in self.loops:
-            at = getattr(lp, block + "_at")
-            out += [line(s, e) for s, e in straight[done:at]]
-            done = at
+        for assigns, lp in self.pieces(block):
+            if lp is None:
+                out += [line(s, e) for s, e in assigns]
+                continue
             state = getattr(lp, block + "_state")
             out.append(f"repeat {lp.count} times (state {', '.join(str(s) for s, _ in state)}):")
-            out += [line(s, e, "    ") for s, e in getattr(lp, block)]
+            out += [line(s, e, "    ") for s, e in assigns]
             out += [f"    {s} <- {sp.sstr(v)}" for s, v in state]
-        return out + [line(s, e) for s, e in straight[done:]]
+        return out
 
     def text(self) -> str:
         lines = ["# per point"]

@@ -69,18 +69,15 @@ def _walk(kp: KernelProgram, block: str, known: set, body_known: set = frozenset
             scope.add(s)
             assigned.add(s)
 
-    straight = getattr(kp, block)
-    done = 0
-    for lp in kp.loops:
-        at = getattr(lp, block + "_at")
-        run(straight[done:at], known)
-        done = at
+    for assigns, lp in kp.pieces(block):
+        if lp is None:
+            run(assigns, known)
+            continue
         inner = known | set(body_known)
-        run(getattr(lp, block), inner)
+        run(assigns, inner)
         for s, v in getattr(lp, block + "_state"):
             _check(s in known, f"the loop state {s} is not assigned before the loop ({block})")
             _check(v.free_symbols <= inner, f"the next value of {s} reads undefined symbols")
-    run(straight[done:], known)
     return known
 
 

@@ -326,19 +326,15 @@ def _rolled_columns(kp: KernelProgram):
     straight pair code reads, or a loop's body reads unchanged), then per loop `count` groups
     of the values its pair body reads at each layer (the diag body's, and its state's at the
     layer's start). Returns (fixed, per_loop) as symbol lists."""
-    loop_values = []
+    def values_read(assigns, extra) -> set:
+        return {untwin(s) for s in _point_reads(assigns, extra) if isinstance(s, PointValue)}
+
+    loop_values, reads = [], values_read(kp.cross, [c for _, c in kp.outputs.values()])
     for lp in kp.loops:
-        mine = {s for s, _ in lp.diag if is_first_point(s)} | {s for s, _ in lp.diag_state}
-        reads = {untwin(s) for s in _point_reads(lp.cross, [v for _, v in lp.cross_state])
-                 if isinstance(s, PointValue)}
-        loop_values.append([s for s in [*(s for s, _ in lp.diag_state),
-                                        *(s for s, _ in lp.diag)] if s in mine and s in reads])
-    per_layer = {s for v in loop_values for s in v}
-    reads = {untwin(s) for s in _point_reads(kp.cross, [c for _, c in kp.outputs.values()])
-             if isinstance(s, PointValue)}
-    for lp in kp.loops:
-        reads |= {untwin(s) for s in _point_reads(lp.cross, [v for _, v in lp.cross_state])
-                  if isinstance(s, PointValue)} - per_layer
+        body_reads = values_read(lp.cross, [v for _, v in lp.cross_state])
+        mine = [*(s for s, _ in lp.diag_state), *(s for s, _ in lp.diag if is_first_point(s))]
+        loop_values.append([s for s in mine if s in body_reads])
+        reads |= body_reads - set(mine)
     straight = [g.symbol for g in kp.diag_gram] + [s for s, _ in kp.diag if is_first_point(s)]
     fixed = [s for s in straight if s in reads]
     return fixed, loop_values
@@ -385,21 +381,22 @@ def _render_rolled(kp: KernelProgram, pr: KernelPrinter, use_series: bool) -> li
     lines += [PJIT, f"def diag({', '.join(gd + ['D', 'OUT', 'lo', 'hi'])}):",
               "    for i in range(lo, hi):"]
     lines += [f"        {g.symbol} = G{n}[i]" for n, g in enumerate(kp.diag_gram)]
-    done = 0
-    for lp, values, b, (start, stop), (fb, fw) in zip(kp.loops, per_loop, bases, ranges,
-                                                     groups):
-        lines += emit(kp.diag[done:lp.diag_at], "        ")
-        done = lp.diag_at
+    n = 0
+    for assigns, lp in kp.pieces("diag"):
+        if lp is None:
+            lines += emit(assigns, "        ")
+            continue
+        values, b, (start, stop), (fb, fw) = per_loop[n], bases[n], ranges[n], groups[n]
+        n += 1
         lines.append(f"        for layer in range({lp.count}):")
-        lines += emit(lp.diag, "            ")
+        lines += emit(assigns, "            ")
         lines += [f"            D[i, {b + m} + layer * {len(values)}] = {s}"
                   for m, s in enumerate(values)]
         lines += coefficients(range(start, stop), "            ", f" + {fb} + layer * {fw}")
         if lp.diag_state:
             lines.append(f"            {', '.join(str(s) for s, _ in lp.diag_state)} = "
                          f"{', '.join(pr.doprint(v) for _, v in lp.diag_state)}")
-    lines += emit(list(kp.diag[done:]) + [(o, kp.outputs[k][0]) for o, k in zip(outs, kinds)],
-                  "        ")
+    lines += emit([(o, kp.outputs[k][0]) for o, k in zip(outs, kinds)], "        ")
     lines += [f"        OUT[i, {n}] = {o}" for n, o in enumerate(outs)]
     lines += [f"        D[i, {n}] = {s}" for n, s in enumerate(fixed)]
     lines += coefficients([n for n in range(len(plan.factors)) if n not in in_loop], "        ",
@@ -408,13 +405,11 @@ def _render_rolled(kp: KernelProgram, pr: KernelPrinter, use_series: bool) -> li
 
     # --- per pair: the pieces of straight code between the loops, and the loop bodies
     pieces = []  # (assigns, stores after: [(symbol, value)], loop index or None)
-    done = 0
-    for n, lp in enumerate(kp.loops):
-        pieces.append((list(kp.cross[done:lp.cross_at]), [], None))
-        done = lp.cross_at
-        pieces.append((list(lp.cross), list(lp.cross_state), n))
-    pieces.append((list(kp.cross[done:]) + [(o, kp.outputs[k][1]) for o, k in zip(outs, kinds)],
-                   [], None))
+    for m, (assigns, lp) in enumerate(kp.pieces("cross")):
+        # straight and loop pieces alternate: the m-th piece is loop (m - 1) / 2 when m is odd
+        pieces.append((list(assigns), [], None) if lp is None else
+                      (list(assigns), list(lp.cross_state), m // 2))
+    pieces[-1][0].extend((o, kp.outputs[k][1]) for o, k in zip(outs, kinds))
     gram = {g.symbol: n for n, g in enumerate(kp.cross_gram)}
     owner: dict = {}
     for p, (assigns, _, _) in enumerate(pieces):
@@ -443,19 +438,20 @@ def _render_rolled(kp: KernelProgram, pr: KernelPrinter, use_series: bool) -> li
         indent = "            "
         layer_cols = {}
         if n is not None:
-            lp, values, b = kp.loops[n], per_loop[n], bases[n]
+            values, b = per_loop[n], bases[n]
             layer_cols = {s: f"{b + m} + layer * {len(values)}" for m, s in enumerate(values)}
-            lines.append(f"{indent}for layer in range({lp.count}):")
+        # a state's final value, where an earlier loop's layers loaded its per-layer ones
+        lines += [f"{indent}{s} = D1[i, {col[s]}]" for s in fixed
+                  if p > 0 and s in reads[p] and s in clobbered and s not in layer_cols]
+        if n is not None:
+            lines.append(f"{indent}for layer in range({kp.loops[n].count}):")
             indent += "    "
             lines += [f"{indent}{s} = D1[i, {c}]" for s, c in layer_cols.items()
                       if s in reads[p]]
             if groups[n][1]:
                 lines.append(f"{indent}off = {groups[n][0]} + layer * {groups[n][1]}")
-        elif p > 0:  # a state's final value, where a loop's layers loaded its per-layer ones
-            lines += [f"{indent}{s} = D1[i, {col[s]}]" for s in fixed
-                      if s in reads[p] and s in clobbered]
-            if any(groups[m][1] for m in range(len(groups))):
-                lines.append(f"{indent}off = 0")
+        elif p > 0 and any(width for _, width in groups):
+            lines.append(f"{indent}off = 0")
         lines.append(f"{indent}for j in range(jlo, jhi):")
         indent += "    "
         own = {s for s, _ in assigns}

@@ -35,28 +35,22 @@ def _recursions(program: ir.Program) -> KernelProgram:
 def _cse(kp: KernelProgram) -> KernelProgram:
     """Common subexpressions as temporaries of each piece of straight code (t* per point, u*
     per pair): a loop's body on its own, so that no temporary crosses a loop's boundary."""
-    pieces: dict = {}
-    loops = []
-    numbers = {"diag": 0, "cross": 0}
-
-    def cse(block, assigns):
-        out = cse_block(assigns, "t" if block == "diag" else "u", numbers[block])
-        numbers[block] += len(out) - len(assigns)
-        return out
-
-    for block in ("diag", "cross"):
-        straight, done, out = getattr(kp, block), 0, []
-        for n, lp in enumerate(kp.loops):
-            at = getattr(lp, block + "_at")
-            out += cse(block, straight[done:at])
-            done = at
-            pieces[(n, block)] = (len(out), cse(block, getattr(lp, block)))
-        pieces[block] = tuple(out + list(cse(block, straight[done:])))
-    for n, lp in enumerate(kp.loops):
-        (at_d, body_d), (at_c, body_c) = pieces[(n, "diag")], pieces[(n, "cross")]
-        loops.append(dataclasses.replace(lp, diag=body_d, cross=body_c, diag_at=at_d,
-                                         cross_at=at_c))
-    return dataclasses.replace(kp, diag=pieces["diag"], cross=pieces["cross"], loops=tuple(loops))
+    blocks: dict = {}  # block -> straight code
+    loops: dict = {n: {} for n in range(len(kp.loops))}  # loop -> its fields, CSE'd
+    for block, prefix in (("diag", "t"), ("cross", "u")):
+        straight: list = []
+        number, n = 0, 0
+        for assigns, lp in kp.pieces(block):
+            out = cse_block(assigns, prefix, number)
+            number += len(out) - len(assigns)
+            if lp is None:
+                straight += out
+                continue
+            loops[n].update({block: out, block + "_at": len(straight)})
+            n += 1
+        blocks[block] = tuple(straight)
+    return dataclasses.replace(kp, **blocks, loops=tuple(
+        dataclasses.replace(lp, **loops[n]) for n, lp in enumerate(kp.loops)))
 
 
 @dataclass(frozen=True)
