@@ -255,16 +255,50 @@ def _kernel_fn(kind: str, spec: tuple):
                 stax.FanInProd(),
                 _dense(stax, s["readout_w_var"], s["readout_b_var"]),
             ]
+        elif kind == "cnn":
+            layers = [_cnn_layer(stax, jnp, item) for item in s["layers"]]
         else:
             raise ValueError(kind)
         _, _, kernel_fn = stax.serial(*layers)
     return jax.jit(kernel_fn, static_argnames=("get",))
 
 
+def _cnn_layer(stax, jnp, item: tuple):
+    """One layer of `cnn_kernels`' list (see there)."""
+    what, *args = item
+    if what == "conv":
+        var, bias, size, padding, dims = args
+        return stax.Conv(1, (size,) * dims, padding=padding.upper(), W_std=math.sqrt(var),
+                         b_std=math.sqrt(bias) if bias else None, parameterization="ntk")
+    if what == "act":
+        return _activation(stax, jnp, args[0], ())
+    if what == "avgpool":
+        size, dims = args
+        return stax.AvgPool((size,) * dims, (size,) * dims)
+    if what == "gap":
+        return stax.GlobalAvgPool()
+    if what == "flatten":
+        return stax.Flatten()
+    if what == "dense":
+        return _dense(stax, args[0], args[1])
+    if what == "layernorm":
+        return stax.LayerNorm(axis=-1, eps=args[0])
+    if what == "residual":  # x + serial(inner)
+        inner = stax.serial(*[_cnn_layer(stax, jnp, it) for it in args[0]])
+        return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), inner),
+                           stax.FanInSum())
+    if what == "product":  # serial(a) * serial(b)
+        a = stax.serial(*[_cnn_layer(stax, jnp, it) for it in args[0]])
+        b = stax.serial(*[_cnn_layer(stax, jnp, it) for it in args[1]])
+        return stax.serial(stax.FanOut(2), stax.parallel(a, b), stax.FanInProd())
+    raise ValueError(what)
+
+
 def _compute(kind: str, spec: tuple, x1, x2) -> dict[str, np.ndarray]:
     x1 = np.ascontiguousarray(x1, dtype=np.float64)
     x2 = None if x2 is None else np.ascontiguousarray(x2, dtype=np.float64)
-    if x1.ndim != 2 or (x2 is not None and (x2.ndim != 2 or x2.shape[1] != x1.shape[1])):
+    if kind != "cnn" and (x1.ndim != 2 or (x2 is not None and (x2.ndim != 2 or
+                                                                 x2.shape[1] != x1.shape[1]))):
         raise ValueError("x1, x2 must be 2-D (N, d) with the same d")
     if not _in_process_ok():
         return _compute_subprocess(kind, spec, x1, x2)
@@ -357,6 +391,22 @@ def product_kernels(x1, x2, *, w_var, b_var, readout_w_var=1.0,
 
 # ---------------------------------------------------------------------------------------------
 # subprocess fallback ($TPC_NT_PYTHON)
+
+
+def cnn_kernels(x1, x2, layers: tuple) -> dict[str, np.ndarray]:
+    """NNGP / NTK of stax.serial over `layers` (NT, parameterization='ntk'), images x (N, H, W,
+    C) or sequences (N, T, C). Each layer is a tuple:
+        ("conv", var, bias, size, padding, dims)  Conv(1, (size,)*dims, padding.upper(),
+                                                   W_std=sqrt(var), b_std=sqrt(bias) or None)
+        ("act", name)                             the activation of `mlp_kernels`
+        ("avgpool", size, dims)                   AvgPool((size,)*dims, (size,)*dims)
+        ("gap",) / ("flatten",)                   GlobalAvgPool() / Flatten()
+        ("dense", var, bias)                      Dense (per position on a spatial input)
+        ("layernorm", eps)                        LayerNorm(axis=-1, eps=eps)
+        ("residual", (layers...))                 x + serial(layers)(x)
+        ("product", (layers...), (layers...))     serial(a)(x) * serial(b)(x)
+    """
+    return _compute("cnn", (("layers", layers),), x1, x2)
 
 
 def _compute_subprocess(kind, spec, x1, x2) -> dict[str, np.ndarray]:

@@ -26,6 +26,9 @@ from .parse import parse_source
 from .ranges import ntk_caveats
 
 KINDS = warm.KINDS  # the kernel kinds, in output order
+#: points of each data set a spatial program's quadratures are probed on (every pair of them,
+#: every position pair: thousands of covariances, at the raised orders' cost)
+PROBE_POINTS = 2
 
 
 class CompiledNetwork:
@@ -52,9 +55,25 @@ class CompiledNetwork:
     # --- stages ----------------------------------------------------------------------
 
     @functools.cached_property
+    def spatial_program(self):
+        """The NNGP/NTK recursion of a spatial program (conv, pooling, layernorm): arrays over
+        positions (passes/spatial.py)."""
+        from .passes import spatial
+
+        if not self.ir.spatial:
+            raise TPError("this network has no spatial vectors; see net.kernel_program")
+        sprog = spatial.derive(self.ir)
+        _check_constants(sprog.kernel, self.ir)
+        return sprog
+
+    @functools.cached_property
     def rolled_program(self) -> KernelProgram:
         """The NNGP/NTK recursion, its loops kept rolled where their iterations are copies of
         one another (built on first use): what the Numba backend compiles."""
+        if self.ir.spatial:
+            raise TPError("a spatial program (conv, pooling, layernorm) has no scalar kernel "
+                          "program: its recursion runs over arrays of positions",
+                          hint="see net.spatial_program (`tpc kernel-program` prints it)")
         kp = passes.kernel_program(self.ir)
         _check_constants(kp, self.ir)
         return kp
@@ -140,6 +159,13 @@ class CompiledNetwork:
             b = prepare(self.spec, x2, "X2")
             check_pair(self.spec, a, b)
         out_dtype = _out_dtype(dtype)
+        if self.ir.spatial:
+            res = self._spatial_kernels(a, b, get, backend, device)
+            if out is not None:
+                for kind in get:
+                    out[kind][...] = res[kind]
+                    res[kind] = out[kind]
+            return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
         if backend == "numpy":
             kp = self.kernel_program
             warm.check_kinds(get, kp.kinds, kp.refused)
@@ -168,6 +194,56 @@ class CompiledNetwork:
                     out[kind][...] = res[kind]
                     res[kind] = out[kind]
         return {kind: res[kind].astype(out_dtype, copy=False) for kind in get}
+
+    def _spatial_kernels(self, a: dict, b: dict | None, get, backend: str, device: str):
+        from .backends import spatial as spatial_backend
+
+        if backend not in ("numba", "numpy"):
+            raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
+        if device not in ("cpu", "auto"):
+            raise TPError("spatial programs (conv, pooling, layernorm) run on the CPU only: "
+                          "the CUDA renderer has no spatial code yet", hint="use device='cpu'")
+        sprog = self.spatial_program
+        warm.check_kinds(get, sprog.kinds, sprog.refused)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            res = spatial_backend.evaluate(sprog, a, b, get, fast=backend == "numba")
+        warm.check_finite(res, get)
+        if sprog.kernel.integrands:
+            self._spatial_probe(sprog, a, b, get)
+        return res
+
+    def _spatial_probe(self, sprog, a: dict, b: dict | None, get) -> None:
+        """The quadratures of a spatial program against the raised orders of
+        quadrature.BOOSTED on (up to 4 of) these points: a TPWarning for a kind whose
+        estimated error exceeds tol."""
+        from .backends import numpy as numpy_backend
+        from .backends import spatial as spatial_backend
+
+        pick = {k: v[:PROBE_POINTS] for k, v in a.items()}
+        if b is not None:
+            pick = {k: np.concatenate([pick[k], b[k][:PROBE_POINTS]]) for k in a}
+        key = accuracy.fingerprint(pick)
+        if key in self._probed:
+            return
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            base = spatial_backend.evaluate(sprog, pick, None, get)
+            token = numpy_backend.BOOST.set(True)
+            try:
+                high = spatial_backend.evaluate(sprog, pick, None, get)
+            finally:
+                numpy_backend.BOOST.reset(token)
+        said = []
+        for kind in get:
+            scale = max(np.abs(high[kind]).max(), np.finfo(float).tiny)
+            err = float(np.abs(base[kind] - high[kind]).max() / scale)
+            if err > self.tol:
+                said.append(kind)
+                warn(f"the {kind.upper()} of {self.name or 'this network'} is accurate to about "
+                     f"{err:.1e} of its scale (by its quadratures against raised orders on "
+                     f"{len(next(iter(pick.values())))} of the points), above tol={self.tol:g}",
+                     hint="a closed-form nonlinearity (relu, erf, ...) needs no quadrature",
+                     stacklevel=4)
+        self._probed[key] = (None, set(said))
 
     # --- accuracy (tpcompiler/accuracy.py) -------------------------------------------
 

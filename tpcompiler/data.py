@@ -43,7 +43,7 @@ class DataSpec:
     @staticmethod
     def of(prog: ir.Program) -> DataSpec:
         v = input_variances(prog)
-        return DataSpec(tuple((i.name, i.length) for i in prog.inputs),
+        return DataSpec(tuple((i.name, i.shape) for i in prog.inputs),
                         tuple((i.name, v[i.name]) for i in prog.inputs),
                         tuple(input_dims_tied(prog)))
 
@@ -54,7 +54,8 @@ class DataSpec:
 
     @staticmethod
     def from_json(data: dict) -> DataSpec:
-        return DataSpec(tuple((n, ln) for n, ln in data["inputs"]),
+        return DataSpec(tuple((n, tuple(ln) if isinstance(ln, list) else ln)
+                              for n, ln in data["inputs"]),
                         tuple((n, float(v)) for n, v in data["variances"]),
                         tuple((a, b) for a, b in data["tied"]))
 
@@ -124,12 +125,19 @@ def prepare(prog: ir.Program | DataSpec, data, which: str = "X") -> dict[str, np
         if arr.dtype.kind not in "fiu":  # integers are numbers too, like a list of ints
             raise TPError(f"{what} has dtype {arr.dtype}; kernels need real numbers",
                           hint="convert it to floating point, e.g. X.astype(np.float64)")
-        want = 2 if length is None else 3
+        grid = length if isinstance(length, tuple) else ()
+        want = 2 if length is None else 3 + len(grid) - bool(grid)
+        if grid and arr.ndim == 3:  # one channel: (N, H, W)
+            arr = np.asarray(arr)[..., None]
         if arr.ndim != want:
-            shape = "(N, d)" if want == 2 else f"(N, {length}, d)"
+            shape = ("(N, d)" if want == 2 else f"(N, {length}, d)" if not grid else
+                     f"(N, {grid[0]}, {grid[1]}, C)")
             hint = "for one point use X.reshape(1, -1)" if arr.ndim == 1 and want == 2 else None
             raise TPError(f"{what} has shape {arr.shape}; input '{name}' needs {shape}",
                           hint=hint)
+        if grid and tuple(arr.shape[1:3]) != grid:
+            raise TPError(f"{what} has images of {arr.shape[1]} x {arr.shape[2]}; input "
+                          f"'{name}' is declared as {grid[0]} x {grid[1]}")
         if want == 3 and arr.shape[1] != length:
             raise TPError(f"{what} has {arr.shape[1]} steps; input '{name}' is declared "
                           f"with {length}")

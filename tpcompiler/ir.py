@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -24,6 +25,12 @@ class Op(enum.Enum):
     INPUT = "input"
     BIAS = "bias"
     MATMUL = "matmul"
+    CONV = "conv"  # a matrix per filter offset, shared by every position (spatial.Stencil)
+    POOL = "pool"  # an average over positions of an H-var (derived: no parameter)
+    NORM = "norm"  # layernorm: (h - mean) / sqrt(var + eps) over the width (derived)
+
+
+DERIVED = frozenset({Op.POOL, Op.NORM})
 
 
 INITIAL = frozenset({Op.INPUT, Op.BIAS})
@@ -41,6 +48,64 @@ class Kind(enum.Enum):
 class Input:
     name: str  # the user's name: inputs are matched to data by it
     length: int | None  # None for a vector input, T for a sequence s[0..T-1]
+    grid: tuple[int, ...] = ()  # (H, W) for an image input img[H, W] (length None)
+
+    @property
+    def shape(self):
+        """What the data's middle axes are: None (a vector), T (a sequence) or (H, W)."""
+        return self.grid if self.grid else self.length
+
+
+@dataclass(frozen=True)
+class Stencil:
+    """A convolution's spatial map, stride 1: output position p reads input positions
+    p + o - low for each filter offset o (zero padding outside the grid for "same" and
+    "valid", wrapped for "circular")."""
+
+    size: tuple[int, ...]
+    padding: str  # same | valid | circular
+    grid_in: tuple[int, ...]
+    grid_out: tuple[int, ...]
+
+    @property
+    def low(self) -> tuple[int, ...]:
+        return tuple(0 if self.padding == "valid" else (k - 1) // 2 for k in self.size)
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.size)
+
+    def __str__(self) -> str:
+        return (f"conv {'x'.join(map(str, self.size))} {self.padding} "
+                f"{'x'.join(map(str, self.grid_in))}->{'x'.join(map(str, self.grid_out))}")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """An average over non-overlapping windows of `size` (stride = size); size () is the
+    global average (gap). `gaussian`: the pooled H-var is linear in Gaussian vectors, so the
+    pooled vector is Gaussian too (it may feed a nonlinearity)."""
+
+    size: tuple[int, ...]
+    grid_in: tuple[int, ...]
+    grid_out: tuple[int, ...]
+    gaussian: bool
+
+    def __str__(self) -> str:
+        what = "gap" if not self.size else f"avgpool {'x'.join(map(str, self.size))}"
+        return f"{what} {'x'.join(map(str, self.grid_in))}->{'x'.join(map(str, self.grid_out))}"
+
+
+@dataclass(frozen=True)
+class Norm:
+    """layernorm over the width at each point (and position): (h - mean) / sqrt(var + eps),
+    mean and var converging to per-point constants (NETSOR+). `gaussian` as for Pool."""
+
+    eps: sp.Expr
+    gaussian: bool
+
+    def __str__(self) -> str:
+        return f"layernorm eps={self.eps}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +146,10 @@ class GVar:
     param: str  # the Matrix (INPUT, MATMUL) or Bias (BIAS) it comes from
     arg: sp.Expr | InputRef | None  # the H-var (MATMUL), the input vector (INPUT), None (BIAS)
     span: Span | None = field(default=None, compare=False, repr=False)
+    #: the positions of a spatial vector (() for a plain one: the same at every position)
+    grid: tuple[int, ...] = ()
+    #: CONV: its Stencil; POOL: its Pool; NORM: its Norm (param is "" for the derived two)
+    spatial: Stencil | Pool | Norm | None = None
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -93,6 +162,9 @@ class Readout:
     arg: sp.Expr | InputRef
     bias: str | None
     span: Span | None = field(default=None, compare=False, repr=False)
+    #: the grid of a spatial argument read out whole (neural-tangents' Flatten: the kernel is
+    #: the average over positions of the per-position kernel); () for a plain vector
+    grid: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +208,12 @@ class Program:
     gvars: tuple[GVar, ...]
     readout: Readout
     loops: tuple[LoopRecord, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def spatial(self) -> bool:
+        """Whether any vector has positions (a CNN: passes/spatial.py derives its kernels)."""
+        return any(i.grid for i in self.inputs) or any(
+            g.spatial is not None or g.grid for g in self.gvars) or bool(self.readout.grid)
 
     def matrix(self, name: str) -> Matrix:
         return self._index()[name]
@@ -205,6 +283,8 @@ def format_program(p: Program) -> str:
         lines.append(f"  {e.target}: a={e.a} b={e.b} c={e.c}")
     for i in p.inputs:
         shape = "R^d" if i.length is None else f"(R^d)^{i.length}"
+        if i.grid:
+            shape = f"(R^d)^({'x'.join(map(str, i.grid))})"
         lines.append(f"input {i.name} : {shape}")
     for m in p.matrices:
         fan = f" fan_in={m.fan_in}" if m.fan_in else ""
@@ -216,14 +296,19 @@ def format_program(p: Program) -> str:
     for g in p.gvars:
         if g.op is Op.BIAS:
             rhs = g.param
+        elif g.op in DERIVED:
+            rhs = f"{g.spatial}({format_expr(g.arg)})"
         else:
             arg = format_expr(g.arg)
-            rhs = f"{g.param} @ {arg if g.op is Op.INPUT or g.arg.is_Atom else '(' + arg + ')'}"
-        lines.append(f"{g.name} = {rhs}    # {g.op.value}")
+            rhs = f"{g.param} @ {arg if isinstance(g.arg, InputRef) or g.arg.is_Atom else '(' + arg + ')'}"
+        where = f" [{g.spatial}]" if g.op is Op.CONV else ""
+        grid = f" on {'x'.join(map(str, g.grid))}" if g.grid else ""
+        lines.append(f"{g.name} = {rhs}    # {g.op.value}{where}{grid}")
     r = p.readout
     bias = f" + {r.bias}" if r.bias else ""
     arg = format_expr(r.arg)
     if not isinstance(r.arg, InputRef) and not r.arg.is_Atom:
         arg = f"({arg})"
-    lines.append(f"out = {r.matrix} @ {arg}{bias}")
+    flat = f"    # flatten {'x'.join(map(str, r.grid))}" if r.grid else ""
+    lines.append(f"out = {r.matrix} @ {arg}{bias}{flat}")
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ from .check import (
 )
 from .errors import Span, TPError, did_you_mean
 from .functions import BUILTINS
+from .lowering_spatial import SpatialCalls, joint_grid
 from .parametrization import PRESETS
 
 
@@ -45,6 +46,7 @@ class Scalar:
 @dataclass(frozen=True)
 class Vec:
     expr: sp.Expr  # an H-var: an expression in G-var symbols
+    grid: tuple[int, ...] = ()  # its positions (a spatial vector); () for a plain vector
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def _what(v) -> str:
     return _WHAT[type(v)]
 
 
-class _Lowerer:
+class _Lowerer(SpatialCalls):
     def __init__(self, module: S.Module):
         self.module = module
         self.source = module.source
@@ -102,6 +104,7 @@ class _Lowerer:
         self.loop_depth = 0
         self.loops: list[ir.LoopRecord] = []
         self.scales: dict = {}  # ranges.log_scale's memo: sub-expressions are shared
+        self._arg_grid: tuple[int, ...] = ()  # the grid of _one_vector_arg's last vector
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -129,7 +132,7 @@ class _Lowerer:
     def _lookup(self, name: str, span):
         if name in self.env:
             return self.env[name]
-        if name in BUILTINS or name in ("dense", "readout"):
+        if name in BUILTINS or name in ("dense", "readout", *self.SPATIAL_CALLS):
             raise TPError(f"'{name}' is a function; call it: {name}(...)", span)
         if name in self.assigned_later:
             raise TPError(f"'{name}' is used before it is assigned", span,
@@ -185,11 +188,12 @@ class _Lowerer:
 
     in_range = staticmethod(in_range)
 
-    def vec(self, expr: sp.Expr, span) -> Vec:
+    def vec(self, expr: sp.Expr, span, grid: tuple[int, ...] = ()) -> Vec:
         """A vector whose size (ranges.log_scale: its coefficients multiplied together, and
         exp's growth) stays within MAX_LOG_SCALE; see MAX_CONSTANT."""
         check_scale(expr, span, self.scales)
-        return Vec(expr)
+        self.check_derived_use(expr, span)
+        return Vec(expr, grid)
 
     def variance(self, kw: S.Kwarg) -> sp.Expr:
         v = self.scalar(kw.value, f"a number for {kw.name}=")
@@ -327,7 +331,12 @@ class _Lowerer:
         self._bind(s.name, Scalar(value), s.span, "a constant")
 
     def stmt_InputDecl(self, s: S.InputDecl) -> None:
-        if s.length is None:
+        if s.width is not None:
+            grid = (self.integer(s.length, "the image height", lo=1, hi=MAX_SEQ),
+                    self.integer(s.width, "the image width", lo=1, hi=MAX_SEQ))
+            inp = ir.Input(s.name, None, grid)
+            self._bind(s.name, InVec(ir.InputRef(s.name, None)), s.span, "an input")
+        elif s.length is None:
             inp = ir.Input(s.name, None)
             self._bind(s.name, InVec(ir.InputRef(s.name, None)), s.span, "an input")
         else:
@@ -458,7 +467,7 @@ class _Lowerer:
         if isinstance(v, Scalar):
             return Scalar(-v.value)
         if isinstance(v, Vec):
-            return Vec(-v.expr)
+            return Vec(-v.expr, v.grid)
         raise self._bad_operand("-", v, e.operand.span)
 
     def _bad_operand(self, op, v, span) -> TPError:
@@ -478,26 +487,27 @@ class _Lowerer:
             return Scalar(self._scalar_op(e.op, a.value, b.value, e))
         x = a.value if isinstance(a, Scalar) else a.expr
         y = b.value if isinstance(b, Scalar) else b.expr
+        grid = joint_grid([v for v in (a, b) if isinstance(v, Vec)], e.span)
         if e.op == "+":
-            return self.vec(x + y, e.span)
+            return self.vec(x + y, e.span, grid)
         if e.op == "-":
-            return self.vec(x - y, e.span)
+            return self.vec(x - y, e.span, grid)
         if e.op == "*":
-            return self.vec(x * y, e.span)
+            return self.vec(x * y, e.span, grid)
         if e.op == "/":
             if isinstance(b, Vec):
                 raise TPError("division by a vector is not supported", e.right.span,
                               "divide by constants only; 1/h is not integrable for Gaussian h")
             if y == 0:
                 raise TPError("division by zero", e.right.span)
-            return self.vec(x / y, e.span)
+            return self.vec(x / y, e.span, grid)
         # e.op == "**"
         if isinstance(b, Vec):
             raise TPError("an exponent must be a constant integer, not a vector", e.right.span)
         if not (y.is_Integer and 0 <= int(y) <= MAX_POWER):
             raise TPError(f"a vector can only be raised to an integer power 0..{MAX_POWER}, "
                           f"got {show(y)}", e.right.span, "use a non-negative integer exponent")
-        return self.vec(x ** int(y), e.span)
+        return self.vec(x ** int(y), e.span, grid)
 
     def _scalar_op(self, op, x, y, e) -> sp.Expr:
         if op == "/" and y == 0:
@@ -533,18 +543,20 @@ class _Lowerer:
             return self.call_dense(e)
         if e.func == "readout":
             return self.call_readout(e)
+        if e.func in self.SPATIAL_CALLS:
+            return getattr(self, "call_" + e.func)(e)
         if e.func in BUILTINS:
             params, build = BUILTINS[e.func]
             z = self._one_vector_arg(e)
             kw = self._keywords(e, params)
-            return self.vec(build(z, **kw), e.span)
+            return self.vec(build(z, **kw), e.span, self._arg_grid)
         if e.func in self.env:
             f = self.env[e.func]
             if not isinstance(f, Act):
                 raise TPError(f"'{e.func}' is {_what(f)}, not a function", e.span)
             z = self._one_vector_arg(e, allow_kwargs=False)
-            return self.vec(f.body.xreplace({f.param: z}), e.span)
-        hint = did_you_mean(e.func, [*BUILTINS, "dense", "readout",
+            return self.vec(f.body.xreplace({f.param: z}), e.span, self._arg_grid)
+        hint = did_you_mean(e.func, [*BUILTINS, "dense", "readout", *self.SPATIAL_CALLS,
                                      *(n for n, v in self.env.items() if isinstance(v, Act))])
         raise TPError(f"unknown function '{e.func}'", e.span,
                       hint or "define it with `act name(z) = ...` or see docs/language.md")
@@ -561,6 +573,7 @@ class _Lowerer:
                 hint = "apply dense() first: inputs enter the network through dense(x)"
             raise TPError(f"{e.func}() needs a vector argument, got {_what(v)}",
                           e.args[0].span, hint)
+        self._arg_grid = v.grid
         return v.expr
 
     def _keywords(self, e: S.Call, params: dict) -> dict:
@@ -589,6 +602,8 @@ class _Lowerer:
                           f"e.g. {arg.input.name}[0]", e.args[0].span)
         if not isinstance(arg, (Vec, InVec)):
             raise TPError(f"dense() needs a vector or an input, got {_what(arg)}", e.args[0].span)
+        if self.grid_of(arg):
+            return self.call_conv(e, dense=True)  # per position: a 1 x 1 convolution
         kind = ir.Kind.INPUT if isinstance(arg, InVec) else ir.Kind.HIDDEN
         fan_in = arg.ref.input if isinstance(arg, InVec) else None
         if len(e.args) == 2:
@@ -657,6 +672,10 @@ class _Lowerer:
                           e.args[0].span)
         if not isinstance(arg, (Vec, InVec)):
             raise TPError(f"readout() needs a vector, got {_what(arg)}", e.args[0].span)
+        grid = self.grid_of(arg)
+        if grid and isinstance(arg, InVec):
+            raise TPError(f"readout() of the spatial input '{arg.ref.input}' directly is not "
+                          "supported", e.args[0].span, "apply conv() first")
         kw = self._dense_kwargs(e)
         fan_in = arg.ref.input if isinstance(arg, InVec) else None
         m = self._new_matrix(self._label("readout", e.span), kw["var"], ir.Kind.READOUT, False,
@@ -665,7 +684,7 @@ class _Lowerer:
         if kw["bias"] != 0:
             bias = self._new_bias(self._label("readout", e.span), kw["bias"], False, e.span).name
         self.readout = ir.Readout(m.name, arg.ref if isinstance(arg, InVec) else arg.expr, bias,
-                                  e.span)
+                                  e.span, grid)
         self.readout_span = e.span
         return Output()
 
@@ -733,7 +752,7 @@ class _ActBody:
     def _call(self, e: S.Call) -> sp.Expr:
         if e.func == self.name:
             raise TPError(f"act '{self.name}' calls itself; acts cannot be recursive", e.span)
-        if e.func in ("dense", "readout"):
+        if e.func in ("dense", "readout", *self.outer.SPATIAL_CALLS):
             raise TPError(f"{e.func}() cannot be used inside an act", e.span,
                           "an act is an elementwise function; apply dense() outside it")
         if len(e.args) != 1:

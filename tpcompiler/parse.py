@@ -118,6 +118,10 @@ class _ToAST(Transformer):
         return S.InputDecl(str(c[0]), c[1], self._sp(meta))
 
     @v_args(meta=True)
+    def image_input_decl(self, meta, c):
+        return S.InputDecl(str(c[0]), c[1], self._sp(meta), c[2])
+
+    @v_args(meta=True)
     def weight_decl(self, meta, c):
         kwargs = tuple(c[1]) if len(c) > 1 and c[1] is not None else ()
         return S.WeightDecl(str(c[0]), kwargs, self._sp(meta))

@@ -100,6 +100,7 @@ class InputDecl:
     name: str
     length: Expr | None = None  # None: a vector input; otherwise a sequence of that length
     span: Span | None = _span()
+    width: Expr | None = None  # an image input img[length, width]
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ def print_stmt(s: Stmt, indent: str = "") -> str:
     if isinstance(s, InputDecl):
         if s.length is None:
             return f"{indent}input {s.name}"
+        if s.width is not None:
+            return f"{indent}input {s.name}[{print_expr(s.length)}, {print_expr(s.width)}]"
         return f"{indent}input {s.name}[{print_expr(s.length)}]"
     if isinstance(s, WeightDecl):
         if s.kwargs:

@@ -1,0 +1,339 @@
+"""The evaluator of spatial programs (passes/spatial.py): NumPy over blocks of points and
+pairs, each value an array over position pairs.
+
+Per-point stage, over chunks of points: per-point statements as arrays (n, P) (P = 1 for a
+plain vector); the pair statements that a pooled per-point value reads at (x, x), as (n, P, P),
+their position-diagonal replaced by the per-point values. Pair stage, over blocks of pairs:
+arrays (b1, b2, P, P), the first point's per-point values as (b1, 1, P, 1), the second's as
+(1, b2, 1, P). Memory is bounded by the block sizes, never N^2 P^2.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import math
+
+import numpy as np
+
+import sympy as sp
+
+from .. import ir
+from ..kernel_program import PointValue, QuadCall
+from ..passes.spatial import SpatialOp, SpatialProgram
+from . import cache
+from . import numpy as npb
+from .printer import KernelPrinter, runtime_lines
+from .quadsource import quad_source
+from .coincident import coincident, repeats, settle
+
+#: elements of one pair-stage array (b1 * b2 * P^2): ~16 MB of float64 per live value
+BLOCK_ELEMENTS = 1 << 21
+#: elements of one per-point-stage array (n * P^2)
+POINT_ELEMENTS = 1 << 21
+
+
+# --- the linear maps -------------------------------------------------------------------------
+
+def _pad(x: np.ndarray, specs: list[ir.Stencil], lead: int) -> np.ndarray:
+    """x (lead axes, then each spec's grid) padded so that output p reads p + o for offset o:
+    zeros outside the grid, or the grid wrapped around for padding=circular."""
+    widths = [(0, 0)] * lead
+    for spec in specs:
+        for g_in, g_out, k, low in zip(spec.grid_in, spec.grid_out, spec.size, spec.low):
+            widths.append((low, max(0, g_out + k - 2 - low - (g_in - 1))))
+    mode = "wrap" if specs[0].padding == "circular" else "constant"
+    return np.pad(x, widths, mode=mode)
+
+
+def _offsets(spec: ir.Stencil):
+    return np.ndindex(*spec.size)
+
+
+def _conv1(spec: ir.Stencil, x: np.ndarray) -> np.ndarray:
+    """(..., P_in) -> (..., P_out): the position-diagonal of a conv."""
+    x = _spread(x, math.prod(spec.grid_in), 1)
+    lead = x.ndim - 1
+    xp = _pad(x.reshape(x.shape[:-1] + spec.grid_in), [spec], lead)
+    out = np.zeros(x.shape[:-1] + spec.grid_out)
+    for o in _offsets(spec):
+        out += xp[(Ellipsis, *(slice(i, i + g) for i, g in zip(o, spec.grid_out)))]
+    return out.reshape(x.shape[:-1] + (-1,)) / spec.count
+
+
+def _conv2(sa: ir.Stencil, sb: ir.Stencil, x: np.ndarray) -> np.ndarray:
+    """(..., Pa_in, Pb_in) -> (..., Pa_out, Pb_out): both axes by the same filter offset."""
+    x = _spread(x, math.prod(sa.grid_in), 2, math.prod(sb.grid_in))
+    lead = x.ndim - 2
+    xp = _pad(x.reshape(x.shape[:-2] + sa.grid_in + sb.grid_in), [sa, sb], lead)
+    out = np.zeros(x.shape[:-2] + sa.grid_out + sb.grid_out)
+    for o in _offsets(sa):
+        out += xp[(Ellipsis, *(slice(i, i + g) for i, g in zip(o, sa.grid_out)),
+                   *(slice(i, i + g) for i, g in zip(o, sb.grid_out)))]
+    return out.reshape(x.shape[:-2] + (math.prod(sa.grid_out), math.prod(sb.grid_out))) \
+        / sa.count
+
+
+@functools.cache
+def _pool_matrix(spec: ir.Pool) -> np.ndarray:
+    """(P_out, P_in): the block means (all positions for gap)."""
+    p_in = math.prod(spec.grid_in)
+    if not spec.size:
+        return np.full((1, p_in), 1.0 / p_in)
+    grid = np.arange(p_in).reshape(spec.grid_in)
+    out = np.zeros((math.prod(spec.grid_out), p_in))
+    blocks = grid
+    for axis, k in enumerate(spec.size):
+        shape = blocks.shape
+        blocks = blocks.reshape(shape[:axis] + (shape[axis] // k, k) + shape[axis + 1:])
+        blocks = np.moveaxis(blocks, axis + 1, -1)
+    blocks = blocks.reshape(math.prod(spec.grid_out), -1)
+    rows = np.repeat(np.arange(blocks.shape[0]), blocks.shape[1])
+    out[rows, blocks.ravel()] = 1.0 / blocks.shape[1]
+    return out
+
+
+def _spread(x, pa: int, axes: int, pb: int | None = None) -> np.ndarray:
+    """x with its trailing position axes at full size (a constant is the same everywhere)."""
+    x = np.asarray(x, dtype=np.float64)
+    if axes == 1:
+        return np.broadcast_to(x, x.shape[:-1] + (pa,)) if x.shape[-1] == 1 else x
+    if x.shape[-2:] == (pa, pb):
+        return x
+    return np.broadcast_to(x, x.shape[:-2] + (pa, pb))
+
+
+def apply(call: SpatialOp, args: list) -> np.ndarray:
+    op, specs = call.op, call.specs
+    if op == "conv1":
+        return _conv1(specs[0], args[0])
+    if op == "conv2":
+        return _conv2(specs[0], specs[1], args[0])
+    if op == "mean1":
+        a = _pool_matrix(specs[0])
+        return _spread(args[0], a.shape[1], 1) @ a.T
+    if op == "pool2":
+        a, b = _pool_matrix(specs[0]), _pool_matrix(specs[1])
+        return a @ _spread(args[0], a.shape[1], 2, b.shape[1]) @ b.T
+    if op == "pool1":
+        a = _pool_matrix(specs[0])
+        full = _spread(args[0], a.shape[1], 2, a.shape[1])
+        return np.einsum("ip,...pq,iq->...i", a, full, a)
+    if op == "flat2":
+        p = math.prod(specs[0].grid_in)
+        x = _spread(args[0], p, 2, p)
+        return np.einsum("...pp->...", x)[..., None, None] / p
+    if op == "flat1":
+        p = math.prod(specs[0].grid_in)
+        return _spread(args[0], p, 1).mean(axis=-1, keepdims=True)
+    raise AssertionError(op)
+
+
+# --- the two stages --------------------------------------------------------------------------
+
+def _flat(arr: np.ndarray, inp: ir.Input, ref: ir.InputRef) -> np.ndarray:
+    """(n, P, C) vectors of an input reference (P = 1 for one vector)."""
+    if ref.index is not None:
+        return arr[:, ref.index, None, :]
+    if inp.grid or inp.length is not None:
+        return arr.reshape(len(arr), -1, arr.shape[-1])
+    return arr[:, None, :]
+
+
+def _value(sprog: SpatialProgram, expr, env: dict, name: str | None = None):
+    if isinstance(expr, SpatialOp):
+        return apply(expr, [env[a.name] if not a.is_Number else float(a) for a in expr.args])
+    ufunc = _ufuncs(sprog).get(name) if name is not None and _FAST.get() else None
+    if ufunc is not None and not (ufunc[2] and npb.BOOST.get()):
+        fn, args, _ = ufunc
+        return fn(*[env[a] for a in args])
+    return npb.evaluate_expr(expr, env, sprog.kernel)
+
+
+def ufunc_source(sprog: SpatialProgram) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """A module of one Numba ufunc per elementwise statement (the spatial arrays broadcast
+    through it: no temporaries per operation, no Python per element), named after the IR's
+    symbols; quadratures stay with the NumPy evaluator."""
+    printer = KernelPrinter()
+    body, table = [], {}
+    stmts = [(s, e) for _, s, e in sprog.order if e is not None]
+    stmts += [(sp.Symbol(f"out_{k}_{b}"), pair[b]) for k, pair in sprog.kernel.outputs.items()
+              for b in (0, 1)]
+    for s, e in stmts:
+        if isinstance(e, SpatialOp) or not e.free_symbols or e.is_Symbol:
+            continue
+        args = tuple(sorted(x.name for x in e.free_symbols))
+        sig = f"float64({', '.join(['float64'] * len(args))})"
+        body += [f"@vectorize(['{sig}'], cache=True)", f"def f_{s.name}({', '.join(args)}):",
+                 f"    return {printer.doprint(e)}", ""]
+        table[s.name] = (args, e.has(QuadCall))
+    quads = [line for q in sprog.kernel.integrands for line in quad_source(q, printer)]
+    body = quads + [""] + body
+    head = ["import math", "import numpy as np", "from numba import njit, vectorize", ""]
+    return "\n".join(head + runtime_lines(body, "@njit(cache=True, error_model='numpy')")
+                     + [""] + body), table
+
+
+_UFUNCS: dict[int, tuple] = {}
+_FAST: contextvars.ContextVar[bool] = contextvars.ContextVar("_FAST", default=True)
+
+
+def _ufuncs(sprog: SpatialProgram) -> dict:
+    hit = _UFUNCS.get(id(sprog))
+    if hit is None or hit[0] is not sprog:
+        source, table = ufunc_source(sprog)
+        module = cache.load_module(source)
+        hit = (sprog, {name: (getattr(module, f"f_{name}"), args, quad)
+                       for name, (args, quad) in table.items()})
+        _UFUNCS[id(sprog)] = hit
+    return hit[1]
+
+
+def per_point(sprog: SpatialProgram, data: dict) -> dict[str, np.ndarray]:
+    """Per-point values, name -> (N, P), over chunks of points."""
+    n = len(next(iter(data.values())))
+    inputs = {i.name: i for i in sprog.inputs}
+    biggest = max([1] + [math.prod(g) for gs in sprog.grids.values() for g in gs if g])
+    step = max(1, POINT_ELEMENTS // (biggest * biggest))
+    out: dict[str, list] = {}
+    grams = {e.symbol.name: e for e in (*sprog.kernel.diag_gram, *sprog.kernel.cross_gram)}
+    for lo in range(0, n, step):
+        chunk = {k: v[lo:lo + step] for k, v in data.items()}
+        m = len(next(iter(chunk.values())))
+        env: dict[str, np.ndarray] = {}
+        pair: dict[str, np.ndarray] = {}
+        for block, s, expr in sprog.order:
+            if block == "diag":
+                if expr is None:
+                    e = grams[s.name]
+                    a = _flat(chunk[e.a.input], inputs[e.a.input], e.a)
+                    b = _flat(chunk[e.b.input], inputs[e.b.input], e.b)
+                    val = np.einsum("npc,npc->np", a, b) / a.shape[-1]
+                else:
+                    val = _value(sprog, expr, env if not isinstance(expr, SpatialOp)
+                                 or expr.op != "pool1" else {**env, **pair}, s.name)
+                env[s.name] = np.broadcast_to(np.asarray(val, dtype=np.float64), (m, 1)) \
+                    if np.ndim(val) == 0 else np.asarray(val, dtype=np.float64)
+                if env[s.name].ndim == 1:
+                    env[s.name] = env[s.name][:, None]
+                continue
+            if s.name not in sprog.pointwise:
+                continue
+            if expr is None:
+                e = grams[s.name]
+                a = _flat(chunk[e.a.input], inputs[e.a.input], e.a)
+                b = _flat(chunk[e.b.input], inputs[e.b.input], e.b)
+                val = np.einsum("npc,nqc->npq", a, b) / a.shape[-1]
+            else:
+                val = _value(sprog, expr, _pair_env(env, pair, None), s.name)
+            val = np.array(np.broadcast_to(val, np.broadcast_shapes(np.shape(val), (m, 1, 1))))
+            d = sprog.exact.get(s.name)
+            if d is not None and val.shape[-1] == val.shape[-2] and d.name in env:
+                diag = np.broadcast_to(env[d.name], val.shape[:-1])
+                i = np.arange(val.shape[-1])
+                val[..., i, i] = diag
+            pair[s.name] = val
+        for k, v in env.items():
+            out.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+class _PairEnv(dict):
+    """Symbol name -> array for a pair statement: pair values as they are, per-point values of
+    the first point (d_i) as (..., P, 1) and of the second (e_i) as (..., 1, P)."""
+
+    def __init__(self, first: dict, second: dict, pair: dict):
+        super().__init__(pair)
+        self.first, self.second = first, second
+
+    def __missing__(self, name: str):
+        if name[0] == "d" and name in self.first:
+            v = self.first[name]
+            return v[..., :, None]
+        if name[0] == "e" and "d" + name[1:] in self.second:
+            v = self.second["d" + name[1:]]
+            return v[..., None, :]
+        raise KeyError(name)
+
+
+def _pair_env(first: dict, pair: dict, second: dict | None) -> _PairEnv:
+    return _PairEnv(first, first if second is None else second, pair)
+
+
+def pairs(sprog: SpatialProgram, data1: dict, data2: dict | None, d1: dict, d2: dict | None,
+          get) -> dict[str, np.ndarray]:
+    """Kernels between the points of data1 and data2 (data2 None: data1 with itself)."""
+    other = data1 if data2 is None else data2
+    d2 = d1 if data2 is None else d2
+    n1 = len(next(iter(data1.values())))
+    n2 = len(next(iter(other.values())))
+    inputs = {i.name: i for i in sprog.inputs}
+    grams = {e.symbol.name: e for e in sprog.kernel.cross_gram}
+    biggest = max([1] + [math.prod(g) for gs in sprog.grids.values() for g in gs if g])
+    side = max(1, int(math.sqrt(BLOCK_ELEMENTS / (biggest * biggest))))
+    out = {k: np.zeros((n1, n2)) for k in get}
+    cross = [(s, e) for block, s, e in sprog.order if block == "cross"]
+    for i0 in range(0, n1, side):
+        for j0 in range(i0 if data2 is None else 0, n2, side):
+            a_pts = {k: v[i0:i0 + side] for k, v in data1.items()}
+            b_pts = {k: v[j0:j0 + side] for k, v in other.items()}
+            first = {k: v[i0:i0 + side][:, None] for k, v in d1.items()}
+            second = {k: v[j0:j0 + side][None, :] for k, v in d2.items()}
+            env = _PairEnv(first, second, {})
+            for s, expr in cross:
+                if expr is None:
+                    e = grams[s.name]
+                    a = _flat(a_pts[e.a.input], inputs[e.a.input], e.a)
+                    b = _flat(b_pts[e.b.input], inputs[e.b.input], e.b)
+                    env[s.name] = np.einsum("ipc,jqc->ijpq", a, b) / a.shape[-1]
+                else:
+                    env[s.name] = _value(sprog, expr, env, s.name)
+            for kind in get:
+                v = _value(sprog, sprog.kernel.outputs[kind][1], env, f"out_{kind}_1")
+                b1 = len(next(iter(a_pts.values())))
+                b2 = len(next(iter(b_pts.values())))
+                out[kind][i0:i0 + b1, j0:j0 + b2] = np.broadcast_to(
+                    np.asarray(v, dtype=np.float64).reshape(np.shape(v)[:2] or (1, 1)),
+                    (b1, b2))
+    same, _ = coincident(data1, other, sprog.inputs)
+    rows, cols = repeats(data1, data2, sprog.inputs)
+    for kind in get:
+        k = out[kind]
+        if data2 is None:
+            k[:] = np.triu(k, 1) + np.triu(k, 1).T
+        diag = np.asarray(d1[sprog.kernel.outputs[kind][0].name]).reshape(n1)
+        settle(k, diag, same, rows, cols)
+    return out
+
+
+def evaluate(sprog: SpatialProgram, data1: dict, data2: dict | None = None,
+             get=("nngp", "ntk"), fast: bool = True) -> dict[str, np.ndarray]:
+    """fast: elementwise statements through the generated Numba ufuncs (else the NumPy
+    reference evaluator walks them)."""
+    token = _FAST.set(fast)
+    try:
+        with _no_series():
+            return _evaluate(sprog, data1, data2, get)
+    finally:
+        _FAST.reset(token)
+
+
+def _evaluate(sprog, data1, data2, get):
+    if True:
+        d1 = per_point(sprog, data1)
+        d2 = None if data2 is None else per_point(sprog, data2)
+        return pairs(sprog, data1, data2, d1, d2, get)
+
+
+class _no_series:
+    """The Mehler series plans read the scalar kernel program's layout: spatial programs take
+    every expectation by its quadrature rule."""
+
+    def __enter__(self):
+        self.token = npb.SERIES.set(False)
+
+    def __exit__(self, *exc):
+        npb.SERIES.reset(self.token)
+
+
+PointValue  # the per-point symbols are named d_i / e_i (kernel_program.PointValue)
