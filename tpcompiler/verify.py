@@ -30,7 +30,24 @@ def _gvar_rules() -> dict:
         used = set(ir.gvars_of(g.arg))
         _check(used <= seen, f"{g.name}: reads {sorted(used - seen)} before their definition")
 
-    return {ir.Op.INPUT: input_, ir.Op.BIAS: bias, ir.Op.MATMUL: matmul}
+    def conv(p: ir.Program, g: ir.GVar, seen: set) -> None:
+        _check(isinstance(g.spatial, ir.Stencil), f"{g.name}: a CONV G-var has a stencil")
+        _check(g.grid == g.spatial.grid_out, f"{g.name}: on its stencil's output grid")
+        if isinstance(g.arg, ir.InputRef):
+            _check(p.matrix(g.param).kind is ir.Kind.INPUT, f"{g.name}: an input matrix")
+        else:
+            matmul(p, g, seen)
+
+    def derived(kind):
+        def rule(p: ir.Program, g: ir.GVar, seen: set) -> None:
+            _check(g.param == "" and isinstance(g.spatial, kind),
+                   f"{g.name}: a derived G-var has no parameter and its {kind.__name__}")
+            used = set(ir.gvars_of(g.arg))
+            _check(used <= seen, f"{g.name}: reads {sorted(used - seen)} before their definition")
+        return rule
+
+    return {ir.Op.INPUT: input_, ir.Op.BIAS: bias, ir.Op.MATMUL: matmul, ir.Op.CONV: conv,
+            ir.Op.POOL: derived(ir.Pool), ir.Op.NORM: derived(ir.Norm)}
 
 
 GVAR_RULES = _gvar_rules()

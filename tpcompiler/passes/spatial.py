@@ -358,8 +358,11 @@ def _grid_of(prog: ir.Program, h) -> tuple[int, ...]:
 
 
 def _param_groups(prog: ir.Program):
-    """A G-var's correlation class for the expectation engine: its parameter's, where every
-    derived vector joins the parameters of the vectors it is made of."""
+    """A G-var's correlation class for the expectation engine (which factors an expectation
+    over classes): its parameter's; a derived vector joins the class of each vector that it
+    meets in an expression when the two share a parameter they are made of (an expectation of
+    its argument with such a vector then stays within the class). (Joining every parameter a derived vector is made of would be correct too, but
+    then u * erf(g) with independent u, g before a gap is integrated as one 4-d Gaussian.)"""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -367,24 +370,34 @@ def _param_groups(prog: ir.Program):
             x = parent[x]
         return x
 
-    def leaves(g: ir.GVar) -> set[str]:
+    @functools.cache
+    def leaves(name: str) -> frozenset:
+        g = prog.gvar(name)
         if g.op not in ir.DERIVED:
-            return {g.param}
-        out: set[str] = set()
-        for s in g.arg.free_symbols:
-            out |= leaves(prog.gvar(s.name))
-        return out
+            return frozenset({g.param})
+        return frozenset().union(*[leaves(s.name) for s in g.arg.free_symbols])
 
+    def own(name: str) -> str:
+        g = prog.gvar(name)
+        return f"derived:{name}" if g.op in ir.DERIVED else g.param
+
+    exprs = [g.arg for g in prog.gvars if g.op is not ir.Op.BIAS
+             and not isinstance(g.arg, ir.InputRef)]
+    if not isinstance(prog.readout.arg, ir.InputRef):
+        exprs.append(prog.readout.arg)
+    meets: dict[str, set[str]] = {}
+    for e in exprs:
+        names = [x.name for x in e.free_symbols]
+        for n in names:
+            meets.setdefault(n, set()).update(names)
     for g in prog.gvars:
         if g.op in ir.DERIVED:
-            ps = sorted(leaves(g)) or [f"const:{g.name}"]
-            for p in ps[1:]:
-                parent[find(p)] = find(ps[0])
-            parent[f"derived:{g.name}"] = find(ps[0])
+            for other in meets.get(g.name, set()) - {g.name}:
+                if leaves(g.name) & leaves(other):
+                    parent[find(own(g.name))] = find(own(other))
 
     def group(name: str) -> str:
-        g = prog.gvar(name)
-        return find(f"derived:{name}" if g.op in ir.DERIVED else g.param)
+        return find(own(name))
 
     return group
 
