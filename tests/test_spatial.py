@@ -199,3 +199,86 @@ def test_data_errors():
         net.nngp(_images(2, 5, 6, 1))
     with pytest.raises(TPError, match=r"needs \(N, 6, 6, C\)"):
         net.nngp(np.zeros((2, 36)))
+
+
+# --- against the finite-width simulator, where neural-tangents has no counterpart ------------
+#
+# The mean over SEEDS networks of width WIDTH of the empirical kernels (the NNGP over the
+# readout given the features, the exact NTK of each network) has a Monte Carlo standard error
+# `se` per entry, estimated from the seeds' spread, and a finite-width bias O(1/n) (measured
+# on these programs: below 1.5/n of the kernel's scale at n = 256 .. 4096). An entry fails when
+# it is more than 4.5 standard errors plus 3/n of the scale from the limit.
+
+WIDTH, SEEDS = 512, 8
+
+SIMULATED = {
+    "layernorm_after_relu": """
+input img[4, 4]
+h = conv(img, size=3, var=2.0, bias=0.1)
+h = conv(layernorm(relu(h)), size=3, var=1.5, bias=0.1)
+y = readout(gap(relu(h)), var=1.0)
+""",
+    "layernorm_subtracts_the_mean": """
+input img[4, 4]
+h = conv(img, size=3, var=2.0)
+u = layernorm(h + 1.5) * relu(h)
+y = readout(gap(u), var=1.0)
+""",
+    "layernorm_mlp_after_gap": """
+input img[4, 4]
+h = conv(img, size=2, var=2.0, bias=0.3, padding=valid)
+g = gap(relu(h))
+u = dense(layernorm(g + dense(g, var=1.0)), var=2.0, bias=0.1)
+y = readout(relu(u), var=1.0)
+""",
+    "pooled_products_flatten": """
+input img[4, 4]
+u = conv(img, size=3, var=1.0, bias=0.2, padding=circular)
+g = conv(img, size=2, var=2.0)
+h = avgpool(u * tanh(g), size=2)
+y = readout(sin(conv(h, size=2, var=2.0)), var=1.0)
+""",
+    "sequence_layernorm": """
+input s[6]
+h = conv(s, size=3, var=2.0, bias=0.1)
+y = readout(gap(relu(layernorm(conv(relu(h), size=3, var=2.0)))), var=1.0)
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIMULATED))
+def test_against_the_simulator(name):
+    net = tpc.compile_source(SIMULATED[name])
+    inp = net.ir.inputs[0]
+    shape = inp.grid or (inp.length,)
+    x = np.random.default_rng(7).standard_normal((3, *shape, 2))
+    kinds = net.spatial_program.kinds
+    limit = net.kernels(x, get=kinds)
+    runs = [net.simulate(WIDTH, seed=s).kernels(x, get=kinds) for s in range(SEEDS)]
+    for kind in kinds:
+        vals = np.array([r[kind] for r in runs])
+        mean, se = vals.mean(0), vals.std(0, ddof=1) / np.sqrt(SEEDS)
+        scale = np.abs(limit[kind]).max()
+        bound = 4.5 * se + 3.0 / WIDTH * scale
+        assert (np.abs(mean - limit[kind]) <= bound).all(), (kind, mean, limit[kind], se)
+
+
+def test_ntk_refusal_says_why():
+    net = tpc.compile_source(SIMULATED["layernorm_subtracts_the_mean"])
+    with pytest.raises(TPError, match="layernorm or pooled vector combined"):
+        net.ntk(np.zeros((2, 4, 4, 1)))
+    shared = tpc.compile_source("input img[4, 4]\nweight W(var=2.0)\nh = conv(img, size=3)\n"
+                                "repeat 2 { h = conv(relu(h), W, size=3) }\n"
+                                "y = readout(gap(h))")
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 1))
+    with pytest.raises(TPError, match="weight used twice"):
+        shared.ntk(x)
+    assert np.isfinite(shared.nngp(x)).all()  # the NNGP of shared weights is derived
+
+
+def test_quadrature_probe_warns_above_tol():
+    src = "input img[4, 4]\nh = conv(img, size=3, var=2.0)\ny = readout(gap(tanh(h) * h))"
+    x = np.random.default_rng(0).standard_normal((3, 4, 4, 1))
+    with pytest.warns(tpc.TPWarning, match="raised quadrature orders"):
+        tpc.compile_source(src, tol=1e-17).nngp(x)
+    tpc.compile_source(src).nngp(x)  # the default tol: met, no warning (filterwarnings=error)

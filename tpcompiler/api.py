@@ -28,7 +28,7 @@ from .ranges import ntk_caveats
 KINDS = warm.KINDS  # the kernel kinds, in output order
 #: points of each data set a spatial program's quadratures are probed on (every pair of them,
 #: every position pair: thousands of covariances, at the raised orders' cost)
-PROBE_POINTS = 2
+PROBE_POINTS = 3
 
 
 class CompiledNetwork:
@@ -214,9 +214,9 @@ class CompiledNetwork:
 
     def _spatial_probe(self, sprog, a: dict, b: dict | None, get) -> None:
         """The quadratures of a spatial program against the raised orders of
-        quadrature.BOOSTED on (up to 4 of) these points: a TPWarning for a kind whose
-        estimated error exceeds tol."""
-        from .backends import numpy as numpy_backend
+        quadrature.BOOSTED, at a sample of the covariances they meet on (up to PROBE_POINTS
+        of) these points: a TPWarning when an integral moves by more than tol of the largest
+        value it takes (the kernels are sums of such values times variances and averages)."""
         from .backends import spatial as spatial_backend
 
         pick = {k: v[:PROBE_POINTS] for k, v in a.items()}
@@ -226,24 +226,21 @@ class CompiledNetwork:
         if key in self._probed:
             return
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            base = spatial_backend.evaluate(sprog, pick, None, get)
-            token = numpy_backend.BOOST.set(True)
-            try:
-                high = spatial_backend.evaluate(sprog, pick, None, get)
-            finally:
-                numpy_backend.BOOST.reset(token)
-        said = []
-        for kind in get:
-            scale = max(np.abs(high[kind]).max(), np.finfo(float).tiny)
-            err = float(np.abs(base[kind] - high[kind]).max() / scale)
-            if err > self.tol:
-                said.append(kind)
-                warn(f"the {kind.upper()} of {self.name or 'this network'} is accurate to about "
-                     f"{err:.1e} of its scale (by its quadratures against raised orders on "
-                     f"{len(next(iter(pick.values())))} of the points), above tol={self.tol:g}",
-                     hint="a closed-form nonlinearity (relu, erf, ...) needs no quadrature",
-                     stacklevel=4)
-        self._probed[key] = (None, set(said))
+            changes = spatial_backend.quadrature_changes(sprog, pick, get)
+        worst = max(changes.items(), key=lambda kv: kv[1][0] / max(kv[1][1], 1e-300),
+                    default=None)
+        self._probed[key] = (None, set())
+        if worst is None:
+            return
+        name, (change, scale) = worst
+        err = change / max(scale, np.finfo(float).tiny)
+        if err > self.tol:
+            q = next(q for q in sprog.kernel.integrands if q.name == name)
+            warn(f"the kernels of {self.name or 'this network'} are accurate to about "
+                 f"{err:.1e} of their scale, above tol={self.tol:g}: the {q.dim}-d integral "
+                 f"{name} ({q.rule}) moves that much against raised quadrature orders on "
+                 f"these data", hint="a closed-form nonlinearity (relu, erf, ...) needs no "
+                 "quadrature; `tpc kernel-program` lists the integrals", stacklevel=4)
 
     # --- accuracy (tpcompiler/accuracy.py) -------------------------------------------
 

@@ -242,6 +242,13 @@ class FiniteNetwork:
         >>> theta = fn.ntk(X)          # (N, N) empirical NTK
     """
 
+    def __new__(cls, program: ir.Program, *args, **kw):
+        if cls is FiniteNetwork and program.spatial:
+            from .simulate_spatial import SpatialNetwork
+
+            return super().__new__(SpatialNetwork)
+        return super().__new__(cls)
+
     def __init__(self, program: ir.Program, width: int, seed=0, dims: dict | None = None,
                  weights: str = "explicit"):
         if weights not in ("explicit", "implicit"):

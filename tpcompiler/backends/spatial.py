@@ -145,7 +145,9 @@ def _value(sprog: SpatialProgram, expr, env: dict, name: str | None = None):
         return apply(expr, [env[a.name] if not a.is_Number else float(a) for a in expr.args])
     ufunc = _ufuncs(sprog).get(name) if name is not None and _FAST.get() else None
     if ufunc is not None and not (ufunc[2] and npb.BOOST.get()):
-        fn, args, _ = ufunc
+        fn, args, quad = ufunc
+        if quad and _SAMPLES.get() is not None:
+            _sample(sprog, expr, env)
         return fn(*[env[a] for a in args])
     return npb.evaluate_expr(expr, env, sprog.kernel)
 
@@ -176,6 +178,57 @@ def ufunc_source(sprog: SpatialProgram) -> tuple[str, dict[str, tuple[str, ...]]
 
 _UFUNCS: dict[int, tuple] = {}
 _FAST: contextvars.ContextVar[bool] = contextvars.ContextVar("_FAST", default=True)
+#: when set to a dict, every quadrature call of the fast path adds (up to SAMPLE_EACH of) the
+#: covariance matrices it integrates at: integrand name -> list of (m, k, k) arrays
+_SAMPLES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("_SAMPLES", default=None)
+SAMPLE_EACH = 24
+
+
+def _sample(sprog: SpatialProgram, expr, env) -> None:
+    """The covariances of expr's quadrature calls: the extremes of every entry and of the
+    correlations, and evenly spaced others."""
+    for call in expr.atoms(QuadCall):
+        tri = [np.asarray(npb.evaluate_expr(a, env, sprog.kernel), dtype=np.float64)
+               for a in call.args]
+        shape = np.broadcast_shapes(*[t.shape for t in tri])
+        tri = np.stack([np.broadcast_to(t, shape).reshape(-1) for t in tri], axis=1)
+        k = call.dim
+        pick = set(np.linspace(0, len(tri) - 1, SAMPLE_EACH // 2).astype(int).tolist())
+        for col in range(tri.shape[1]):
+            pick |= {int(np.argmax(tri[:, col])), int(np.argmin(tri[:, col]))}
+        rows = tri[sorted(pick)][: SAMPLE_EACH * 4]
+        c = np.zeros((len(rows), k, k))
+        pos = 0
+        for i in range(k):
+            for j in range(i + 1):
+                c[:, i, j] = c[:, j, i] = rows[:, pos]
+                pos += 1
+        _SAMPLES.get().setdefault(call.integrand, []).append(c)
+
+
+def quadrature_changes(sprog: SpatialProgram, data: dict, get) -> dict[str, tuple]:
+    """Integrand name -> (largest |production - raised orders|, largest |value|) over the
+    covariances its calls meet on these data (sampled, `_sample`)."""
+    samples: dict = {}
+    token = _SAMPLES.set(samples)
+    try:
+        evaluate(sprog, data, None, get)
+    finally:
+        _SAMPLES.reset(token)
+    out = {}
+    for q in sprog.kernel.integrands:
+        if q.name not in samples:
+            continue
+        c = np.concatenate(samples[q.name])
+        with _no_series():
+            base = npb.expectation(q, c)
+            boost = npb.BOOST.set(True)
+            try:
+                high = npb.expectation(q, c)
+            finally:
+                npb.BOOST.reset(boost)
+        out[q.name] = (float(np.abs(base - high).max()), float(np.abs(high).max()))
+    return out
 
 
 def _ufuncs(sprog: SpatialProgram) -> dict:
