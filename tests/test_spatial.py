@@ -282,3 +282,29 @@ def test_quadrature_probe_warns_above_tol():
     with pytest.warns(tpc.TPWarning, match="raised quadrature orders"):
         tpc.compile_source(src, tol=1e-17).nngp(x)
     tpc.compile_source(src).nngp(x)  # the default tol: met, no warning (filterwarnings=error)
+
+
+@pytest.mark.parametrize("name", ["layernorm_after_relu", "pooled_products_flatten",
+                                  "layernorm_mlp_after_gap", "sequence_layernorm"])
+def test_simulator_gradients_match_central_differences(name):
+    """The transpose program (conv, pooling and layernorm backward) against central
+    differences of the forward pass: step 1e-6 on O(1) parameters, error O(h^2) ~ 1e-12 plus
+    rounding ~ 1e-16 / 1e-6: 1e-7 relative leaves a wide margin."""
+    net = tpc.compile_source(SIMULATED[name])
+    inp = net.ir.inputs[0]
+    x = np.random.default_rng(2).standard_normal((2, *(inp.grid or (inp.length,)), 2))
+    fn = net.simulate(16, seed=3)
+    grads = fn.gradients(x)
+    rng = np.random.default_rng(4)
+    for pname, g in grads.items():
+        p = fn.param(pname)
+        flat = p.reshape(-1)
+        for i in rng.choice(flat.size, size=min(3, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + 1e-6
+            up = fn(x)
+            flat[i] = old - 1e-6
+            down = fn(x)
+            flat[i] = old
+            fd = (up - down) / 2e-6
+            np.testing.assert_allclose(g.reshape(2, -1)[:, i], fd, rtol=1e-6, atol=1e-7)

@@ -66,6 +66,12 @@ class CompiledNetwork:
         _check_constants(sprog.kernel, self.ir)
         return sprog
 
+    @property
+    def recursion(self):
+        """The derived recursion, whichever form it takes: the spatial program of a CNN, else
+        the kernel program (both have .kinds and .refused)."""
+        return self.spatial_program if self.ir.spatial else self.kernel_program
+
     @functools.cached_property
     def rolled_program(self) -> KernelProgram:
         """The NNGP/NTK recursion, its loops kept rolled where their iterations are copies of
@@ -379,6 +385,9 @@ class CompiledNetwork:
         """The NNGP and NTK recursions in LaTeX."""
         from .latex import program_latex
 
+        if self.ir.spatial:
+            raise TPError("LaTeX of a spatial program (conv, pooling, layernorm) is not "
+                          "rendered yet", hint="`tpc kernel-program` prints its recursion")
         return program_latex(self.ir, self.kernel_program)
 
     def _repr_latex_(self) -> str:

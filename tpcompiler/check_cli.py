@@ -108,11 +108,14 @@ def parse_widths(text: str) -> list[int]:
 
 
 def random_data(program, points: int, dim: int, seed: int):
-    """Standard-normal points for every input: (N, d), or (N, T, d) for a sequence."""
+    """Standard-normal points for every input: (N, d), (N, T, d) for a sequence, (N, H, W, d)
+    for an image."""
     rng = np.random.default_rng(seed)
     out = {}
     for inp in program.inputs:
         shape = (points, dim) if inp.length is None else (points, inp.length, dim)
+        if inp.grid:
+            shape = (points, *inp.grid, dim)
         out[inp.name] = rng.standard_normal(shape)
     return out if len(out) > 1 else next(iter(out.values()))
 
@@ -432,7 +435,7 @@ def limit_kernels(net, x, against: dict | None = None, backend: str = "numba"):
                           hint="check only its NNGP: save the file without 'ntk'")
         refused = {k: "not in the kernel file" for k in KINDS if k not in against}
         return dict(against), refused
-    kp = net.kernel_program
+    kp = net.recursion
     kinds = [k for k in KINDS if k in kp.kinds]
     refused = {k: kp.refused.get(k, "not available") for k in KINDS if k not in kinds}
     if not kinds:

@@ -47,6 +47,12 @@ def cmd_kernel_program(args) -> int:
     from .api import compile
 
     net = compile(args.file, tol=args.tol)
+    if net.ir.spatial:  # arrays over positions, conv/pool/flat between grids
+        print(net.spatial_program.text(), end="")
+        if args.accuracy:
+            raise TPError("--accuracy is not available for spatial programs yet",
+                          hint="their kernels warn (TPWarning) when a quadrature misses tol")
+        return 0
     print(net.rolled_program.text(), end="")  # loops as loops: the same size at any depth
     if args.accuracy:
         x = load_data(args.data, "--data") if args.data else None

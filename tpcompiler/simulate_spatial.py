@@ -26,6 +26,7 @@ from .errors import TPError
 from .simulate import FiniteNetwork, _evaluate, _seed_tuple
 
 PRESETS = ("ntk", "sp")
+MAX_TENSOR = 1 << 26  # entries of one sampled tensor (512 MB of float64)
 
 
 def _shift_sources(spec: ir.Stencil) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -44,9 +45,10 @@ class SpatialNetwork(FiniteNetwork):
 
     def __init__(self, program: ir.Program, width: int, seed=0, dims: dict | None = None,
                  weights: str = "explicit"):
-        if weights != "explicit":
-            raise TPError("a spatial program is simulated with explicit weights only",
-                          hint="use weights='explicit'")
+        if weights not in ("explicit", "implicit"):
+            raise TPError(f"unknown weights mode '{weights}'", hint="use 'explicit' or 'implicit'")
+        # implicit sampling is the MLP's economy (same law): a spatial network samples its
+        # tensors explicitly either way
         if program.parametrization.preset not in PRESETS:
             raise TPError(f"simulation of parametrization {program.parametrization.preset} is "
                           "not implemented for spatial programs",
@@ -100,6 +102,10 @@ class SpatialNetwork(FiniteNetwork):
         p = self._params.get(name)
         if p is None:
             shape, _ = self._shape_fan(name)
+            if math.prod(shape) > MAX_TENSOR:
+                raise TPError(f"a {' x '.join(map(str, shape))} tensor of this network at width "
+                              f"{self.width} is too large to simulate here",
+                              hint="use smaller widths, e.g. tpc check --widths 64,256,1024")
             rng = np.random.default_rng([*self.seed, self._index[name]])
             p = self._scale(name)[0] * rng.standard_normal(shape)
             self._params[name] = np.asarray(p, dtype=np.float64)
@@ -274,6 +280,49 @@ class SpatialNetwork(FiniteNetwork):
                     grads[name] = mult * np.einsum("npi,npj->nij", d, h).reshape(n_points, -1)
         return grads
 
+    def _ntk(self, fw) -> np.ndarray:
+        """sum_T <df(x)/dT, df(x')/dT> without per-example gradients: a matrix used at
+        positions p (reading q_o(p) for offset o) contributes
+        mult^2 sum_o sum_{p,p'} <dg_x[p], dg_x'[p']> <h_x[q_o(p)], h_x'[q_o(p')]>."""
+        env, memo, args, norms, feat, out = fw
+        dg = self._backward(fw)
+        n_points = len(out)
+        r = self.program.readout
+        k = np.zeros((n_points, n_points))
+        for name in self._index:
+            mult = self._scale(name)[1]
+            if name == r.matrix:
+                f = feat.reshape(n_points, -1)
+                k += mult ** 2 * (f @ f.T)
+            elif name == r.bias:
+                k += mult ** 2
+            elif name.startswith("B"):
+                users = [dg[g.name].sum(axis=1) for g in self.program.gvars
+                         if g.param == name and g.name in dg]
+                if users:
+                    total = sum(users[1:], users[0])
+                    k += mult ** 2 * (total @ total.T)
+            else:
+                g = self._gvar_of[name]
+                if g.name not in dg:
+                    continue
+                d, h = dg[g.name], args[g.name]
+                p_out = math.prod(g.spatial.grid_out) if g.op is ir.Op.CONV else \
+                    max(d.shape[1], h.shape[1])
+                d = np.broadcast_to(d, (n_points, p_out, d.shape[-1]))
+                dd = np.einsum("npi,mqi->nmpq", d, d)
+                if g.op is ir.Op.CONV:
+                    p_in = math.prod(g.spatial.grid_in)
+                    h = np.broadcast_to(h, (n_points, p_in, h.shape[-1]))
+                    for src, ok in self._sources[g.name]:
+                        hs = np.where(ok[None, :, None], h[:, src], 0.0)
+                        k += mult ** 2 * np.einsum("nmpq,npj,mqj->nm", dd, hs, hs,
+                                                   optimize=True)
+                else:
+                    h = np.broadcast_to(h, (n_points, p_out, h.shape[-1]))
+                    k += mult ** 2 * np.einsum("nmpq,npj,mqj->nm", dd, h, h, optimize=True)
+        return k
+
     # --- public --------------------------------------------------------------------------
 
     def __call__(self, x) -> np.ndarray:
@@ -297,8 +346,7 @@ class SpatialNetwork(FiniteNetwork):
                 k = k + (std_b * mult_b) ** 2
             out["nngp"] = k
         if "ntk" in get:
-            grads = self._gradients(fw)
-            out["ntk"] = sum(g @ g.T for g in grads.values())
+            out["ntk"] = self._ntk(fw)
         return out if x2 is None else {k: v[:n1, n1:] for k, v in out.items()}
 
     def nngp_hidden(self, x1, x2=None) -> np.ndarray:

@@ -93,7 +93,7 @@ def assert_limit(net: CompiledNetwork, x, widths: Sequence[int] = (64, 256, 1024
     x_in = data if len(data) > 1 else next(iter(data.values()))
 
     if against is None:
-        kp = net.kernel_program
+        kp = net.recursion
         for k in kinds:
             if k not in kp.kinds:
                 raise TPError(f"assert_limit: the {k.upper()} of this network is not available: "
