@@ -19,17 +19,17 @@ STAGES = (
     # text -> AST
     ("syntax", "parse"),
     # AST -> IR
-    ("ir", "ranges", "parametrization", "check", "lowering", "data"),
+    ("ir", "ranges", "parametrization", "check", "lowering_spatial", "lowering", "data"),
     # IR -> kernel program (and the abc analysis of the IR)
     ("kernel_program", "verify", "quadrature", "conditional", "series", "passes",
      "passes.closedform",
-     "passes.expect", "passes.kernels", "passes.loops", "passes.abc"),
+     "passes.expect", "passes.kernels", "passes.loops", "passes.spatial", "passes.abc"),
     # kernel program -> code and numbers
     ("backends", "backends.printer", "backends.coincident", "backends.gram",
      "backends.quadsource", "backends.cache", "backends.numpy", "backends.numba",
-     "backends.cuda", "backends.runner", "latex"),
+     "backends.cuda", "backends.runner", "backends.spatial", "latex"),
     # what runs the backends: the probe and the finite-width simulator
-    ("accuracy", "psd", "simulate", "warm"),
+    ("accuracy", "psd", "simulate", "simulate_spatial", "warm"),
     # the API that wires the stages together
     ("api",),
     # users of the API: commands and test helpers

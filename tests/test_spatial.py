@@ -12,11 +12,12 @@ theta / (2 pi) ~ sqrt(2 * 4 eps) / (2 pi) ~ 7e-9 per layer, where tpcompiler tak
 from __future__ import annotations
 
 import numpy as np
-import nt_reference as ntr
 import pytest
 
 import tpcompiler as tpc
 from tpcompiler.errors import TPError
+
+import nt_reference as ntr
 
 needs_nt = pytest.mark.skipif(not ntr.available(), reason="neural-tangents not installed")
 

@@ -300,7 +300,8 @@ def format_program(p: Program) -> str:
             rhs = f"{g.spatial}({format_expr(g.arg)})"
         else:
             arg = format_expr(g.arg)
-            rhs = f"{g.param} @ {arg if isinstance(g.arg, InputRef) or g.arg.is_Atom else '(' + arg + ')'}"
+            bare = isinstance(g.arg, InputRef) or g.arg.is_Atom
+            rhs = f"{g.param} @ {arg if bare else '(' + arg + ')'}"
         where = f" [{g.spatial}]" if g.op is Op.CONV else ""
         grid = f" on {'x'.join(map(str, g.grid))}" if g.grid else ""
         lines.append(f"{g.name} = {rhs}    # {g.op.value}{where}{grid}")

@@ -80,8 +80,12 @@ _WHAT = {Scalar: "a constant", Vec: "a vector", InVec: "an input vector", Seq: "
          Weight: "a weight", Act: "an activation function", Output: "the readout output"}
 
 
-def _what(v) -> str:
+def describe(v) -> str:
+    """What a value of the lowering is, in words (for messages)."""
     return _WHAT[type(v)]
+
+
+_what = describe
 
 
 class _Lowerer(SpatialCalls):

@@ -250,6 +250,6 @@ class SpatialCalls:
 
     @staticmethod
     def _what(v) -> str:
-        from .lowering import _what
+        from .lowering import describe
 
-        return _what(v)
+        return describe(v)

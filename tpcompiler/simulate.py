@@ -71,7 +71,7 @@ def _scales(program: ir.Program, width: int, dims: dict[str, int]) -> dict[str, 
 
 # --- numeric evaluation of H-vars ----------------------------------------------------------------
 
-def _evaluate(e: sp.Expr, env: dict, memo: dict):
+def evaluate(e: sp.Expr, env: dict, memo: dict):
     """Value of an IR expression; env: G-var name -> (N, n) array; memo: expr -> value."""
     v = memo.get(e)
     if v is not None:
@@ -81,7 +81,7 @@ def _evaluate(e: sp.Expr, env: dict, memo: dict):
     elif not e.free_symbols and not isinstance(e, sp.Function):
         v = float(e)
     else:
-        args = [_evaluate(a, env, memo) for a in e.args]
+        args = [evaluate(a, env, memo) for a in e.args]
         if e.is_Add:
             v = args[0]
             for a in args[1:]:
@@ -138,7 +138,7 @@ def _plan(program: ir.Program) -> _Plan:
 # --- the finite network --------------------------------------------------------------------------
 
 
-def _seed_tuple(seed) -> tuple[int, ...]:
+def seed_tuple(seed) -> tuple[int, ...]:
     seq = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
     for s in seq:
         if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0:
@@ -255,7 +255,7 @@ class FiniteNetwork:
             raise TPError(f"unknown weights mode '{weights}'", hint="use 'explicit' or 'implicit'")
         self.program = program
         self.width = _check_width(width)
-        self.seed = _seed_tuple(seed)
+        self.seed = seed_tuple(seed)
         self.weights = weights
         self._plan = _plan(program)
         self.dims: dict[str, int] | None = None
@@ -361,14 +361,14 @@ class FiniteNetwork:
             if g.op is ir.Op.INPUT:
                 h = _vectors(data, g.arg)
             else:
-                h = np.broadcast_to(_evaluate(g.arg, env, memo), shape)
+                h = np.broadcast_to(evaluate(g.arg, env, memo), shape)
             args[g.name] = h
             env[g.name] = self._matmul(g.param, h)
         r = self.program.readout
         if isinstance(r.arg, ir.InputRef):
             feat = _vectors(data, r.arg)
         else:
-            feat = np.broadcast_to(_evaluate(r.arg, env, memo), shape)
+            feat = np.broadcast_to(evaluate(r.arg, env, memo), shape)
         out = sc[r.matrix].mult * (feat @ self.param(r.matrix))
         if r.bias is not None:
             out = out + sc[r.bias].mult * float(self.param(r.bias))
@@ -384,7 +384,7 @@ class FiniteNetwork:
 
         def push(derivs, d_expr):
             for name, dexpr in derivs:
-                part = _evaluate(dexpr, fw.env, fw.memo)
+                part = evaluate(dexpr, fw.env, fw.memo)
                 if isinstance(part, float) and part == 0.0:
                     continue
                 contrib = part * d_expr
@@ -519,7 +519,7 @@ def empirical_nngp(program: ir.Program, x, width: int, samples: int, seed=0, *,
     where it is several times faster), explicit otherwise."""
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise TPError(f"samples must be a positive integer, got {samples!r}")
-    base = _seed_tuple(seed)
+    base = seed_tuple(seed)
     width = _check_width(width)
     if weights == "auto":
         n_points = next(iter(prepare(program, x).values())).shape[0]

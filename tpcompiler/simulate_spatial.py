@@ -20,10 +20,10 @@ import numpy as np
 import sympy as sp
 
 from . import ir
-from .backends.spatial import _pad, _pool_matrix
+from .backends.spatial import pad_grid, pool_matrix
 from .data import check_pair, prepare
 from .errors import TPError
-from .simulate import FiniteNetwork, _evaluate, _seed_tuple
+from .simulate import FiniteNetwork, evaluate, seed_tuple
 
 PRESETS = ("ntk", "sp")
 MAX_TENSOR = 1 << 26  # entries of one sampled tensor (512 MB of float64)
@@ -32,7 +32,7 @@ MAX_TENSOR = 1 << 26  # entries of one sampled tensor (512 MB of float64)
 def _shift_sources(spec: ir.Stencil) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each filter offset: (flat input position read by every output position, valid)."""
     grid = np.arange(math.prod(spec.grid_in), dtype=np.int64).reshape(spec.grid_in)
-    mark = _pad(grid.astype(np.float64) + 1.0, [spec], 0)  # 0 marks zero padding
+    mark = pad_grid(grid.astype(np.float64) + 1.0, [spec], 0)  # 0 marks zero padding
     out = []
     for o in np.ndindex(*spec.size):
         window = mark[tuple(slice(i, i + g) for i, g in zip(o, spec.grid_out))].reshape(-1)
@@ -57,7 +57,7 @@ class SpatialNetwork(FiniteNetwork):
             raise TPError(f"width must be a positive integer, got {width!r}")
         self.program = program
         self.width = int(width)
-        self.seed = _seed_tuple(seed)
+        self.seed = seed_tuple(seed)
         self.weights = weights
         self.dims = None if dims is None else dict(dims)
         self._params: dict[str, np.ndarray] = {}
@@ -163,7 +163,7 @@ class SpatialNetwork(FiniteNetwork):
                 env[g.name] = (self._scale(g.param)[1] * self.param(g.param))[None, None, :]
                 continue
             h = self._input(data, g.arg) if isinstance(g.arg, ir.InputRef) else \
-                np.asarray(_evaluate(g.arg, env, memo), dtype=np.float64)
+                np.asarray(evaluate(g.arg, env, memo), dtype=np.float64)
             if h.ndim == 0:
                 h = np.full((n_points, 1, self.width), float(h))
             args[g.name] = h
@@ -172,7 +172,7 @@ class SpatialNetwork(FiniteNetwork):
             elif g.op in (ir.Op.MATMUL, ir.Op.INPUT):
                 env[g.name] = self._scale(g.param)[1] * (h @ self.param(g.param).T)
             elif g.op is ir.Op.POOL:
-                a = _pool_matrix(g.spatial)
+                a = pool_matrix(g.spatial)
                 env[g.name] = np.einsum("qp,npc->nqc", a, np.broadcast_to(
                     h, (h.shape[0], a.shape[1], h.shape[-1])))
             else:  # NORM
@@ -183,7 +183,7 @@ class SpatialNetwork(FiniteNetwork):
                 norms[g.name] = (env[g.name], s)
         r = self.program.readout
         feat = self._input(data, r.arg) if isinstance(r.arg, ir.InputRef) else \
-            np.asarray(_evaluate(r.arg, env, memo), dtype=np.float64)
+            np.asarray(evaluate(r.arg, env, memo), dtype=np.float64)
         if feat.ndim == 0:
             feat = np.full((n_points, 1, self.width), float(feat))
         p = math.prod(r.grid) if r.grid else 1
@@ -198,7 +198,7 @@ class SpatialNetwork(FiniteNetwork):
 
     def _push(self, expr, d_expr: np.ndarray, env, memo, dg) -> None:
         for name in ir.gvars_of(expr):
-            part = _evaluate(sp.diff(expr, ir.gsym(name)), env, memo)
+            part = evaluate(sp.diff(expr, ir.gsym(name)), env, memo)
             if isinstance(part, float) and part == 0.0:
                 continue
             contrib = np.asarray(part * d_expr)
@@ -229,7 +229,7 @@ class SpatialNetwork(FiniteNetwork):
             elif g.op is ir.Op.MATMUL:
                 d_arg = self._scale(g.param)[1] * (d @ self.param(g.param))
             elif g.op is ir.Op.POOL:
-                a = _pool_matrix(g.spatial)
+                a = pool_matrix(g.spatial)
                 d = np.broadcast_to(d, (d.shape[0], a.shape[0], d.shape[-1]))
                 d_arg = np.einsum("qp,nqc->npc", a, d)
             else:  # NORM

@@ -15,7 +15,6 @@ import functools
 import math
 
 import numpy as np
-
 import sympy as sp
 
 from .. import ir
@@ -23,9 +22,9 @@ from ..kernel_program import PointValue, QuadCall
 from ..passes.spatial import SpatialOp, SpatialProgram
 from . import cache
 from . import numpy as npb
+from .coincident import coincident, repeats, settle
 from .printer import KernelPrinter, runtime_lines
 from .quadsource import quad_source
-from .coincident import coincident, repeats, settle
 
 #: elements of one pair-stage array (b1 * b2 * P^2): ~16 MB of float64 per live value
 BLOCK_ELEMENTS = 1 << 21
@@ -35,7 +34,7 @@ POINT_ELEMENTS = 1 << 21
 
 # --- the linear maps -------------------------------------------------------------------------
 
-def _pad(x: np.ndarray, specs: list[ir.Stencil], lead: int) -> np.ndarray:
+def pad_grid(x: np.ndarray, specs: list[ir.Stencil], lead: int) -> np.ndarray:
     """x (lead axes, then each spec's grid) padded so that output p reads p + o for offset o:
     zeros outside the grid, or the grid wrapped around for padding=circular."""
     widths = [(0, 0)] * lead
@@ -54,7 +53,7 @@ def _conv1(spec: ir.Stencil, x: np.ndarray) -> np.ndarray:
     """(..., P_in) -> (..., P_out): the position-diagonal of a conv."""
     x = _spread(x, math.prod(spec.grid_in), 1)
     lead = x.ndim - 1
-    xp = _pad(x.reshape(x.shape[:-1] + spec.grid_in), [spec], lead)
+    xp = pad_grid(x.reshape(x.shape[:-1] + spec.grid_in), [spec], lead)
     out = np.zeros(x.shape[:-1] + spec.grid_out)
     for o in _offsets(spec):
         out += xp[(Ellipsis, *(slice(i, i + g) for i, g in zip(o, spec.grid_out)))]
@@ -65,7 +64,7 @@ def _conv2(sa: ir.Stencil, sb: ir.Stencil, x: np.ndarray) -> np.ndarray:
     """(..., Pa_in, Pb_in) -> (..., Pa_out, Pb_out): both axes by the same filter offset."""
     x = _spread(x, math.prod(sa.grid_in), 2, math.prod(sb.grid_in))
     lead = x.ndim - 2
-    xp = _pad(x.reshape(x.shape[:-2] + sa.grid_in + sb.grid_in), [sa, sb], lead)
+    xp = pad_grid(x.reshape(x.shape[:-2] + sa.grid_in + sb.grid_in), [sa, sb], lead)
     out = np.zeros(x.shape[:-2] + sa.grid_out + sb.grid_out)
     for o in _offsets(sa):
         out += xp[(Ellipsis, *(slice(i, i + g) for i, g in zip(o, sa.grid_out)),
@@ -75,7 +74,7 @@ def _conv2(sa: ir.Stencil, sb: ir.Stencil, x: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def _pool_matrix(spec: ir.Pool) -> np.ndarray:
+def pool_matrix(spec: ir.Pool) -> np.ndarray:
     """(P_out, P_in): the block means (all positions for gap)."""
     p_in = math.prod(spec.grid_in)
     if not spec.size:
@@ -110,13 +109,13 @@ def apply(call: SpatialOp, args: list) -> np.ndarray:
     if op == "conv2":
         return _conv2(specs[0], specs[1], args[0])
     if op == "mean1":
-        a = _pool_matrix(specs[0])
+        a = pool_matrix(specs[0])
         return _spread(args[0], a.shape[1], 1) @ a.T
     if op == "pool2":
-        a, b = _pool_matrix(specs[0]), _pool_matrix(specs[1])
+        a, b = pool_matrix(specs[0]), pool_matrix(specs[1])
         return a @ _spread(args[0], a.shape[1], 2, b.shape[1]) @ b.T
     if op == "pool1":
-        a = _pool_matrix(specs[0])
+        a = pool_matrix(specs[0])
         full = _spread(args[0], a.shape[1], 2, a.shape[1])
         return np.einsum("ip,...pq,iq->...i", a, full, a)
     if op == "flat2":

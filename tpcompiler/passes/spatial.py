@@ -361,8 +361,9 @@ def _param_groups(prog: ir.Program):
     """A G-var's correlation class for the expectation engine (which factors an expectation
     over classes): its parameter's; a derived vector joins the class of each vector that it
     meets in an expression when the two share a parameter they are made of (an expectation of
-    its argument with such a vector then stays within the class). (Joining every parameter a derived vector is made of would be correct too, but
-    then u * erf(g) with independent u, g before a gap is integrated as one 4-d Gaussian.)"""
+    its argument with such a vector then stays within the class). Joining every parameter a
+    derived vector is made of would be correct too, but then u * erf(g) with independent u, g
+    before a gap is integrated as one 4-d Gaussian."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
