@@ -27,7 +27,8 @@ def data_for(net, n: int, seed: int, d: int = 3):
     """Random data of the right shape for every input of `net` (a dict if it has several).
     One d for all: inputs read by one weight must share it."""
     rng = np.random.default_rng(seed)
-    arrays = {i.name: rng.normal(size=(n, d) if i.length is None else (n, i.length, d))
+    arrays = {i.name: rng.normal(size=(n, d) if i.length is None and not i.grid else
+                                 (n, *(i.grid or (i.length,)), d))
               for i in net.ir.inputs}
     return arrays if len(arrays) > 1 else next(iter(arrays.values()))
 
@@ -238,7 +239,7 @@ def test_several_inputs_bad_data(tmp_path, monkeypatch):
 def _available(net):
     """The kinds a network computes; asking for a refused one says why (with both backends)."""
     x = data_for(net, 2, seed=0)
-    kp = net.kernel_program
+    kp = net.recursion
     for kind in set(("nngp", "ntk")) - set(kp.kinds):
         reason = kp.refused.get(kind)
         assert reason, f"{kind} is neither computed nor refused with a reason"
@@ -280,7 +281,7 @@ def test_example_numba_equals_reference(path):
     ref = net.kernels(x1, get=kinds, backend="numpy")
     fast12 = net.kernels(x1, x2, get=kinds)
     ref12 = net.kernels(x1, x2, get=kinds, backend="numpy")
-    closed = not net.kernel_program.integrands  # no quadrature: identical points are exact
+    closed = not net.recursion.integrands  # no quadrature: identical points are exact
     for kind in kinds:
         k = fast[kind]
         assert k.shape == (7, 7) and fast12[kind].shape == (7, 4)

@@ -27,7 +27,7 @@ STAGES = (
     # kernel program -> code and numbers
     ("backends", "backends.printer", "backends.coincident", "backends.gram",
      "backends.quadsource", "backends.cache", "backends.numpy", "backends.numba",
-     "backends.cuda", "backends.runner", "backends.spatial", "latex"),
+     "backends.cuda", "backends.runner", "backends.stencil", "backends.spatial", "latex"),
     # what runs the backends: the probe and the finite-width simulator
     ("accuracy", "psd", "simulate", "simulate_spatial", "warm"),
     # the API that wires the stages together

@@ -11,6 +11,8 @@ theta / (2 pi) ~ sqrt(2 * 4 eps) / (2 pi) ~ 7e-9 per layer, where tpcompiler tak
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ import nt_reference as ntr
 
 needs_nt = pytest.mark.skipif(not ntr.available(), reason="neural-tangents not installed")
 
+ROOT = Path(__file__).resolve().parent.parent
 OFF = 1e-11  # relative to the largest entry (above)
 DIAG = 5e-8  # the NTK at identical points (above)
 
@@ -135,9 +138,12 @@ y = readout(gap(relu(h)), var=1.0)
                  ("act", "relu"), ("gap",), ("dense", 1.0, 0.0)), x)
 
 
-def test_numpy_reference_equals_the_compiled_ufuncs():
-    net = tpc.compile_source(CASES["pool_then_conv"][0])
-    x = _images(4, 8, 8, 2, seed=5)
+@pytest.mark.parametrize("name", ["pool_then_conv", "flatten_valid_circular"])
+def test_numpy_reference_equals_the_generated_code(name):
+    """The fused pair function (full P x P arrays with pooling, the position-diagonal only for
+    a Flatten network) against the NumPy reference walking the same statements."""
+    net = tpc.compile_source(CASES[name][0])
+    x = _images(4, *net.ir.inputs[0].grid, 2, seed=5)
     a = net.kernels(x)
     b = net.kernels(x, backend="numpy")
     for kind in a:
@@ -309,3 +315,32 @@ def test_simulator_gradients_match_central_differences(name):
             flat[i] = old
             fd = (up - down) / 2e-6
             np.testing.assert_allclose(g.reshape(2, -1)[:, i], fd, rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_only_and_no_latex_yet():
+    net = tpc.compile_source(CASES["gaussian_pool"][0])
+    with pytest.raises(TPError, match="CPU only"):
+        net.nngp(_images(2, 6, 6, 1), device="cuda")
+    with pytest.raises(TPError, match="LaTeX of a spatial program"):
+        net.latex()
+
+
+def test_cli_kernel_and_kernel_program(tmp_path, capsys):
+    from tpcompiler.cli import main
+
+    example = str(ROOT / "examples" / "cnn_gap.tp")
+    np.save(tmp_path / "x.npy", _images(3, 8, 8, 1))
+    assert main(["kernel-program", example]) == 0
+    assert "conv2[conv 3x3 same 8x8->8x8" in capsys.readouterr().out
+    assert main(["kernel", example, "--data", str(tmp_path / "x.npy"), "--out",
+                 str(tmp_path / "k.npy")]) == 0
+    k = np.load(tmp_path / "k.npy")
+    np.testing.assert_allclose(k, tpc.compile(example).nngp(_images(3, 8, 8, 1)), rtol=1e-15)
+
+
+def test_coordcheck_refuses_spatial_programs():
+    from tpcompiler.coordcheck import AbcNetwork
+
+    net = tpc.compile_source(CASES["gaussian_pool"][0])
+    with pytest.raises(TPError, match="does not simulate spatial programs"):
+        AbcNetwork(net.ir, 64, {"img": 1})

@@ -253,6 +253,9 @@ class FiniteNetwork:
                  weights: str = "explicit"):
         if weights not in ("explicit", "implicit"):
             raise TPError(f"unknown weights mode '{weights}'", hint="use 'explicit' or 'implicit'")
+        if program.spatial:  # a subclass (the coordinate check's training) on a CNN
+            raise TPError(f"{type(self).__name__} does not simulate spatial programs (conv, "
+                          "pooling, layernorm) yet", hint="net.simulate(width) and tpc check do")
         self.program = program
         self.width = _check_width(width)
         self.seed = seed_tuple(seed)

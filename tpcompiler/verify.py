@@ -123,3 +123,31 @@ def verify_kernel_program(kp: KernelProgram) -> KernelProgram:
         for f in e.atoms(QuadCall):
             _check(f.integrand in integrands, f"{type(f).__name__} has no integrand")
     return kp
+
+
+def verify_spatial_program(sp) -> None:
+    """A spatial program (passes/spatial.py) in order: each symbol assigned once and read after
+    its assignment; a per-point statement reads per-point values, or (a pooled value) pair
+    statements that the per-point stage runs; the outputs read assigned symbols."""
+    point: set = set()
+    pair: set = set()
+    for block, s, e in sp.order:
+        _check(s.name not in point | pair, f"{s} is assigned twice (spatial)")
+        reads = set() if e is None else {x.name if not hasattr(x, "point") or x.point == 1
+                                         else f"d{x.index}" for x in e.free_symbols}
+        if block == "diag":
+            pairs = reads - point
+            _check(pairs <= pair and (not pairs or getattr(e, "op", "") == "pool1"),
+                   f"{s} reads {sorted(pairs)} (spatial, per point)")
+            _check(pairs <= sp.pointwise, f"{s}: the per-point stage does not run {sorted(pairs)}")
+            point.add(s.name)
+        else:
+            _check(reads <= point | pair, f"{s} reads {sorted(reads - point - pair)} before "
+                                          "their assignment (spatial)")
+            pair.add(s.name)
+    for kind, (d, c) in sp.kernel.outputs.items():
+        _check({x.name for x in d.free_symbols} <= point, f"the per-point {kind} reads "
+                                                           "unassigned symbols")
+        _check({x.name if not hasattr(x, "point") or x.point == 1 else f"d{x.index}"
+                for x in c.free_symbols} <= point | pair, f"the pair {kind} reads unassigned "
+                                                          "symbols")

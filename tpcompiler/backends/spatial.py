@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import sympy as sp
@@ -20,7 +22,7 @@ import sympy as sp
 from .. import ir
 from ..kernel_program import PointValue, QuadCall
 from ..passes.spatial import SpatialOp, SpatialProgram
-from . import cache
+from . import cache, stencil
 from . import numpy as npb
 from .coincident import coincident, repeats, settle
 from .printer import KernelPrinter, runtime_lines
@@ -312,6 +314,54 @@ def _pair_env(first: dict, pair: dict, second: dict | None) -> _PairEnv:
     return _PairEnv(first, first if second is None else second, pair)
 
 
+def _fused(sprog: SpatialProgram):
+    hit = _STENCILS.get(id(sprog))
+    if hit is None or hit[0] is not sprog:
+        source, layout = stencil.render(sprog)
+        hit = (sprog, cache.load_module(source), layout)
+        _STENCILS[id(sprog)] = hit
+    return hit[1], hit[2]
+
+
+_STENCILS: dict[int, tuple] = {}
+#: rows of the first data set per task of the pair stage's thread pool
+ROWS_PER_TASK = 8
+
+
+def _pairs_fused(sprog, data1, data2, d1, d2, get, out) -> None:
+    module, layout = _fused(sprog)
+    other = data1 if data2 is None else data2
+
+    def xs(data):
+        return [np.ascontiguousarray(_points(data[name])) for name in layout["inputs"]]
+
+    def table(d, n):
+        t = np.zeros((n, max(1, len(layout["reads"])), layout["width"]))
+        for k, name in enumerate(layout["reads"]):
+            v = np.asarray(d[name])
+            t[:, k, :v.shape[1]] = v
+        return t
+
+    n1 = len(next(iter(data1.values())))
+    n2 = len(next(iter(other.values())))
+    x1, x2 = xs(data1), xs(other)
+    t1 = table(d1, n1)
+    t2 = t1 if data2 is None else table(d2, n2)
+    ks = [out[k] for k in layout["kinds"]]
+    tasks = [(lo, min(lo + ROWS_PER_TASK, n1)) for lo in range(0, n1, ROWS_PER_TASK)]
+
+    def run(span):
+        module.pairs(*x1, *x2, t1, t2, *ks, span[0], span[1], data2 is None)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(run, tasks))
+
+
+def _points(arr: np.ndarray) -> np.ndarray:
+    """(N, positions or steps, C) for the pair function (a plain vector: one position)."""
+    return arr.reshape(len(arr), -1, arr.shape[-1]) if arr.ndim > 2 else arr[:, None, :]
+
+
 def pairs(sprog: SpatialProgram, data1: dict, data2: dict | None, d1: dict, d2: dict | None,
           get) -> dict[str, np.ndarray]:
     """Kernels between the points of data1 and data2 (data2 None: data1 with itself)."""
@@ -319,6 +369,10 @@ def pairs(sprog: SpatialProgram, data1: dict, data2: dict | None, d1: dict, d2: 
     d2 = d1 if data2 is None else d2
     n1 = len(next(iter(data1.values())))
     n2 = len(next(iter(other.values())))
+    if _FAST.get() and not npb.BOOST.get() and _SAMPLES.get() is None:
+        out = {k: np.zeros((n1, n2)) for k in sprog.kinds}
+        _pairs_fused(sprog, data1, data2, d1, d2, get, out)
+        return _settled(sprog, out, data1, data2, d1, get)
     inputs = {i.name: i for i in sprog.inputs}
     grams = {e.symbol.name: e for e in sprog.kernel.cross_gram}
     biggest = max([1] + [math.prod(g) for gs in sprog.grids.values() for g in gs if g])
@@ -347,8 +401,15 @@ def pairs(sprog: SpatialProgram, data1: dict, data2: dict | None, d1: dict, d2: 
                 out[kind][i0:i0 + b1, j0:j0 + b2] = np.broadcast_to(
                     np.asarray(v, dtype=np.float64).reshape(np.shape(v)[:2] or (1, 1)),
                     (b1, b2))
+    return _settled(sprog, out, data1, data2, d1, get)
+
+
+def _settled(sprog, out, data1, data2, d1, get) -> dict[str, np.ndarray]:
+    other = data1 if data2 is None else data2
+    n1 = len(next(iter(data1.values())))
     same, _ = coincident(data1, other, sprog.inputs)
     rows, cols = repeats(data1, data2, sprog.inputs)
+    out = {k: out[k] for k in get}
     for kind in get:
         k = out[kind]
         if data2 is None:

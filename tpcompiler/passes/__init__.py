@@ -14,9 +14,11 @@ from .. import ir, syntax
 from ..kernel_program import KernelProgram, cse_block
 from ..lowering import lower
 from ..parse import parse_source
-from ..verify import verify_kernel_program, verify_program
+from ..verify import verify_kernel_program, verify_program, verify_spatial_program
 from .kernels import build_kernel_program
 from .loops import build_rolled
+from .spatial import SpatialProgram
+from .spatial import derive as derive_spatial
 
 
 @dataclass(frozen=True)
@@ -27,14 +29,27 @@ class Source:
     path: str = "<string>"
 
 
-def _recursions(program: ir.Program) -> KernelProgram:
-    """The rolled kernel program where the program's loops can stay loops, else unrolled."""
+def _recursions(program: ir.Program):
+    """The rolled kernel program where the program's loops can stay loops, else unrolled; the
+    SpatialProgram of a program with conv, pooling or layernorm (passes/spatial.py)."""
+    if program.spatial:
+        return derive_spatial(program)
     return build_rolled(program) or build_kernel_program(program)
+
+
+def _verify(kp) -> None:
+    if isinstance(kp, SpatialProgram):
+        verify_spatial_program(kp)
+    else:
+        verify_kernel_program(kp)
 
 
 def _cse(kp: KernelProgram) -> KernelProgram:
     """Common subexpressions as temporaries of each piece of straight code (t* per point, u*
-    per pair): a loop's body on its own, so that no temporary crosses a loop's boundary."""
+    per pair): a loop's body on its own, so that no temporary crosses a loop's boundary. (A
+    spatial program is left as it is: its statements are arrays, each computed once.)"""
+    if isinstance(kp, SpatialProgram):
+        return kp
     blocks: dict = {}  # block -> straight code
     loops: dict = {n: {} for n in range(len(kp.loops))}  # loop -> its fields, CSE'd
     for block, prefix in (("diag", "t"), ("cross", "u")):
@@ -67,10 +82,10 @@ PIPELINE: tuple[Pass, ...] = (
          "text -> AST (syntax.Module): the grammar, syntax errors"),
     Pass("lower", lower, verify_program, ir.Program.text,
          "AST -> IR (ir.Program): names, kinds, loops unrolled, acts inlined"),
-    Pass("recursions", _recursions, verify_kernel_program, KernelProgram.text,
+    Pass("recursions", _recursions, _verify, lambda kp: kp.text(),
          "IR -> KernelProgram: the NNGP and NTK recursions by the Master theorem, loops kept "
          "rolled where their iterations are copies of one another (passes/loops.py)"),
-    Pass("cse", _cse, verify_kernel_program, KernelProgram.text,
+    Pass("cse", _cse, _verify, lambda kp: kp.text(),
          "KernelProgram -> KernelProgram: shared subexpressions computed once"),
 )
 PASS_NAMES = tuple(p.name for p in PIPELINE)

@@ -74,6 +74,10 @@ class SpatialProgram:
     def refused(self) -> dict:
         return self.kernel.refused
 
+    @property
+    def integrands(self) -> tuple:
+        return self.kernel.integrands
+
     def text(self) -> str:
         lines = []
         for block, s, e in self.order:

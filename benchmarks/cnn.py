@@ -1,0 +1,204 @@
+#!/usr/bin/env python
+"""CNN kernels: tpcompiler against neural-tangents (JAX, CPU, float64, jitted, batched with
+nt.batch where the N^2 P^2 arrays would not fit), one run, same machine. Writes the CNN section
+of benchmarks/results.md (between the `<!-- cnn -->` markers).
+
+    python benchmarks/cnn.py            # the full table (~30 min on 2 cores)
+    python benchmarks/cnn.py --quick    # a small smoke run (< 2 min)
+
+Cases (neural-tangents' stax, parameterization='ntk'):
+  CNN-GAP      5 x [Conv(3x3, SAME, W_std^2=2, b_std^2=0.1), Relu], GlobalAvgPool, Dense
+  CNN-Flatten  the same convs, Flatten, Dense (only each pair's position-diagonal is needed)
+on scikit-learn's digits (8 x 8 x 1, standardised) and on random 16 x 16 x 3 images.
+Each timing is the median of the repetitions after one warm-up call (compilation excluded:
+the tpcompiler module and NT's jit are warm); peak memory is the child process's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+DEPTH = 5
+
+
+def source(readout: str, grid: tuple[int, int]) -> str:
+    body = "\n".join(["h = conv(img, size=3, var=2.0, bias=0.1)"]
+                     + ["h = conv(relu(h), size=3, var=2.0, bias=0.1)"] * (DEPTH - 1))
+    out = "y = readout(gap(relu(h)), var=1.0)" if readout == "gap" else \
+        "y = readout(relu(h), var=1.0)"
+    return f"input img[{grid[0]}, {grid[1]}]\n{body}\n{out}\n"
+
+
+def nt_layers(readout: str) -> tuple:
+    conv = ("conv", 2.0, 0.1, 3, "same", 2)
+    layers = (conv,) + (("act", "relu"), conv) * (DEPTH - 1) + (("act", "relu"),)
+    return layers + ((("gap",) if readout == "gap" else ("flatten",)), ("dense", 1.0, 0.0))
+
+
+def data(kind: str, n: int):
+    import numpy as np
+
+    if kind == "digits":
+        from sklearn.datasets import load_digits
+
+        x = load_digits().data[:n].astype(np.float64)
+        x = (x - x.mean()) / x.std()
+        return x.reshape(-1, 8, 8, 1)
+    return np.random.default_rng(0).standard_normal((n, 16, 16, 3))
+
+
+def child(args) -> None:
+    """One measurement in a fresh process: prints JSON {seconds, reps, rss_mb}."""
+    import numpy as np
+
+    x = data(args.data, args.n)
+    grid = x.shape[1:3]
+    reps = []
+    if args.who == "tpc":
+        import tpcompiler as tpc
+
+        net = tpc.compile_source(source(args.readout, grid))
+        net.kernels(x[:4])  # compile (the cache may hold it)
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            k = net.kernels(x)
+            reps.append(time.perf_counter() - t)
+        result = {"nngp": k["nngp"], "ntk": k["ntk"]}
+    else:
+        import nt_reference as ntr
+
+        jax, jnp, stax = ntr._nt()
+        import neural_tangents as nt
+
+        layers = [ntr._cnn_layer(stax, jnp, it) for it in nt_layers(args.readout)]
+        _, _, kfn = stax.serial(*layers)
+        batch = args.batch
+        fn = nt.batch(kfn, batch_size=batch, store_on_device=False) if batch else \
+            jax.jit(kfn, static_argnames=("get",))
+        xj = jnp.asarray(x)
+        fn(xj[: batch or 4], None, get=("nngp", "ntk"))
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            k = fn(xj, None, get=("nngp", "ntk"))
+            nn = np.asarray(k.nngp)
+            reps.append(time.perf_counter() - t)
+        result = {"nngp": nn, "ntk": np.asarray(k.ntk)}
+    np.savez(args.out, **result)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": statistics.median(reps), "reps": reps, "rss_mb": rss}))
+
+
+def measure(who, readout, kind, n, reps, batch, tmp: Path) -> dict:
+    out = tmp / f"{who}-{readout}-{kind}-{n}.npz"
+    cmd = [sys.executable, __file__, "--child", who, "--readout", readout, "--data", kind,
+           "--n", str(n), "--reps", str(reps), "--batch", str(batch or 0), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+    if r.returncode != 0:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr else "failed"}
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res["file"] = str(out)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--child", choices=("tpc", "nt"))
+    ap.add_argument("--readout", default="gap")
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=0)
+    ap.add_argument("--out", default="")
+    ap.add_argument("--report", default=str(HERE / "results.md"))
+    args = ap.parse_args(argv)
+    if args.child:
+        args.batch = args.batch or None
+        child(args)
+        return 0
+    import numpy as np
+
+    cases = [("gap", "digits", 200), ("flatten", "digits", 200)] if args.quick else [
+        ("gap", "digits", 200), ("gap", "digits", 500), ("gap", "digits", 1000),
+        ("flatten", "digits", 200), ("flatten", "digits", 1000),
+        ("gap", "random16", 200), ("flatten", "random16", 200)]
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "tpc_cnn_bench"
+    tmp.mkdir(exist_ok=True)
+    load = os.getloadavg()
+    rows = []
+    for readout, kind, n in cases:
+        p = 64 if kind == "digits" else 256
+        # NT's intermediate arrays are N^2 P^2 float64 (per pair of a batch): keep them near
+        # 1 GB, a divisor of N
+        per = max(1, int((2 ** 27 / (p * p)) ** 0.5))
+        batch = next((b for b in range(min(per, n), 0, -1) if n % b == 0), 1) \
+            if n * n * p * p > 2 ** 27 else 0
+        reps = 1 if n >= 1000 else 3
+        ours = measure("tpc", readout, kind, n, reps, 0, tmp)
+        theirs = measure("nt", readout, kind, n, reps, batch, tmp)
+        err = None
+        if "file" in ours and "file" in theirs:
+            a, b = np.load(ours["file"]), np.load(theirs["file"])
+            err = {k: float(np.abs(a[k] - b[k]).max() / np.abs(b[k]).max()) for k in a.files}
+        rows.append({"readout": readout, "data": kind, "n": n, "ours": ours, "nt": theirs,
+                     "batch": batch, "err": err})
+        print(json.dumps(rows[-1]), flush=True)
+    write(args.report, rows, load)
+    return 0
+
+
+def write(path: str, rows: list, load) -> None:
+    import jax
+    import neural_tangents as nt
+
+    lines = ["<!-- cnn -->", "## CNN kernels (issue 16)", "",
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or
+             platform.machine()}, {os.cpu_count()} cores, load average before "
+             f"{load[0]:.2f}; JAX {jax.__version__}, neural-tangents {nt.__version__} (jit, "
+             "float64, nt.batch where N^2 P^2 does not fit in ~1 GB). `python "
+             "benchmarks/cnn.py`; depth 5, 3 x 3 SAME convs, relu, NNGP + NTK, compile "
+             "excluded.", "",
+             "| network | data | N | tpcompiler | neural-tangents | ratio | peak RSS ours / NT "
+             "| time per pair-layer | max rel. diff |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o, t = r["ours"], r["nt"]
+        if "seconds" not in o or "seconds" not in t:
+            lines.append(f"| CNN-{r['readout']} | {r['data']} | {r['n']} | "
+                         f"{o.get('seconds', o.get('error'))} | "
+                         f"{t.get('seconds', t.get('error'))} | | | | |")
+            continue
+        pairs = r["n"] * (r["n"] + 1) / 2
+        per = o["seconds"] / (pairs * DEPTH) * 1e6
+        err = max(r["err"].values()) if r["err"] else float("nan")
+        lines.append(f"| CNN-{'GAP' if r['readout'] == 'gap' else 'Flatten'} | {r['data']} | "
+                     f"{r['n']} | {o['seconds']:.2f} s | {t['seconds']:.2f} s"
+                     f"{' (batch ' + str(r['batch']) + ')' if r['batch'] else ''} | "
+                     f"{t['seconds'] / o['seconds']:.1f}x | {o['rss_mb']:.0f} / "
+                     f"{t['rss_mb']:.0f} MB | {per:.1f} us | {err:.1e} |")
+    lines.append("<!-- /cnn -->")
+    text = Path(path).read_text() if Path(path).exists() else ""
+    if "<!-- cnn -->" in text:
+        head, rest = text.split("<!-- cnn -->", 1)
+        tail = rest.split("<!-- /cnn -->", 1)[1]
+        text = head + "\n".join(lines) + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    Path(path).write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
