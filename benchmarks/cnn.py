@@ -3,7 +3,7 @@
 nt.batch where the N^2 P^2 arrays would not fit), one run, same machine. Writes the CNN section
 of benchmarks/results.md (between the `<!-- cnn -->` markers).
 
-    python benchmarks/cnn.py            # the full table (~30 min on 2 cores)
+    python benchmarks/cnn.py            # the full table (~15 min on 2 cores)
     python benchmarks/cnn.py --quick    # a small smoke run (< 2 min)
 
 Cases (neural-tangents' stax, parameterization='ntk'):
@@ -127,15 +127,16 @@ def main(argv=None) -> int:
     ap.add_argument("--report", default=str(HERE / "results.md"))
     args = ap.parse_args(argv)
     if args.child:
+        args.who = args.child
         args.batch = args.batch or None
         child(args)
         return 0
     import numpy as np
 
-    cases = [("gap", "digits", 200), ("flatten", "digits", 200)] if args.quick else [
-        ("gap", "digits", 200), ("gap", "digits", 500), ("gap", "digits", 1000),
+    cases = [("gap", "digits", 100), ("flatten", "digits", 200)] if args.quick else [
+        ("gap", "digits", 200), ("gap", "digits", 500),
         ("flatten", "digits", 200), ("flatten", "digits", 1000),
-        ("gap", "random16", 200), ("flatten", "random16", 200)]
+        ("gap", "random16", 100), ("flatten", "random16", 200)]
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "tpc_cnn_bench"
     tmp.mkdir(exist_ok=True)
     load = os.getloadavg()
@@ -165,9 +166,10 @@ def write(path: str, rows: list, load) -> None:
     import jax
     import neural_tangents as nt
 
+    cpu = platform.processor() or platform.machine()
     lines = ["<!-- cnn -->", "## CNN kernels (issue 16)", "",
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or
-             platform.machine()}, {os.cpu_count()} cores, load average before "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, "
+             f"{os.cpu_count()} cores, load average before "
              f"{load[0]:.2f}; JAX {jax.__version__}, neural-tangents {nt.__version__} (jit, "
              "float64, nt.batch where N^2 P^2 does not fit in ~1 GB). `python "
              "benchmarks/cnn.py`; depth 5, 3 x 3 SAME convs, relu, NNGP + NTK, compile "

@@ -21,6 +21,8 @@ from .printer import KernelPrinter, runtime_lines
 from .quadsource import JIT, array_literal, quad_source
 
 PJIT = "@njit(cache=True, nogil=True, error_model='numpy')"
+# helpers inlined into the pair loops: a call per position pair costs more than the helper
+INLINE = "@njit(cache=True, error_model='numpy', inline='always')"
 
 
 def _size(grid: tuple[int, ...]) -> int:
@@ -78,10 +80,11 @@ def _conv_tables(name: str, spec: ir.Stencil) -> tuple[list[str], str, str]:
     for o in np.ndindex(*spec.size):
         win = mark[tuple(slice(i, i + g) for i, g in zip(o, spec.grid_out))].reshape(-1)
         src.append(np.maximum(win - 1, 0))
-        ok.append((win > 0).astype(np.int64))
+        ok.append((win > 0).astype(np.float64))
     s, k = f"SRC_{name}", f"OK_{name}"
+    # OK as 0.0 / 1.0: a multiplication, not a branch, in the innermost loop
     return ([f"{s} = np.array({np.array(src).tolist()!r}, dtype=np.int64)",
-             f"{k} = np.array({np.array(ok).tolist()!r}, dtype=np.int64)"], s, k)
+             f"{k} = np.array({np.array(ok).tolist()!r}, dtype=np.float64)"], s, k)
 
 
 def _pool_table(name: str, spec: ir.Pool) -> tuple[list[str], str]:
@@ -161,9 +164,8 @@ def render(sprog: SpatialProgram) -> tuple[str, dict]:
                          f"{ind}            continue",
                          f"{ind}        u = {sa}[o, p] if {qa} > 1 else 0",
                          f"{ind}        for q in range({pb}):",
-                         f"{ind}            if {okb}[o, q] != 0:",
-                         f"{ind}                {s.name}[p, q] += {src}[u, {sb}[o, q] if {qb} > 1"
-                         f" else 0]",
+                         f"{ind}            {s.name}[p, q] += {okb}[o, q] * {src}[u, {sb}[o, q]"
+                         f" if {qb} > 1 else 0]",
                          f"{ind}{s.name}[:, :] *= {1.0 / e.specs[0].count!r}"]
                 tables.extend(head_tables)
             elif e.op == "pool2":
@@ -211,7 +213,7 @@ def render(sprog: SpatialProgram) -> tuple[str, dict]:
     quads = [line for q in sprog.kernel.integrands for line in quad_source(q, pr)]
     gen = quads + fn
     text = "\n".join(["import math", "import numpy as np", "from numba import njit", ""]
-                     + runtime_lines(gen, "@njit(cache=True, error_model='numpy')") + [""]
+                     + runtime_lines(gen, INLINE) + [""]
                      + tables + [""] + gen) + "\n"
     return text, {"reads": reads, "inputs": inputs, "kinds": kinds,
                   "width": max([point[r] for r in reads] or [1])}
