@@ -21,7 +21,6 @@ import sympy as sp
 
 from . import ir
 from .backends.spatial import pad_grid, pool_matrix
-from .data import check_pair, prepare
 from .errors import TPError
 from .simulate import FiniteNetwork, evaluate, seed_tuple
 
@@ -117,20 +116,8 @@ class SpatialNetwork(FiniteNetwork):
 
     # --- data ----------------------------------------------------------------------------
 
-    def _data(self, x1, x2=None) -> tuple[dict, int]:
-        a = prepare(self.program, x1, "X1" if x2 is not None else "X")
-        n1 = len(next(iter(a.values())))
-        if x2 is not None:
-            b = prepare(self.program, x2, "X2")
-            check_pair(self.program, a, b)
-            a = {k: np.concatenate([a[k], b[k]]) for k in a}
-        dims = {k: v.shape[-1] for k, v in a.items()}
-        if self.dims is None:
-            self.dims = dims
-        elif dims != self.dims:
-            raise TPError(f"this network was built for input dimensions {self.dims}, "
-                          f"the data has {dims}")
-        return a, n1
+    def _set_dims(self, dims: dict[str, int]) -> None:
+        self.dims = dict(dims)  # FiniteNetwork._data's hook: scales follow from the shapes
 
     def _input(self, data: dict, ref: ir.InputRef) -> np.ndarray:
         arr = data[ref.input]

@@ -141,6 +141,13 @@ def _flat(arr: np.ndarray, inp: ir.Input, ref: ir.InputRef) -> np.ndarray:
     return arr[:, None, :]
 
 
+def _gram(entry, first: dict, second: dict, inputs: dict, spec: str) -> np.ndarray:
+    """<x_a, x_b>/C over channels at positions (p, q) (einsum `spec` sets which)."""
+    a = _flat(first[entry.a.input], inputs[entry.a.input], entry.a)
+    b = _flat(second[entry.b.input], inputs[entry.b.input], entry.b)
+    return np.einsum(spec, a, b) / a.shape[-1]
+
+
 def _value(sprog: SpatialProgram, expr, env: dict, name: str | None = None):
     if isinstance(expr, SpatialOp):
         return apply(expr, [env[a.name] if not a.is_Number else float(a) for a in expr.args])
@@ -259,10 +266,7 @@ def per_point(sprog: SpatialProgram, data: dict) -> dict[str, np.ndarray]:
         for block, s, expr in sprog.order:
             if block == "diag":
                 if expr is None:
-                    e = grams[s.name]
-                    a = _flat(chunk[e.a.input], inputs[e.a.input], e.a)
-                    b = _flat(chunk[e.b.input], inputs[e.b.input], e.b)
-                    val = np.einsum("npc,npc->np", a, b) / a.shape[-1]
+                    val = _gram(grams[s.name], chunk, chunk, inputs, "npc,npc->np")
                 else:
                     val = _value(sprog, expr, env if not isinstance(expr, SpatialOp)
                                  or expr.op != "pool1" else {**env, **pair}, s.name)
@@ -274,10 +278,7 @@ def per_point(sprog: SpatialProgram, data: dict) -> dict[str, np.ndarray]:
             if s.name not in sprog.pointwise:
                 continue
             if expr is None:
-                e = grams[s.name]
-                a = _flat(chunk[e.a.input], inputs[e.a.input], e.a)
-                b = _flat(chunk[e.b.input], inputs[e.b.input], e.b)
-                val = np.einsum("npc,nqc->npq", a, b) / a.shape[-1]
+                val = _gram(grams[s.name], chunk, chunk, inputs, "npc,nqc->npq")
             else:
                 val = _value(sprog, expr, _pair_env(env, pair, None), s.name)
             val = np.array(np.broadcast_to(val, np.broadcast_shapes(np.shape(val), (m, 1, 1))))
@@ -388,10 +389,7 @@ def pairs(sprog: SpatialProgram, data1: dict, data2: dict | None, d1: dict, d2: 
             env = _PairEnv(first, second, {})
             for s, expr in cross:
                 if expr is None:
-                    e = grams[s.name]
-                    a = _flat(a_pts[e.a.input], inputs[e.a.input], e.a)
-                    b = _flat(b_pts[e.b.input], inputs[e.b.input], e.b)
-                    env[s.name] = np.einsum("ipc,jqc->ijpq", a, b) / a.shape[-1]
+                    env[s.name] = _gram(grams[s.name], a_pts, b_pts, inputs, "ipc,jqc->ijpq")
                 else:
                     env[s.name] = _value(sprog, expr, env, s.name)
             for kind in get:

@@ -138,15 +138,8 @@ def render(sprog: SpatialProgram) -> tuple[str, dict]:
         body.append(f"{ind}# {s.name}: {pa} x {pb}")
         if e is None:
             g = next(g for g in grams if g.symbol == s)
-            a, b = f"X1_{inputs.index(g.a.input)}", f"X2_{inputs.index(g.b.input)}"
-            ra = "p" if g.a.index is None else str(g.a.index)
-            rb = "q" if g.b.index is None else str(g.b.index)
-            body += [f"{ind}for p in range({pa}):",
-                     f"{ind}    for q in range({pb}):",
-                     f"{ind}        acc = 0.0",
-                     f"{ind}        for k in range({a}.shape[2]):",
-                     f"{ind}            acc += {a}[i, {ra}, k] * {b}[j, {rb}, k]",
-                     f"{ind}        {s.name}[p, q] = acc / {a}.shape[2]"]
+            body += [f"{ind}for p in range({pa}):", f"{ind}    for q in range({pb}):"]
+            body += _gram_lines(g, inputs, "q", f"{s.name}[p, q]", ind + "        ")
             head.append(f"    {s.name} = np.empty(({pa}, {pb}))")
             continue
         head.append(f"    {s.name} = np.empty(({pa}, {pb}))")
@@ -240,6 +233,17 @@ def _loads(e: sp.Expr, pair: dict, point: dict, slot: dict, diag: bool = False) 
     return out
 
 
+def _gram_lines(g, inputs: list, second: str, target: str, ind: str) -> list[str]:
+    """target = <x_a(i) at p, x_b(j) at `second`>/C (a sequence step's index when fixed)."""
+    a, b = f"X1_{inputs.index(g.a.input)}", f"X2_{inputs.index(g.b.input)}"
+    ra = "p" if g.a.index is None else str(g.a.index)
+    rb = second if g.b.index is None else str(g.b.index)
+    return [f"{ind}acc = 0.0",
+            f"{ind}for k in range({a}.shape[2]):",
+            f"{ind}    acc += {a}[i, {ra}, k] * {b}[j, {rb}, k]",
+            f"{ind}{target} = acc / {a}.shape[2]"]
+
+
 def diagonal_only(sprog: SpatialProgram) -> bool:
     """Whether the pair block needs only each pair's position-diagonal: no pooling (a conv
     maps position pairs (p, q) from (p + o, q + o), keeping q - p; flat reads q = p), every
@@ -269,14 +273,8 @@ def _render_diagonal(sprog, pair, point, slot, grams, inputs, pr, ind):
         body.append(f"{ind}# {s.name}: the diagonal, {n}")
         if e is None:
             g = next(g for g in grams if g.symbol == s)
-            a, b = f"X1_{inputs.index(g.a.input)}", f"X2_{inputs.index(g.b.input)}"
-            ra = "p" if g.a.index is None else str(g.a.index)
-            rb = "p" if g.b.index is None else str(g.b.index)
-            body += [f"{ind}for p in range({n}):",
-                     f"{ind}    acc = 0.0",
-                     f"{ind}    for k in range({a}.shape[2]):",
-                     f"{ind}        acc += {a}[i, {ra}, k] * {b}[j, {rb}, k]",
-                     f"{ind}    {s.name}[p] = acc / {a}.shape[2]"]
+            body += [f"{ind}for p in range({n}):"]
+            body += _gram_lines(g, inputs, "p", f"{s.name}[p]", ind + "    ")
         elif isinstance(e, SpatialOp):
             src = e.args[0].name
             m = max(pair[src])

@@ -279,6 +279,21 @@ class Builder:
 
     # --- outputs -----------------------------------------------------------------------
 
+    def program(self, outputs: dict, refused: dict, loops: tuple = ()) -> KernelProgram:
+        """The kernel program of what was derived (the blocks in creation order)."""
+        return KernelProgram(
+            inputs=self.p.inputs,
+            diag_gram=tuple(self.diag_gram.values()),
+            diag=tuple(self.diag),
+            cross_gram=tuple(self.cross_gram.values()),
+            cross=tuple(self.cross),
+            outputs=outputs,
+            integrands=tuple(self.integrands.values()),
+            labels=self.labels,
+            refused=refused,
+            loops=loops,
+        )
+
     def nngp(self, block: str) -> sp.Expr:
         r = self.p.readout
         sa, sb = (1, 1) if block == "diag" else (1, 2)
@@ -345,18 +360,7 @@ def derive(prog: ir.Program, roll=None) -> KernelProgram:
                       hint="reduce the loop counts") from None
     finally:
         sys.setrecursionlimit(limit)
-    return KernelProgram(
-        inputs=prog.inputs,
-        diag_gram=tuple(b.diag_gram.values()),
-        diag=tuple(b.diag),
-        cross_gram=tuple(b.cross_gram.values()),
-        cross=tuple(b.cross),
-        outputs=outputs,
-        integrands=tuple(b.integrands.values()),
-        labels=b.labels,
-        refused=refused,
-        loops=loops,
-    )
+    return b.program(outputs, refused, loops)
 
 
 def build_kernel_program(prog: ir.Program) -> KernelProgram:

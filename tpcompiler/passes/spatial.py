@@ -32,7 +32,7 @@ import sympy as sp
 
 from .. import ir
 from ..errors import TPError
-from ..kernel_program import GramEntry, KernelProgram, Label, PointValue
+from ..kernel_program import KernelProgram, Label, PointValue
 from .kernels import Builder, at_side, refusals, unsided
 
 
@@ -458,17 +458,7 @@ def derive(prog: ir.Program) -> SpatialProgram:
                       hint="reduce the loop counts") from None
     finally:
         sys.setrecursionlimit(limit)
-    kp = KernelProgram(
-        inputs=prog.inputs,
-        diag_gram=tuple(b.diag_gram.values()),
-        diag=tuple(b.diag),
-        cross_gram=tuple(b.cross_gram.values()),
-        cross=tuple(b.cross),
-        outputs=outputs,
-        integrands=tuple(b.integrands.values()),
-        labels=b.labels,
-        refused=refused,
-    )
+    kp = b.program(outputs, refused)
     pointwise = _closure(b.order, b.reads_pairs, b.exact)
     return SpatialProgram(kp, tuple(b.order), frozenset(pointwise), dict(b.exact),
                           _grids(prog, b), prog.inputs)
@@ -493,5 +483,3 @@ def _grids(prog: ir.Program, b: SpatialBuilder) -> dict:
         out[entry.symbol.name] = (_grid_of(prog, entry.a), _grid_of(prog, entry.b))
     return out
 
-
-GramEntry  # re-exported for the backend's type hints
