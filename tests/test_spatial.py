@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tpcompiler as tpc
 from tpcompiler.errors import TPError
@@ -253,7 +255,9 @@ y = readout(gap(relu(layernorm(conv(relu(h), size=3, var=2.0)))), var=1.0)
 }
 
 
-@pytest.mark.parametrize("name", sorted(SIMULATED))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n == "layernorm_subtracts_the_mean" else n
+                                  for n in sorted(SIMULATED)])
 def test_against_the_simulator(name):
     net = tpc.compile_source(SIMULATED[name])
     inp = net.ir.inputs[0]
@@ -344,3 +348,68 @@ def test_coordcheck_refuses_spatial_programs():
     net = tpc.compile_source(CASES["gaussian_pool"][0])
     with pytest.raises(TPError, match="does not simulate spatial programs"):
         AbcNetwork(net.ir, 64, {"img": 1})
+
+
+# --- random CNNs against neural-tangents (hypothesis) ----------------------------------------
+
+ACTS = ("relu", "erf", "abs", "gelu")
+
+
+@st.composite
+def cnn_programs(draw):
+    """A random stack: convs (size 1..3, any padding, optional bias), elementwise activations,
+    an optional 2 x 2 pooling, then gap or flatten; the .tp text and neural-tangents' layers."""
+    side = draw(st.sampled_from((4, 5, 6)))
+    grid = [side, side]
+    lines, layers = [f"input img[{side}, {side}]"], []
+    h = "img"
+    for k in range(draw(st.integers(1, 3))):
+        size = draw(st.integers(1, 3))
+        pad = draw(st.sampled_from(("same", "valid", "circular")))
+        if pad == "valid" and grid[0] - size + 1 < 2:
+            pad = "same"
+        var = draw(st.sampled_from((1.0, 1.5, 2.0)))
+        bias = draw(st.sampled_from((0.0, 0.1)))
+        lines.append(f"h{k} = conv({h}, size={size}, var={var}, bias={bias}, padding={pad})")
+        layers.append(conv(var, bias, size, pad))
+        if pad == "valid":
+            grid = [g - size + 1 for g in grid]
+        act = draw(st.sampled_from(ACTS))
+        h = f"{act}(h{k})"
+        layers.append(("act", act))
+        if draw(st.booleans()) and grid[0] % 2 == 0 and grid[0] > 2:
+            lines.append(f"p{k} = avgpool({h}, size=2)")
+            layers.append(("avgpool", 2, 2))
+            grid = [g // 2 for g in grid]
+            h = f"p{k}"
+    if draw(st.booleans()):
+        lines.append(f"y = readout(gap({h}), var=1.0)")
+        layers += [("gap",), ("dense", 1.0, 0.0)]
+    else:
+        lines.append(f"y = readout({h}, var=1.0)")
+        layers += [("flatten",), ("dense", 1.0, 0.0)]
+    return "\n".join(lines) + "\n", tuple(layers), side
+
+
+def _random_cnn(case):
+    src, layers, side = case
+    net = tpc.compile_source(src)
+    _check(net, layers, _images(3, side, side, 2, seed=side))
+
+
+# each example compiles two Numba modules and a neural-tangents jit (~8 s): a seeded few by
+# default, the sweep with the slow tests
+@needs_nt
+@settings(max_examples=3, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(cnn_programs())
+def test_random_cnns_against_neural_tangents(case):
+    _random_cnn(case)
+
+
+@pytest.mark.slow
+@needs_nt
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cnn_programs())
+def test_random_cnns_against_neural_tangents_sweep(case):
+    _random_cnn(case)
