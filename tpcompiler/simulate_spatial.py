@@ -20,7 +20,8 @@ import numpy as np
 import sympy as sp
 
 from . import ir
-from .backends.spatial import pad_grid, pool_matrix
+from .backends.spatial import pool_matrix
+from .backends.stencil import stencil_sources
 from .errors import TPError
 from .simulate import FiniteNetwork, evaluate, seed_tuple
 
@@ -30,13 +31,8 @@ MAX_TENSOR = 1 << 26  # entries of one sampled tensor (512 MB of float64)
 
 def _shift_sources(spec: ir.Stencil) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each filter offset: (flat input position read by every output position, valid)."""
-    grid = np.arange(math.prod(spec.grid_in), dtype=np.int64).reshape(spec.grid_in)
-    mark = pad_grid(grid.astype(np.float64) + 1.0, [spec], 0)  # 0 marks zero padding
-    out = []
-    for o in np.ndindex(*spec.size):
-        window = mark[tuple(slice(i, i + g) for i, g in zip(o, spec.grid_out))].reshape(-1)
-        out.append((np.maximum(window - 1, 0).astype(np.int64), window > 0))
-    return out
+    src, ok = stencil_sources(spec)
+    return list(zip(src, ok))
 
 
 class SpatialNetwork(FiniteNetwork):

@@ -20,7 +20,7 @@ import numpy as np
 import sympy as sp
 
 from .. import ir
-from ..kernel_program import PointValue, QuadCall
+from ..kernel_program import QuadCall
 from ..passes.spatial import SpatialOp, SpatialProgram
 from . import cache, stencil
 from . import numpy as npb
@@ -36,17 +36,6 @@ POINT_ELEMENTS = 1 << 21
 
 # --- the linear maps -------------------------------------------------------------------------
 
-def pad_grid(x: np.ndarray, specs: list[ir.Stencil], lead: int) -> np.ndarray:
-    """x (lead axes, then each spec's grid) padded so that output p reads p + o for offset o:
-    zeros outside the grid, or the grid wrapped around for padding=circular."""
-    widths = [(0, 0)] * lead
-    for spec in specs:
-        for g_in, g_out, k, low in zip(spec.grid_in, spec.grid_out, spec.size, spec.low):
-            widths.append((low, max(0, g_out + k - 2 - low - (g_in - 1))))
-    mode = "wrap" if specs[0].padding == "circular" else "constant"
-    return np.pad(x, widths, mode=mode)
-
-
 def _offsets(spec: ir.Stencil):
     return np.ndindex(*spec.size)
 
@@ -55,7 +44,7 @@ def _conv1(spec: ir.Stencil, x: np.ndarray) -> np.ndarray:
     """(..., P_in) -> (..., P_out): the position-diagonal of a conv."""
     x = _spread(x, math.prod(spec.grid_in), 1)
     lead = x.ndim - 1
-    xp = pad_grid(x.reshape(x.shape[:-1] + spec.grid_in), [spec], lead)
+    xp = stencil.pad_grid(x.reshape(x.shape[:-1] + spec.grid_in), [spec], lead)
     out = np.zeros(x.shape[:-1] + spec.grid_out)
     for o in _offsets(spec):
         out += xp[(Ellipsis, *(slice(i, i + g) for i, g in zip(o, spec.grid_out)))]
@@ -66,7 +55,7 @@ def _conv2(sa: ir.Stencil, sb: ir.Stencil, x: np.ndarray) -> np.ndarray:
     """(..., Pa_in, Pb_in) -> (..., Pa_out, Pb_out): both axes by the same filter offset."""
     x = _spread(x, math.prod(sa.grid_in), 2, math.prod(sb.grid_in))
     lead = x.ndim - 2
-    xp = pad_grid(x.reshape(x.shape[:-2] + sa.grid_in + sb.grid_in), [sa, sb], lead)
+    xp = stencil.pad_grid(x.reshape(x.shape[:-2] + sa.grid_in + sb.grid_in), [sa, sb], lead)
     out = np.zeros(x.shape[:-2] + sa.grid_out + sb.grid_out)
     for o in _offsets(sa):
         out += xp[(Ellipsis, *(slice(i, i + g) for i, g in zip(o, sa.grid_out)),
@@ -78,19 +67,10 @@ def _conv2(sa: ir.Stencil, sb: ir.Stencil, x: np.ndarray) -> np.ndarray:
 @functools.cache
 def pool_matrix(spec: ir.Pool) -> np.ndarray:
     """(P_out, P_in): the block means (all positions for gap)."""
-    p_in = math.prod(spec.grid_in)
-    if not spec.size:
-        return np.full((1, p_in), 1.0 / p_in)
-    grid = np.arange(p_in).reshape(spec.grid_in)
-    out = np.zeros((math.prod(spec.grid_out), p_in))
-    blocks = grid
-    for axis, k in enumerate(spec.size):
-        shape = blocks.shape
-        blocks = blocks.reshape(shape[:axis] + (shape[axis] // k, k) + shape[axis + 1:])
-        blocks = np.moveaxis(blocks, axis + 1, -1)
-    blocks = blocks.reshape(math.prod(spec.grid_out), -1)
-    rows = np.repeat(np.arange(blocks.shape[0]), blocks.shape[1])
-    out[rows, blocks.ravel()] = 1.0 / blocks.shape[1]
+    members = stencil.pool_members(spec)
+    out = np.zeros((members.shape[0], math.prod(spec.grid_in)))
+    out[np.repeat(np.arange(members.shape[0]), members.shape[1]), members.ravel()] = \
+        1.0 / members.shape[1]
     return out
 
 
@@ -430,10 +410,9 @@ def evaluate(sprog: SpatialProgram, data1: dict, data2: dict | None = None,
 
 
 def _evaluate(sprog, data1, data2, get):
-    if True:
-        d1 = per_point(sprog, data1)
-        d2 = None if data2 is None else per_point(sprog, data2)
-        return pairs(sprog, data1, data2, d1, d2, get)
+    d1 = per_point(sprog, data1)
+    d2 = None if data2 is None else per_point(sprog, data2)
+    return pairs(sprog, data1, data2, d1, d2, get)
 
 
 class _no_series:
@@ -446,5 +425,3 @@ class _no_series:
     def __exit__(self, *exc):
         npb.SERIES.reset(self.token)
 
-
-PointValue  # the per-point symbols are named d_i / e_i (kernel_program.PointValue)

@@ -9,16 +9,17 @@ names made from them, never the user's text.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import sympy as sp
 
 from .. import ir
-from ..kernel_program import PointValue, QuadCall
+from ..kernel_program import PointValue
 from ..passes.spatial import SpatialOp, SpatialProgram
 from .printer import KernelPrinter, runtime_lines
-from .quadsource import JIT, array_literal, quad_source
+from .quadsource import quad_source
 
 PJIT = "@njit(cache=True, nogil=True, error_model='numpy')"
 # helpers inlined into the pair loops: a call per position pair costs more than the helper
@@ -69,38 +70,57 @@ def shapes(sprog: SpatialProgram) -> tuple[dict, dict]:
     return point, pair
 
 
-def _conv_tables(name: str, spec: ir.Stencil) -> tuple[list[str], str, str]:
-    """SRC/OK tables (K, P_out) of a stencil: the input position each output reads."""
-    grid = np.arange(_size(spec.grid_in), dtype=np.int64).reshape(spec.grid_in)
-    widths = [(low, max(0, g_out + k - 2 - low - (g_in - 1)))
-              for g_in, g_out, k, low in zip(spec.grid_in, spec.grid_out, spec.size, spec.low)]
-    mode = "wrap" if spec.padding == "circular" else "constant"
-    mark = np.pad(grid + 1, widths, mode=mode)
+def pad_grid(x: np.ndarray, specs: list[ir.Stencil], lead: int) -> np.ndarray:
+    """x (lead axes, then each spec's grid) padded so that output p reads p + o for offset o:
+    zeros outside the grid, or the grid wrapped around for padding=circular."""
+    widths = [(0, 0)] * lead
+    for spec in specs:
+        for g_in, g_out, k, low in zip(spec.grid_in, spec.grid_out, spec.size, spec.low):
+            widths.append((low, max(0, g_out + k - 2 - low - (g_in - 1))))
+    mode = "wrap" if specs[0].padding == "circular" else "constant"
+    return np.pad(x, widths, mode=mode)
+
+
+@functools.cache
+def stencil_sources(spec: ir.Stencil) -> tuple[np.ndarray, np.ndarray]:
+    """(K, P_out) tables of a stencil: the flat input position each output position reads
+    for each filter offset, and whether it is inside the grid (not zero padding)."""
+    mark = pad_grid(np.arange(_size(spec.grid_in)).reshape(spec.grid_in) + 1, [spec], 0)
     src, ok = [], []
     for o in np.ndindex(*spec.size):
         win = mark[tuple(slice(i, i + g) for i, g in zip(o, spec.grid_out))].reshape(-1)
         src.append(np.maximum(win - 1, 0))
-        ok.append((win > 0).astype(np.float64))
+        ok.append(win > 0)
+    return np.array(src, dtype=np.int64), np.array(ok)
+
+
+@functools.cache
+def pool_members(spec: ir.Pool) -> np.ndarray:
+    """(P_out, m): the flat input positions of each pooling window (all of them for gap)."""
+    p_in = _size(spec.grid_in)
+    if not spec.size:
+        return np.arange(p_in)[None, :]
+    blocks = np.arange(p_in).reshape(spec.grid_in)
+    for axis, k in enumerate(spec.size):
+        shape = blocks.shape
+        blocks = blocks.reshape(shape[:axis] + (shape[axis] // k, k) + shape[axis + 1:])
+        blocks = np.moveaxis(blocks, axis + 1, -1)
+    return blocks.reshape(_size(spec.grid_out), -1)
+
+
+def _conv_tables(name: str, spec: ir.Stencil) -> tuple[list[str], str, str]:
+    """SRC/OK tables (K, P_out) of a stencil as module constants."""
+    src, ok = stencil_sources(spec)
     s, k = f"SRC_{name}", f"OK_{name}"
     # OK as 0.0 / 1.0: a multiplication, not a branch, in the innermost loop
-    return ([f"{s} = np.array({np.array(src).tolist()!r}, dtype=np.int64)",
-             f"{k} = np.array({np.array(ok).tolist()!r}, dtype=np.float64)"], s, k)
+    return ([f"{s} = np.array({src.tolist()!r}, dtype=np.int64)",
+             f"{k} = np.array({ok.astype(np.float64).tolist()!r}, dtype=np.float64)"], s, k)
 
 
 def _pool_table(name: str, spec: ir.Pool) -> tuple[list[str], str]:
-    """MEM table (P_out, m): the input positions of each window."""
-    p_in = _size(spec.grid_in)
-    if not spec.size:
-        mem = np.arange(p_in)[None, :]
-    else:
-        blocks = np.arange(p_in).reshape(spec.grid_in)
-        for axis, k in enumerate(spec.size):
-            shape = blocks.shape
-            blocks = blocks.reshape(shape[:axis] + (shape[axis] // k, k) + shape[axis + 1:])
-            blocks = np.moveaxis(blocks, axis + 1, -1)
-        mem = blocks.reshape(_size(spec.grid_out), -1)
+    """MEM table (P_out, m): the input positions of each window, as a module constant."""
     t = f"MEM_{name}"
-    return [f"{t} = np.array({mem.tolist()!r}, dtype=np.int64)"], t
+    return [f"{t} = np.array({pool_members(spec).tolist()!r}, dtype=np.int64)"], t
 
 
 def render(sprog: SpatialProgram) -> tuple[str, dict]:
@@ -301,5 +321,3 @@ def _render_diagonal(sprog, pair, point, slot, grams, inputs, pr, ind):
             body += [f"{ind}    {s.name}[p] = {value}"]
     return body, head, tables
 
-
-JIT, array_literal, QuadCall  # noqa: B018 - shared names of the Numba renderers
