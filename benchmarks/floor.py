@@ -148,3 +148,79 @@ def warm() -> None:
     for chain, indep in _LOOPS.values():
         chain(3, 2, out, 0, 2)
         indep(3, 2, out, 0, 2)
+
+
+# --- the stencil floor of a CNN kernel (issue 16) ---------------------------------------------
+# One pair of images, `layers` layers of [3 x 3 SAME conv, relu] on a side x side grid, NNGP and
+# NTK: per position pair and layer, the two 9-term conv sums (shifted reads of a zero-padded
+# (side + 2)^4 array, the last axis contiguous, so LLVM vectorises them), the per-position
+# normalisation and the relu arc-cosine closed form with tpcompiler's branch-free acos. Nothing
+# else: no tables, no pooling, no per-point stage. What a pair costs at least on this machine.
+
+@njit(nogil=True, error_model="numpy", fastmath=True)
+def _stencil_pairs(side, layers, lo, hi, out):  # pragma: no cover - compiled
+    m = side + 2
+    plane = m * m
+    first, last = m + 1, plane - m - 1  # the second position's range, padding excluded
+    a = np.zeros((m, m, plane))  # [first position (padded), second position (padded plane)]
+    t = np.zeros((m, m, plane))
+    na = np.zeros((m, m, plane))
+    nt = np.zeros((m, m, plane))
+    q = np.empty(plane)
+    r = np.empty(plane)
+    scale = np.empty(plane)
+    inside = np.zeros(plane)  # 1 inside the grid, 0 on the padding: keeps the zero padding
+    for i2 in range(side):
+        for j2 in range(side):
+            inside[(i2 + 1) * m + j2 + 1] = 1.0
+    for pair in range(lo, hi):
+        for k in range(plane):
+            scale[k] = 1.0 / (1.5 + 0.01 * ((pair + k) % 7))
+        for i1 in range(1, side + 1):
+            for j1 in range(1, side + 1):
+                for k in range(plane):
+                    a[i1, j1, k] = _start(pair, i1 * m + j1, k) * inside[k]
+        for _ in range(layers):
+            for i1 in range(1, side + 1):
+                for j1 in range(1, side + 1):
+                    q[:] = 0.0
+                    r[:] = 0.0
+                    for di in range(-1, 2):
+                        for dj in range(-1, 2):
+                            src_a = a[i1 + di, j1 + dj]
+                            src_t = t[i1 + di, j1 + dj]
+                            shift = di * m + dj
+                            for k in range(first, last):
+                                q[k] += src_a[k + shift]
+                                r[k] += src_t[k + shift]
+                    s1 = scale[i1 * m + j1]
+                    dst_a = na[i1, j1]
+                    dst_t = nt[i1, j1]
+                    for k in range(first, last):
+                        qk = 2.0 * q[k] * (1.0 / 9.0) + 0.1
+                        rk = 2.0 * r[k] * (1.0 / 9.0) + qk
+                        c = min(1.0, qk * s1 * scale[k])
+                        sk = math.sqrt(1.0 - c * c)
+                        theta = _atan2_pos(sk, c)
+                        dst_a[k] = inside[k] * (sk + (math.pi - theta) * c) * (1.0 / math.pi)
+                        dst_t[k] = inside[k] * rk * (math.pi - theta) * (1.0 / math.pi)
+            a, na = na, a
+            t, nt = nt, t
+        out[pair - lo] = a[1, 1, first] + t[side, side, last - 1]
+
+
+def stencil_floor_time(n: int, side: int = 8, layers: int = 5,
+                       nthreads: int | None = None) -> float:
+    """Seconds for the n (n + 1) / 2 pairs of the stencil floor above on `nthreads` threads."""
+    nthreads = nthreads or threads()
+    pairs = n * (n + 1) // 2
+    out = np.empty(pairs)
+    step = -(-pairs // (4 * nthreads))
+    blocks = [(lo, min(pairs, lo + step)) for lo in range(0, pairs, step)]
+    _stencil_pairs(side, layers, 0, 1, out)  # compile
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=nthreads) as pool:
+        for f in [pool.submit(_stencil_pairs, side, layers, lo, hi, out[lo:hi])
+                  for lo, hi in blocks]:
+            f.result()
+    return time.perf_counter() - t

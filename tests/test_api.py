@@ -256,7 +256,9 @@ def _available(net):
 #: the examples whose Numba compile takes 15-20 s: their rules (user acts through the Mehler
 #: series, nested nonlinearities through 3-D quadrature) have default cases in test_series.py
 #: and test_quadrature.py, so the whole example runs under -m slow
-HEAVY_EXAMPLES = {"user_act", "nested_nonlin"}
+# compile-heavy (each > 20 s on 2 cores); the CNN examples' generated code is checked
+# against the NumPy reference in tests/test_spatial.py
+HEAVY_EXAMPLES = {"user_act", "nested_nonlin", "cnn_gap", "conv1d", "cnn_flatten"}
 
 
 # agreement of backends / with finite networks at their own tolerances, not the

@@ -22,7 +22,7 @@ def _close(a, b, rtol=1e-12):
 # agreement of backends / with finite networks at their own tolerances, not the
 # accuracy probe: its warnings (4-D rules at ~1e-6) are what tests/test_exact.py checks
 @pytest.mark.filterwarnings("ignore::tpcompiler.errors.TPWarning")
-@settings(max_examples=6, deadline=None, derandomize=True,
+@settings(max_examples=3, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(prog=programs(acts=CLOSED_ACTS + ("tanh",), max_depth=2), seed=st.integers(0, 100))
 def test_numba_equals_reference_on_random_programs(prog, seed):

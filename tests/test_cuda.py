@@ -37,7 +37,12 @@ def _reference_by_quadrature(monkeypatch):
     must equal to 1e-12 is the NumPy evaluator with the series switched off."""
     monkeypatch.setattr(numpy_backend, "_series_calls", lambda program: {})
 
-PROGRAMS = {"relu": (RELU, (3,)), "erf_rnn": (ERF_RNN, (3, 3)), "tanh": (TANH, (3,))}
+# layernorm in an MLP: per-point mean and variance, the mean subtracted after relu
+LAYERNORM = ("input x\nh = dense(x, var=2.0, bias=0.1)\nh = dense(layernorm(relu(h)), var=2.0)\n"
+             "y = readout(relu(layernorm(h, eps=1e-5)), var=1.0)\n")
+
+PROGRAMS = {"relu": (RELU, (3,)), "erf_rnn": (ERF_RNN, (3, 3)), "tanh": (TANH, (3,)),
+            "layernorm": (LAYERNORM, (3,))}
 #: programs whose integrands have kinks that no closed form covers: quadrature.plan's polar
 #: wedge rule (alone, with vanishing wedges, times a tensor block over correlated coordinates)
 #: and the tensor rule with the kink coordinate first. Small on purpose: the simulator runs the
@@ -49,6 +54,9 @@ KINKED = {
     # sign and abs mixed with smooth functions: 2-D polar, every wedge kept
     "sign_abs": ("input x\ng = dense(x, var=2.0)\nh = sign(g) * tanh(g) + abs(g) * sigmoid(g)\n"
                  "y = readout(h)\n", (3,)),
+}
+#: the heavy kinked cases (~100 s in the simulator and the reference): with -m slow
+KINKED_SLOW = {
     # 4-D polar x 2-D tensor (a conditional product: the tanh coordinates are correlated with
     # the relu pair) and 2-D tensor rules with the kink coordinate first
     "tanh_relu": ("input x\ng = dense(x, var=1.5)\nh = tanh(g) * relu(dense(x, var=2.0) + g)\n"
@@ -86,10 +94,12 @@ SIM_SCRIPT = textwrap.dedent("""
     from tpcompiler.backends import cuda as cuda_backend
     from tpcompiler.cli import main
     sys.path.insert(0, sys.argv[2])
-    from test_cuda import KINKED, PROGRAMS, RELU, _data
+    from test_cuda import KINKED, KINKED_SLOW, PROGRAMS, RELU, _data
 
     out_dir = sys.argv[1]
     res = {"unavailable": cuda_backend.unavailable()}
+    if sys.argv[3] == "slow":
+        PROGRAMS, KINKED = {}, KINKED_SLOW
     for name, (src, shape) in PROGRAMS.items():
         net = tp.compile_source(src)
         x1, x2 = _data(shape)
@@ -106,6 +116,8 @@ SIM_SCRIPT = textwrap.dedent("""
             got = net.kernels(x1, b, get=net.kernel_program.kinds, device="cuda")
             for k, v in got.items():
                 np.save(f"{out_dir}/kinked-{name}-{tag}-{k}.npy", v)
+    if sys.argv[3] == "slow":
+        sys.exit(0)
     np.save(f"{out_dir}/data.npy", _data((3,))[0])
     with open(f"{out_dir}/relu.tp", "w") as f:
         f.write(RELU)
@@ -120,16 +132,27 @@ SIM_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    """Runs every CUDA case under the simulator in one subprocess; returns its output folder."""
+def _simulate(tmp_path_factory, which: str):
     out = tmp_path_factory.mktemp("cudasim")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     proc = subprocess.run([sys.executable, "-c", SIM_SCRIPT, str(out),
-                           os.path.dirname(__file__)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                           os.path.dirname(__file__), which],
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    """Runs every default CUDA case under the simulator in one subprocess; returns its output
+    folder."""
+    return _simulate(tmp_path_factory, "default")
+
+
+@pytest.fixture(scope="module")
+def sim_slow(tmp_path_factory):
+    """The same for KINKED_SLOW."""
+    return _simulate(tmp_path_factory, "slow")
 
 
 def test_simulator_counts_as_usable(sim):
@@ -168,14 +191,26 @@ def test_cuda_equals_reference(sim, name, tag):
 def test_cuda_equals_reference_on_kinked_integrands(sim, name, tag):
     """The device code integrates with quadrature.plan's rules, as the reference does (a plain
     tensor rule was off by 1e-5 to 1e-2 on these programs)."""
-    src, shape = KINKED[name]
+    _kinked_agree(sim, KINKED[name], name, tag)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::tpcompiler.errors.TPWarning")
+@pytest.mark.parametrize("name", list(KINKED_SLOW))
+@pytest.mark.parametrize("tag", ["sym", "x2"])
+def test_cuda_equals_reference_on_heavy_kinked_integrands(sim_slow, name, tag):
+    _kinked_agree(sim_slow, KINKED_SLOW[name], name, tag)
+
+
+def _kinked_agree(folder, case, name, tag):
+    src, shape = case
     net = tp.compile_source(src)
     kinds = net.kernel_program.kinds
     assert any(q.kinked for q in net.kernel_program.integrands)
     x1, x2 = _data(shape)
     want = net.kernels(x1, None if tag == "sym" else x2, get=kinds, backend="numpy")
     for kind in kinds:
-        got = np.load(sim / f"kinked-{name}-{tag}-{kind}.npy")
+        got = np.load(folder / f"kinked-{name}-{tag}-{kind}.npy")
         assert got.shape == want[kind].shape
         assert np.all(np.isfinite(got))
         _close(got, want[kind])
@@ -225,7 +260,7 @@ def test_render_uses_the_cpu_quadrature_source(name):
     from tpcompiler.backends import quadsource
     from tpcompiler.backends.printer import KernelPrinter
 
-    kp = tp.compile_source(KINKED[name][0]).kernel_program
+    kp = tp.compile_source({**KINKED, **KINKED_SLOW}[name][0]).kernel_program
     src = cuda_backend.render(kp)
     for q in kp.integrands:
         cpu = quadsource.quad_source(q, KernelPrinter())
@@ -286,9 +321,9 @@ def _real_gpu() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _real_gpu(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("name", list(PROGRAMS) + list(KINKED))
+@pytest.mark.parametrize("name", list(PROGRAMS) + list(KINKED) + list(KINKED_SLOW))
 def test_gpu_equals_reference(name):
-    src, shape = {**PROGRAMS, **KINKED}[name]
+    src, shape = {**PROGRAMS, **KINKED, **KINKED_SLOW}[name]
     net = tp.compile_source(src)
     kinds = net.kernel_program.kinds
     rng = np.random.default_rng(1)

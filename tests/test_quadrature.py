@@ -452,7 +452,9 @@ PROGRAMS = [
 # agreement of backends / with finite networks at their own tolerances, not the
 # accuracy probe: its warnings (4-D rules at ~1e-6) are what tests/test_exact.py checks
 @pytest.mark.filterwarnings("ignore::tpcompiler.errors.TPWarning")
-@pytest.mark.parametrize("src", PROGRAMS)
+# the first compiles for ~40 s on 2 cores: with the slow tests
+@pytest.mark.parametrize("src", [pytest.param(PROGRAMS[0], marks=pytest.mark.slow),
+                                 *PROGRAMS[1:]])
 def test_numba_equals_numpy_on_kinked_programs(src):
     net = tp.compile_source(src)
     rules = {q.rule.split(" ")[0] for q in net.kernel_program.integrands}

@@ -211,9 +211,17 @@ class Program:
 
     @property
     def spatial(self) -> bool:
-        """Whether any vector has positions (a CNN: passes/spatial.py derives its kernels)."""
-        return any(i.grid for i in self.inputs) or any(
-            g.spatial is not None or g.grid for g in self.gvars) or bool(self.readout.grid)
+        """Whether passes/spatial.py derives its kernels: a vector has positions (a CNN) or
+        is derived (pooled, layer-normalised)."""
+        return any(g.spatial is not None for g in self.gvars) or self.gridded
+
+    @property
+    def gridded(self) -> bool:
+        """Whether any vector has positions: its kernels are arrays over position pairs (the
+        spatial backend); a spatial program without positions (layernorm in an MLP or RNN) is
+        straight-line scalar code like any other kernel program."""
+        return any(i.grid for i in self.inputs) or any(g.grid for g in self.gvars) or bool(
+            self.readout.grid)
 
     def matrix(self, name: str) -> Matrix:
         return self._index()[name]

@@ -31,9 +31,11 @@ class Source:
 
 def _recursions(program: ir.Program):
     """The rolled kernel program where the program's loops can stay loops, else unrolled; the
-    SpatialProgram of a program with conv, pooling or layernorm (passes/spatial.py)."""
+    SpatialProgram of a program with conv, pooling or layernorm (passes/spatial.py); without
+    positions (layernorm in an MLP) that program's scalar statements, a plain kernel program."""
     if program.spatial:
-        return derive_spatial(program)
+        sprog = derive_spatial(program)
+        return sprog if program.gridded else sprog.kernel
     return build_rolled(program) or build_kernel_program(program)
 
 
