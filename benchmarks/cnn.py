@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,6 +36,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE))
+
+import sections  # noqa: E402
 
 DEPTH = 5
 MLPS = ("ln", "ln-relu")
@@ -233,13 +235,10 @@ def write(path: str, rows: list, load) -> None:
     jax = ntr._nt()[0]
     nt = sys.modules["neural_tangents"]
 
-    cpu = platform.processor() or platform.machine()
-    lines = ["<!-- cnn -->", "## CNN kernels (issue 16)", "",
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, "
-             f"{os.cpu_count()} cores, load average before "
-             f"{load[0]:.2f}; JAX {jax.__version__}, neural-tangents {nt.__version__} (jit, "
-             "float64, nt.batch where N^2 P^2 does not fit in ~1 GB). `python "
-             "benchmarks/cnn.py`; depth 5 (3 x 3 SAME convs or dense layers), relu, NNGP + "
+    lines = ["## CNN kernels (issue 16)", "",
+             f"{sections.machine(load)}; JAX {jax.__version__}, neural-tangents "
+             f"{nt.__version__} (jit, float64, nt.batch where N^2 P^2 does not fit in ~1 GB). "
+             "`python benchmarks/cnn.py`; depth 5 (3 x 3 SAME convs or dense layers), relu, NNGP + "
              "NTK, compile excluded; the LN rows are MLPs on the digits as vectors (see the "
              "script's docstring).", "",
              "| network | data | N | tpcompiler | neural-tangents | ratio | peak RSS ours / NT "
@@ -268,16 +267,7 @@ def write(path: str, rows: list, load) -> None:
                      f"{' (batch ' + str(r['batch']) + ')' if r['batch'] else ''} | "
                      f"{t['seconds'] / o['seconds']:.1f}x | {o['rss_mb']:.0f} / "
                      f"{t['rss_mb']:.0f} MB | {per:.1f} {unit}{low} | {off:.1e} / {same:.1e} |")
-    lines.append("<!-- /cnn -->")
-    text = Path(path).read_text() if Path(path).exists() else ""
-    if "<!-- cnn -->" in text:
-        head, rest = text.split("<!-- cnn -->", 1)
-        tail = rest.split("<!-- /cnn -->", 1)[1]
-        text = head + "\n".join(lines) + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    Path(path).write_text(text)
-
+    sections.replace(path, "cnn", lines)
 
 if __name__ == "__main__":
     sys.exit(main())

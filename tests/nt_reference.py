@@ -409,6 +409,27 @@ def cnn_kernels(x1, x2, layers: tuple) -> dict[str, np.ndarray]:
     return _compute("cnn", (("layers", layers),), x1, x2)
 
 
+def mlp_predict(x_train, y_train, x_test, *, t, get, learning_rate=1.0, diag_reg=0.0,
+                depth, act, w_var, b_var, readout_w_var=1.0, readout_b_var=0.0):
+    """neural-tangents' `predict.gradient_descent_mse_ensemble` for the MLP of `mlp_kernels`:
+    the test mean and covariance at time t (None: infinity) of the `get` ("nngp" / "ntk")
+    dynamics; diag_reg relative to the mean diagonal (NT's default). In-process only."""
+    jax, jnp, _ = _nt()
+    import neural_tangents as nt
+
+    spec = (("act", act), ("act_params", ()), ("b_var", float(b_var)), ("depth", int(depth)),
+            ("readout_b_var", float(readout_b_var)), ("readout_w_var", float(readout_w_var)),
+            ("w_var", float(w_var)))
+    fn = _kernel_fn("mlp", spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        predict = nt.predict.gradient_descent_mse_ensemble(
+            fn, jnp.asarray(x_train), jnp.asarray(y_train), learning_rate=learning_rate,
+            diag_reg=diag_reg)
+        mean, cov = predict(t=t, x_test=jnp.asarray(x_test), get=get, compute_cov=True)
+    return np.asarray(mean, dtype=np.float64), np.asarray(cov, dtype=np.float64)
+
+
 def _compute_subprocess(kind, spec, x1, x2) -> dict[str, np.ndarray]:
     py = os.environ.get("TPC_NT_PYTHON")
     if not py:

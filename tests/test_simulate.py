@@ -394,9 +394,21 @@ PSD_TOL = 1e-12
 # agreement of backends / with finite networks at their own tolerances, not the
 # accuracy probe: its warnings (4-D rules at ~1e-6) are what tests/test_exact.py checks
 @pytest.mark.filterwarnings("ignore::tpcompiler.errors.TPWarning")
-@settings(max_examples=3, **SETTINGS)
+@settings(max_examples=2, **SETTINGS)
 @given(prog=networks(), seed=st.integers(0, 2**16))
 def test_limit_kernels_are_symmetric_psd(prog, seed):
+    _symmetric_psd(prog, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::tpcompiler.errors.TPWarning")
+@settings(max_examples=30, **SETTINGS)
+@given(prog=networks(), seed=st.integers(0, 2**16))
+def test_limit_kernels_are_symmetric_psd_sweep(prog, seed):
+    _symmetric_psd(prog, seed)
+
+
+def _symmetric_psd(prog, seed):
     src, shape = prog
     x = np.random.default_rng(seed).normal(size=(6, *shape))
     x[4] = x[1]  # a duplicate point: a singular kernel

@@ -51,6 +51,15 @@ class CompiledNetwork:
         # data fingerprint -> (report, what was said: kinds warned, ("psd", kind) projected)
         self._probed: dict[str, tuple] = {}
         self._ntk_caveats_told = False
+        self._source: tuple[str, str] | None = None  # (text, path) when compiled from text
+
+    def __reduce__(self):
+        """Pickled as its source text (the compiled module comes from the cache on load):
+        scikit-learn clones and pickles estimators that hold a TPKernel."""
+        if self._source is None:
+            raise TypeError("a CompiledNetwork built from an IR cannot be pickled; compile "
+                            "it from its .tp text")
+        return (compile_source, (*self._source, self.tol))
 
     # --- stages ----------------------------------------------------------------------
 
@@ -70,14 +79,14 @@ class CompiledNetwork:
     def recursion(self):
         """The derived recursion, whichever form it takes: the spatial program of a CNN, else
         the kernel program (both have .kinds and .refused)."""
-        return self.spatial_program if self.ir.spatial else self.kernel_program
+        return self.spatial_program if self.ir.gridded else self.kernel_program
 
     @functools.cached_property
     def rolled_program(self) -> KernelProgram:
         """The NNGP/NTK recursion, its loops kept rolled where their iterations are copies of
         one another (built on first use): what the Numba backend compiles."""
-        if self.ir.spatial:
-            raise TPError("a spatial program (conv, pooling, layernorm) has no scalar kernel "
+        if self.ir.gridded:
+            raise TPError("a spatial program (conv, pooling) has no scalar kernel "
                           "program: its recursion runs over arrays of positions",
                           hint="see net.spatial_program (`tpc kernel-program` prints it)")
         kp = passes.kernel_program(self.ir)
@@ -138,7 +147,7 @@ class CompiledNetwork:
 
     def kernels(self, x1, x2=None, get=KINDS, *, dtype=None, backend: str = "numba",
                 progress=None, device: str = "cpu", max_gpu_bytes: int | None = None,
-                out: dict | None = None) -> dict[str, np.ndarray]:
+                out: dict | None = None, diagonal: bool = False) -> dict[str, np.ndarray]:
         """Kernels between the points of x1 and x2 (x2=None: x1 with itself).
 
         Arguments:
@@ -155,17 +164,24 @@ class CompiledNetwork:
                 free memory); a smaller value computes in more tiles.
             out: kind -> preallocated (N1, N2) float64 array to write into (e.g. a
                 memory-mapped .npy); the GPU writes each row tile into it as it finishes.
+            diagonal: only K(x, x) for each point of x1 (x2 must be None): the per-point
+                stage alone, O(N) work and memory (on the CPU).
         Returns:
-            dict kind -> (N1, N2) array.
+            dict kind -> (N1, N2) array ((N1,) with diagonal=True).
         """
         get = warm.check_get(get)
+        if diagonal:
+            if x2 is not None:
+                raise TPError("diagonal=True computes K(x, x) for the points of x1: pass no x2")
+            return self._diagonal(prepare(self.spec, x1, "X"), get, backend,
+                                  _out_dtype(dtype))
         a = prepare(self.spec, x1, "X1" if x2 is not None else "X")
         b = None
         if x2 is not None:
             b = prepare(self.spec, x2, "X2")
             check_pair(self.spec, a, b)
         out_dtype = _out_dtype(dtype)
-        if self.ir.spatial:
+        if self.ir.gridded:
             res = self._spatial_kernels(a, b, get, backend, device)
             if out is not None:
                 for kind in get:
@@ -200,6 +216,34 @@ class CompiledNetwork:
                     out[kind][...] = res[kind]
                     res[kind] = out[kind]
         return {kind: res[kind].astype(out_dtype, copy=False) for kind in get}
+
+    def _diagonal(self, a: dict, get, backend: str, out_dtype) -> dict[str, np.ndarray]:
+        if backend not in ("numba", "numpy"):
+            raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if self.ir.gridded:
+                from .backends import spatial as spatial_backend
+
+                sprog = self.spatial_program
+                warm.check_kinds(get, sprog.kinds, sprog.refused)
+                values = spatial_backend.diagonal(sprog, a, get, fast=backend == "numba")
+            elif backend == "numpy":
+                kp = self.kernel_program
+                warm.check_kinds(get, kp.kinds, kp.refused)
+                env = numpy_backend.diag_values(kp, a)
+                n = len(next(iter(a.values())))
+                values = {k: np.array(np.broadcast_to(numpy_backend.evaluate_expr(
+                    kp.outputs[k][0], env, kp), (n,)), dtype=np.float64) for k in get}
+            else:
+                module = self._module
+                warm.check_kinds(get, self._kinds, self._refused)
+                values = runner.diagonal(module, self._meta, a)
+        self._tell_ntk_caveats(get)
+        res = {k: values[k] for k in get}
+        warm.check_finite(res, get)
+        if not self.ir.gridded:
+            self._probe(a, None, get)
+        return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
 
     def _spatial_kernels(self, a: dict, b: dict | None, get, backend: str, device: str):
         from .backends import spatial as spatial_backend
@@ -358,6 +402,46 @@ class CompiledNetwork:
         """The neural tangent kernel (neural-tangents' 'ntk' parameterization)."""
         return self.kernels(x1, x2, ("ntk",), **kw)["ntk"]
 
+    # --- predictions (tpcompiler/predict.py) -----------------------------------------
+
+    def predict(self, x_train, y_train, x_test, *, kind: str = "ntk", t: float | None = None,
+                learning_rate: float = 1.0, diag_reg: float = 0.0, absolute: bool = False,
+                variance: bool = False, covariance: bool = False):
+        """The infinite-width prediction on x_test given (x_train, y_train): a
+        `predict.Gaussian` (mean; with variance=True its variance, with covariance=True the
+        (M, M) covariance too).
+
+        kind="ntk": an infinite ensemble trained by gradient flow on MSE for time t (None: to
+        the end), neural-tangents' gradient_descent_mse_ensemble; kind="nngp": with t=None the
+        Bayesian posterior (GP regression with noise diag_reg), with a time t gradient flow of
+        the readout alone. diag_reg is relative to the mean diagonal of the train kernel
+        unless absolute=True."""
+        from . import predict
+
+        if kind not in ("nngp", "ntk"):
+            raise TPError(f"kind must be 'nngp' or 'ntk', got {kind!r}")
+        a = prepare(self.spec, x_train, "X_train")
+        y_train = predict.check_targets(y_train, len(next(iter(a.values()))))
+        spread = variance or covariance
+        train = ("nngp", "ntk") if kind == "ntk" and spread else (kind,)
+        k_train = self.kernels(a, get=train)
+        k_cross = self.kernels(x_test, a, get=train)
+        k_test = None
+        if spread:
+            k_test = (self.kernels(x_test, get="nngp")["nngp"] if covariance else
+                      self.kernels(x_test, get="nngp", diagonal=True)["nngp"])
+        if kind == "ntk":
+            return predict.ntk_flow(k_train["ntk"], k_cross["ntk"], y_train, k_train.get("nngp"),
+                                    k_cross.get("nngp"), k_test, t=t,
+                                    learning_rate=learning_rate, diag_reg=diag_reg,
+                                    absolute=absolute)
+        if t is None:
+            return predict.gp_posterior(k_train["nngp"], k_cross["nngp"], y_train, k_test,
+                                        diag_reg=diag_reg, absolute=absolute)
+        return predict.nngp_flow(k_train["nngp"], k_cross["nngp"], y_train, k_test, t=t,
+                                 learning_rate=learning_rate, diag_reg=diag_reg,
+                                 absolute=absolute)
+
     # --- finite width (tpcompiler/simulate.py) ---------------------------------------
 
     def simulate(self, width: int, seed=0, **kw):
@@ -446,10 +530,13 @@ def compile(path: str | Path, tol: float = DEFAULT_TOL) -> CompiledNetwork:  # n
     text = read_source(path)
     net = CompiledNetwork(lower(parse_source(text, str(path))), tol)
     net._warm_key = warm.key(str(path), text, net.tol)
+    net._source = (text, str(path))
     return net
 
 
 def compile_source(text: str, path: str = "<string>",
                    tol: float = DEFAULT_TOL) -> CompiledNetwork:
     """Compile .tp source text. Raises TPError for any mistake in it (tol: as compile)."""
-    return CompiledNetwork(lower(parse_source(text, path)), tol)
+    net = CompiledNetwork(lower(parse_source(text, path)), tol)
+    net._source = (text, path)
+    return net

@@ -47,7 +47,7 @@ def cmd_kernel_program(args) -> int:
     from .api import compile
 
     net = compile(args.file, tol=args.tol)
-    if net.ir.spatial:  # arrays over positions, conv/pool/flat between grids
+    if net.ir.gridded:  # arrays over positions, conv/pool/flat between grids
         print(net.spatial_program.text(), end="")
         if args.accuracy:
             raise TPError("--accuracy is not available for spatial programs yet",
@@ -65,6 +65,55 @@ def cmd_latex(args) -> int:
     from .api import compile
 
     print(compile(args.file).latex())
+    return 0
+
+
+def _writable_out(out: Path, force: bool, suffix: str) -> None:
+    """Fail before any work when --out cannot be written."""
+    if out.suffix != suffix:
+        raise TPError(f"--out {out}: this command writes a {suffix} file; name it "
+                      f"{out.stem}{suffix}")
+    if out.exists() and not force:
+        raise TPError(f"{out} exists", hint="pass --force to overwrite it")
+    if not out.parent.exists():
+        raise TPError(f"--out: the folder {out.parent} does not exist")
+    if not out.parent.is_dir():
+        raise TPError(f"--out: {out.parent} is not a folder")
+
+
+def _time_arg(text: str) -> float | None:
+    if text.lower() in ("inf", "infinity"):
+        return None
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (or 'inf')") from None
+    if not t >= 0:
+        raise argparse.ArgumentTypeError(f"the training time must be >= 0, got {text}")
+    return None if t == float("inf") else t
+
+
+def cmd_predict(args) -> int:
+    from .api import compile
+
+    out = Path(args.out)
+    _writable_out(out, args.force, ".npz")
+    net = compile(args.file, tol=args.tol)
+    x_train = load_data(args.train, "--train")
+    y = load_data(args.labels, "--labels")
+    if isinstance(y, dict):
+        raise TPError("--labels: expected one array (.npy) of N values or N x k targets")
+    x_test = load_data(args.test, "--test")
+    res = net.predict(x_train, y, x_test, kind=args.kind, t=args.time,
+                      learning_rate=args.learning_rate, diag_reg=args.diag_reg,
+                      variance=args.variance)
+    arrays = {"mean": res.mean}
+    if args.variance:
+        arrays["variance"] = res.variance
+    _atomic_save(out, arrays, True)
+    if not args.quiet:
+        print(f"wrote {', '.join(arrays)} for {len(res.mean)} test points to {out}",
+              file=sys.stderr)
     return 0
 
 
@@ -214,6 +263,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to compute: cpu (default), cuda (an error without a usable GPU) "
                         "or auto (CUDA when usable, else the CPU)")
     s.set_defaults(fn=cmd_kernel)
+
+    s = sub.add_parser("predict", help="infinite-width predictions: GP posterior (nngp) or "
+                                       "gradient-flow ensemble (ntk); writes an .npz")
+    s.add_argument("file")
+    s.add_argument("--train", required=True, help="training inputs (.npy, or .npz per input)")
+    s.add_argument("--labels", required=True, help="training targets (.npy): N or N x k")
+    s.add_argument("--test", required=True, help="test inputs (.npy, or .npz per input)")
+    s.add_argument("--kind", choices=("nngp", "ntk"), default="ntk",
+                   help="ntk (default): networks trained by gradient flow on MSE; nngp: the "
+                        "Bayesian posterior (with --time: only the readout trained)")
+    s.add_argument("--time", type=_time_arg, default=None,
+                   help="training time in neural-tangents' units (default inf: the end of "
+                        "training)")
+    s.add_argument("--learning-rate", type=float, default=1.0,
+                   help="the learning rate multiplying --time (default 1)")
+    s.add_argument("--diag-reg", type=float, default=0.0,
+                   help="added to the train kernel's diagonal, relative to its mean diagonal "
+                        "(default 0)")
+    s.add_argument("--variance", action="store_true",
+                   help="also write the predictive variance per test point")
+    s.add_argument("--tol", type=_tol, default=1e-10,
+                   help="tolerance relative to the kernel's scale (default 1e-10)")
+    s.add_argument("--out", required=True, help="output .npz: 'mean' (and 'variance')")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output")
+    s.add_argument("--quiet", action="store_true", help="no summary line")
+    s.set_defaults(fn=cmd_predict)
 
     # the later stages' commands (check, abc, coordcheck): parsers only, nothing heavy; an
     # import error here is a bug to see, not a command to drop

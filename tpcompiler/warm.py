@@ -132,7 +132,8 @@ def check_finite(res: dict, get) -> None:
             continue
         bad = ~np.isfinite(res[kind])
         if bad.any():
-            i, j = (int(v) for v in np.argwhere(bad)[0])
+            first = [int(v) for v in np.argwhere(bad)[0]]
+            i, j = first[0], first[-1]  # a diagonal (N,) has one index
             where = f"point {i}" if i == j else f"points {i} and {j}"
             raise TPError(f"the {kind.upper()} of this network overflows float64 (about 1.8e308) "
                           f"at {where} of these data: the program multiplies its covariances "

@@ -72,16 +72,8 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
     kinds = module.KINDS
     sym, a2, n1, n2 = call_shape(arrays1, arrays2)
 
-    def per_point(arrays, n):
-        gd = [np.ascontiguousarray(self_gram(arrays, g.a, g.b)) for g in dgram]
-        d = np.empty((n, module.N_DIAG))
-        out = np.empty((n, len(kinds)))
-        _pool_map(lambda lo, hi: module.diag(*gd, d, out, lo, hi),
-                  [(0, n)] if n < 32 else _row_blocks(n, 1, False, 1, None), None, n)
-        return d, out
-
-    d1, o1 = per_point(arrays1, n1)
-    d2, o2 = (d1, o1) if sym else per_point(a2, n2)
+    d1, o1 = _per_point(module, dgram, arrays1)
+    d2, o2 = (d1, o1) if sym else _per_point(module, dgram, a2)
     d2t = np.ascontiguousarray(d2[:, :module.N_SCALARS].T)
     ks = [np.empty((n1, n2)) for _ in kinds]
     same, anti = _coincident(arrays1, a2, inputs)
@@ -107,6 +99,24 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
     for k, o in zip(ks, o1.T):  # a point given twice is one point (backends/coincident.py)
         settle(k, o, same, rows, cols)
     return dict(zip(kinds, ks))
+
+
+def diagonal(module, kp_or_meta, arrays: dict) -> dict:
+    """K(x, x) for every point of `arrays` and every kind the module computes: kind -> (N,),
+    from the per-point stage alone (no pair is computed)."""
+    _, out = _per_point(module, kp_or_meta.diag_gram, arrays)
+    return {kind: out[:, i].copy() for i, kind in enumerate(module.KINDS)}
+
+
+def _per_point(module, dgram, arrays: dict):
+    """The per-point stage: (values (N, N_DIAG), kernels at (x, x) (N, kinds))."""
+    n = len(next(iter(arrays.values())))
+    gd = [np.ascontiguousarray(self_gram(arrays, g.a, g.b)) for g in dgram]
+    d = np.empty((n, module.N_DIAG))
+    out = np.empty((n, len(module.KINDS)))
+    _pool_map(lambda lo, hi: module.diag(*gd, d, out, lo, hi),
+              [(0, n)] if n < 32 else _row_blocks(n, 1, False, 1, None), None, n)
+    return d, out
 
 
 def _numba_threads() -> int:

@@ -409,6 +409,19 @@ def evaluate(sprog: SpatialProgram, data1: dict, data2: dict | None = None,
         _FAST.reset(token)
 
 
+def diagonal(sprog: SpatialProgram, data: dict, get=("nngp", "ntk"),
+             fast: bool = True) -> dict[str, np.ndarray]:
+    """K(x, x) per point (kind -> (N,)): the per-point stage alone."""
+    token = _FAST.set(fast)
+    try:
+        with _no_series():
+            d = per_point(sprog, data)
+    finally:
+        _FAST.reset(token)
+    n = len(next(iter(data.values())))
+    return {k: np.asarray(d[sprog.kernel.outputs[k][0].name]).reshape(n).copy() for k in get}
+
+
 def _evaluate(sprog, data1, data2, get):
     d1 = per_point(sprog, data1)
     d2 = None if data2 is None else per_point(sprog, data2)
