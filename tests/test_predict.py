@@ -276,7 +276,8 @@ def test_sklearn_precomputed_svc_and_image_rows():
         gram(net, x[:, :-1])
 
 
-@pytest.mark.slow
+# checks that do not apply here (array API, pandas input without pandas) say so by warning
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.SkipTestWarning")
 def test_sklearn_estimator_checks(net):
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.utils.estimator_checks import check_estimator
