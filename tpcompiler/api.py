@@ -420,6 +420,8 @@ class CompiledNetwork:
 
         if kind not in ("nngp", "ntk"):
             raise TPError(f"kind must be 'nngp' or 'ntk', got {kind!r}")
+        predict.check_time(t, learning_rate)  # every argument checked before any kernel
+        predict.check_reg(diag_reg)
         a = prepare(self.spec, x_train, "X_train")
         y_train = predict.check_targets(y_train, len(next(iter(a.values()))))
         spread = variance or covariance

@@ -59,9 +59,15 @@ def check_targets(y, n: int) -> np.ndarray:
     return a
 
 
-def _eigen(k_train: np.ndarray, diag_reg: float, absolute: bool):
+def check_reg(diag_reg: float) -> float:
+    """diag_reg as a float, or a TPError."""
     if not (diag_reg >= 0 and math.isfinite(diag_reg)):
         raise TPError(f"diag_reg must be a finite number >= 0, got {diag_reg}")
+    return float(diag_reg)
+
+
+def _eigen(k_train: np.ndarray, diag_reg: float, absolute: bool):
+    diag_reg = check_reg(diag_reg)
     n = len(k_train)
     reg = diag_reg if absolute else diag_reg * float(np.trace(k_train)) / n
     lam, vec = np.linalg.eigh(0.5 * (k_train + k_train.T) + reg * np.eye(n))
@@ -105,7 +111,7 @@ def ntk_flow(ntk_train, ntk_test_train, y, nngp_train=None, nngp_test_train=None
 
     The mean needs the NTK only; the covariance also the NNGP: nngp_train (N, N),
     nngp_test_train (M, N) and nngp_test, the (M,) diagonal (variance) or (M, M)."""
-    tau = _time(t, learning_rate)
+    tau = check_time(t, learning_rate)
     n = len(np.asarray(ntk_train))
     y_size = check_targets(y, n).size
     if nngp_test is not None and (nngp_train is None or nngp_test_train is None):
@@ -121,13 +127,14 @@ def nngp_flow(nngp_train, nngp_test_train, y, nngp_test=None, *, t: float | None
     """Gradient flow with the NNGP as the tangent kernel (only the readout trained):
     neural-tangents' `gradient_descent_mse_ensemble(get="nngp")`. At t = inf this is
     gp_posterior."""
-    tau = _time(t, learning_rate)
+    tau = check_time(t, learning_rate)
     y_size = check_targets(y, len(np.asarray(nngp_train))).size
     return _predict(nngp_train, nngp_test_train, y, nngp_test, None, None, tau / y_size,
                     diag_reg, absolute, nngp=True)
 
 
-def _time(t, learning_rate) -> float:
+def check_time(t, learning_rate) -> float:
+    """t x learning_rate (inf for t=None), or a TPError."""
     tau = math.inf if t is None else float(t)
     if not tau >= 0 or not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise TPError(f"t must be >= 0 (or None for the end of training) and the learning rate "
