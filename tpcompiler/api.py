@@ -406,7 +406,7 @@ class CompiledNetwork:
 
     def predict(self, x_train, y_train, x_test, *, kind: str = "ntk", t: float | None = None,
                 learning_rate: float = 1.0, diag_reg: float = 0.0, absolute: bool = False,
-                variance: bool = False, covariance: bool = False):
+                variance: bool = False, covariance: bool = False, progress=None):
         """The infinite-width prediction on x_test given (x_train, y_train): a
         `predict.Gaussian` (mean; with variance=True its variance, with covariance=True the
         (M, M) covariance too).
@@ -415,7 +415,7 @@ class CompiledNetwork:
         the end), neural-tangents' gradient_descent_mse_ensemble; kind="nngp": with t=None the
         Bayesian posterior (GP regression with noise diag_reg), with a time t gradient flow of
         the readout alone. diag_reg is relative to the mean diagonal of the train kernel
-        unless absolute=True."""
+        unless absolute=True. progress: callable(done, total) of each kernel computed."""
         from . import predict
 
         if kind not in ("nngp", "ntk"):
@@ -426,12 +426,12 @@ class CompiledNetwork:
         y_train = predict.check_targets(y_train, len(next(iter(a.values()))))
         spread = variance or covariance
         train = ("nngp", "ntk") if kind == "ntk" and spread else (kind,)
-        k_train = self.kernels(a, get=train)
-        k_cross = self.kernels(x_test, a, get=train)
+        k_train = self.kernels(a, get=train, progress=progress)
+        k_cross = self.kernels(x_test, a, get=train, progress=progress)
         k_test = None
         if spread:
-            k_test = (self.kernels(x_test, get="nngp")["nngp"] if covariance else
-                      self.kernels(x_test, get="nngp", diagonal=True)["nngp"])
+            k_test = self.kernels(x_test, get="nngp", progress=progress,
+                                  diagonal=not covariance)["nngp"]
         if kind == "ntk":
             return predict.ntk_flow(k_train["ntk"], k_cross["ntk"], y_train, k_train.get("nngp"),
                                     k_cross.get("nngp"), k_test, t=t,

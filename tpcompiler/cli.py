@@ -81,6 +81,21 @@ def _writable_out(out: Path, force: bool, suffix: str) -> None:
         raise TPError(f"--out: {out.parent} is not a folder")
 
 
+def _progress_bar(quiet: bool, desc: str):
+    """(tqdm bar or None, progress(done, total) callback or None) for row-block progress."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, unit="%", desc=desc, disable=None, leave=False)
+
+    def progress(done, total):
+        bar.n = int(100 * done / total)
+        bar.refresh()
+
+    return bar, progress
+
+
 def _time_arg(text: str) -> float | None:
     if text.lower() in ("inf", "infinity"):
         return None
@@ -104,9 +119,14 @@ def cmd_predict(args) -> int:
     if isinstance(y, dict):
         raise TPError("--labels: expected one array (.npy) of N values or N x k targets")
     x_test = load_data(args.test, "--test")
-    res = net.predict(x_train, y, x_test, kind=args.kind, t=args.time,
-                      learning_rate=args.learning_rate, diag_reg=args.diag_reg,
-                      variance=args.variance)
+    bar, progress = _progress_bar(args.quiet, "kernels")
+    try:
+        res = net.predict(x_train, y, x_test, kind=args.kind, t=args.time,
+                          learning_rate=args.learning_rate, diag_reg=args.diag_reg,
+                          variance=args.variance, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     arrays = {"mean": res.mean}
     if args.variance:
         arrays["variance"] = res.variance
@@ -148,17 +168,7 @@ def cmd_kernel(args) -> int:
         net = compile(args.file, tol=args.tol)
     x1 = load_data(args.data, "--data")
     x2 = load_data(args.data2, "--data2") if args.data2 else None
-    bar = None
-    progress = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=100, unit="%", desc="kernel", disable=None, leave=False)
-
-        def progress(done, total):
-            bar.n = int(100 * done / total)
-            bar.refresh()
-
+    bar, progress = _progress_bar(args.quiet, "kernel")
     if device != "cpu":
         from .backends import cuda as cuda_backend
 
