@@ -67,14 +67,6 @@ def folds(y, classify: bool, k: int, seed: int):
     return list(cv.split(np.zeros(len(y)), y))
 
 
-def targets(y, classify: bool):
-    if not classify:
-        return (y - y.mean()) / y.std(), None
-    classes = np.unique(y)
-    onehot = (y[:, None] == classes[None, :]).astype(np.float64) - 1.0 / len(classes)
-    return onehot, classes
-
-
 def score(pred, y, classify: bool, classes, mean_y=0.0, std_y=1.0) -> float:
     if classify:
         guess = classes[np.argmax(pred, axis=1)] if pred.ndim == 2 else pred
@@ -105,10 +97,16 @@ def run_set(name: str, net, k_folds: int = 4):
         sd[sd == 0] = 1.0
         x = (x_raw - mu) / sd
         ytr = y[tr]
-        t_tr, classes = targets(ytr, classify)
+        classes = np.unique(ytr) if classify else None
         ymu, ysd = (0.0, 1.0) if classify else (ytr.mean(), ytr.std())
-        if not classify:
-            t_tr = (ytr - ymu) / ysd
+
+        def targets_of(idx):
+            """One-hot classes minus 1 / k, or the standardised regression target."""
+            if classify:
+                return (y[idx][:, None] == classes[None, :]) - 1.0 / len(classes)
+            return (y[idx] - ymu) / ysd
+
+        t_tr = targets_of(tr)
         start = time.perf_counter()
         k = net.kernels(x)  # NNGP and NTK of every point, once per fold's standardisation
         kernel_s = time.perf_counter() - start
@@ -124,11 +122,6 @@ def run_set(name: str, net, k_folds: int = 4):
                 if np.mean(s) > best_score:
                     best, best_score = g, np.mean(s)
             return best
-
-        def targets_of(idx):
-            if classify:
-                return (y[idx][:, None] == classes[None, :]) - 1.0 / len(classes)
-            return (y[idx] - ymu) / ysd
 
         for row, kind in (("NNGP posterior", "nngp"), ("NTK, t = inf", "ntk")):
             start = time.perf_counter()

@@ -181,8 +181,7 @@ def test_diagonal_is_the_kernels_diagonal(case):
     text = DIAGONAL_CASES[case]
     net = tpc.compile(text) if text.endswith(".tp") else tpc.compile_source(text)
     inp = net.ir.inputs[0]
-    lead = tuple(inp.grid) if inp.grid else (inp.shape,) if inp.shape else ()
-    x = np.random.default_rng(5).standard_normal((6, *lead, 3))
+    x = np.random.default_rng(5).standard_normal((6, *inp.axes, 3))
     x[3] = 0.0  # a zero input
     x[4] = -x[2]  # an antipodal pair
     for backend in ("numba", "numpy"):

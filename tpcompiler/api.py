@@ -230,10 +230,7 @@ class CompiledNetwork:
             elif backend == "numpy":
                 kp = self.kernel_program
                 warm.check_kinds(get, kp.kinds, kp.refused)
-                env = numpy_backend.diag_values(kp, a)
-                n = len(next(iter(a.values())))
-                values = {k: np.array(np.broadcast_to(numpy_backend.evaluate_expr(
-                    kp.outputs[k][0], env, kp), (n,)), dtype=np.float64) for k in get}
+                values = numpy_backend.diagonal(kp, a, get)
             else:
                 module = self._module
                 warm.check_kinds(get, self._kinds, self._refused)

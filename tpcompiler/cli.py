@@ -68,11 +68,8 @@ def cmd_latex(args) -> int:
     return 0
 
 
-def _writable_out(out: Path, force: bool, suffix: str) -> None:
-    """Fail before any work when --out cannot be written."""
-    if out.suffix != suffix:
-        raise TPError(f"--out {out}: this command writes a {suffix} file; name it "
-                      f"{out.stem}{suffix}")
+def _writable_out(out: Path, force: bool) -> None:
+    """Fail before any work when --out cannot be written (the suffix is each command's)."""
     if out.exists() and not force:
         raise TPError(f"{out} exists", hint="pass --force to overwrite it")
     if not out.parent.exists():
@@ -112,7 +109,9 @@ def cmd_predict(args) -> int:
     from .api import compile
 
     out = Path(args.out)
-    _writable_out(out, args.force, ".npz")
+    if out.suffix != ".npz":
+        raise TPError(f"--out {out}: predictions are written as .npz; name it {out.stem}.npz")
+    _writable_out(out, args.force)
     net = compile(args.file, tol=args.tol)
     x_train = load_data(args.train, "--train")
     y = load_data(args.labels, "--labels")
@@ -145,12 +144,7 @@ def cmd_kernel(args) -> int:
         raise TPError(f"--kind both writes an .npz archive; name the output {out.stem}.npz")
     if not npz and out.suffix != ".npy":
         raise TPError(f"--out {out}: a single kernel is written as .npy")
-    if out.exists() and not args.force:
-        raise TPError(f"{out} exists", hint="pass --force to overwrite it")
-    if not out.parent.exists():
-        raise TPError(f"--out: the folder {out.parent} does not exist")
-    if not out.parent.is_dir():  # checked now, not after computing the kernels
-        raise TPError(f"--out: {out.parent} is not a folder")
+    _writable_out(out, args.force)
     device = getattr(args, "device", "cpu")
     net = None
     if device == "cpu":  # compiled before with this text: straight from the cache

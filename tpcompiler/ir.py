@@ -55,6 +55,11 @@ class Input:
         """What the data's middle axes are: None (a vector), T (a sequence) or (H, W)."""
         return self.grid if self.grid else self.length
 
+    @property
+    def axes(self) -> tuple[int, ...]:
+        """The data's middle axes as a tuple: () for a vector, (T,) or (H, W)."""
+        return self.grid or ((self.length,) if self.length is not None else ())
+
 
 @dataclass(frozen=True)
 class Stencil:

@@ -85,9 +85,6 @@ def describe(v) -> str:
     return _WHAT[type(v)]
 
 
-_what = describe
-
-
 class _Lowerer(SpatialCalls):
     def __init__(self, module: S.Module):
         self.module = module
@@ -175,7 +172,7 @@ class _Lowerer(SpatialCalls):
     def scalar(self, e: S.Expr, what: str = "a constant") -> sp.Expr:
         v = self.expr(e)
         if not isinstance(v, Scalar):
-            raise TPError(f"expected {what}, got {_what(v)}", e.span)
+            raise TPError(f"expected {what}, got {describe(v)}", e.span)
         return v.value
 
     def integer(self, e: S.Expr, what: str, lo: int | None = None, hi: int | None = None) -> int:
@@ -385,10 +382,10 @@ class _Lowerer(SpatialCalls):
                 hint = "declare numbers with `const NAME = ...`"
             elif isinstance(value, (InVec, Seq)):
                 hint = "inputs enter the network through dense(x) or readout(x)"
-            raise TPError(f"cannot assign {_what(value)} to '{s.name}'", s.value.span, hint)
+            raise TPError(f"cannot assign {describe(value)} to '{s.name}'", s.value.span, hint)
         current = self.env.get(s.name)
         if current is not None and not isinstance(current, (Vec, Output)):
-            raise TPError(f"cannot assign to '{s.name}': it is {_what(current)}", s.span,
+            raise TPError(f"cannot assign to '{s.name}': it is {describe(current)}", s.span,
                           "use a new name for the vector")
         self.env[s.name] = value
         self.defined_at.setdefault(s.name, s.span)
@@ -457,7 +454,7 @@ class _Lowerer(SpatialCalls):
     def expr_Index(self, e: S.Index):
         v = self._lookup(e.name, e.span)
         if not isinstance(v, Seq):
-            raise TPError(f"'{e.name}' is {_what(v)}, not a sequence; it cannot be indexed",
+            raise TPError(f"'{e.name}' is {describe(v)}, not a sequence; it cannot be indexed",
                           e.span, "declare a sequence input with `input s[T]`")
         i = self.integer(e.index, "a sequence index")
         n = v.input.length
@@ -480,7 +477,7 @@ class _Lowerer(SpatialCalls):
             hint = "inputs enter the network through dense(x); use dense(x) here"
         elif isinstance(v, (Weight, Act)):
             hint = f"a {'weight' if isinstance(v, Weight) else 'function'} is not a value"
-        return TPError(f"'{op}' cannot take {_what(v)}", span, hint)
+        return TPError(f"'{op}' cannot take {describe(v)}", span, hint)
 
     def expr_BinOp(self, e: S.BinOp):
         a, b = self.expr(e.left), self.expr(e.right)
@@ -557,7 +554,7 @@ class _Lowerer(SpatialCalls):
         if e.func in self.env:
             f = self.env[e.func]
             if not isinstance(f, Act):
-                raise TPError(f"'{e.func}' is {_what(f)}, not a function", e.span)
+                raise TPError(f"'{e.func}' is {describe(f)}, not a function", e.span)
             z = self._one_vector_arg(e, allow_kwargs=False)
             return self.vec(f.body.xreplace({f.param: z}), e.span, self._arg_grid)
         hint = did_you_mean(e.func, [*BUILTINS, "dense", "readout", *self.SPATIAL_CALLS,
@@ -575,7 +572,7 @@ class _Lowerer(SpatialCalls):
             hint = None
             if isinstance(v, (InVec, Seq)):
                 hint = "apply dense() first: inputs enter the network through dense(x)"
-            raise TPError(f"{e.func}() needs a vector argument, got {_what(v)}",
+            raise TPError(f"{e.func}() needs a vector argument, got {describe(v)}",
                           e.args[0].span, hint)
         self._arg_grid = v.grid
         return v.expr
@@ -605,7 +602,8 @@ class _Lowerer(SpatialCalls):
             raise TPError(f"'{arg.input.name}' is a sequence; use one element, "
                           f"e.g. {arg.input.name}[0]", e.args[0].span)
         if not isinstance(arg, (Vec, InVec)):
-            raise TPError(f"dense() needs a vector or an input, got {_what(arg)}", e.args[0].span)
+            raise TPError(f"dense() needs a vector or an input, got {describe(arg)}",
+                          e.args[0].span)
         if self.grid_of(arg):
             return self.call_conv(e, dense=True)  # per position: a 1 x 1 convolution
         kind = ir.Kind.INPUT if isinstance(arg, InVec) else ir.Kind.HIDDEN
@@ -619,7 +617,7 @@ class _Lowerer(SpatialCalls):
                               f"keyword arguments are written name=value: {w.id}=...")
             wv = self._lookup(w.id, w.span)
             if not isinstance(wv, Weight):
-                raise TPError(f"'{w.id}' is {_what(wv)}, not a weight", w.span,
+                raise TPError(f"'{w.id}' is {describe(wv)}, not a weight", w.span,
                               f"declare it with `weight {w.id}(var=...)`")
             if e.kwargs:
                 raise TPError("var= and bias= of a named weight are set in its declaration",
@@ -675,7 +673,7 @@ class _Lowerer(SpatialCalls):
             raise TPError(f"'{arg.input.name}' is a sequence; read out one element or a vector",
                           e.args[0].span)
         if not isinstance(arg, (Vec, InVec)):
-            raise TPError(f"readout() needs a vector, got {_what(arg)}", e.args[0].span)
+            raise TPError(f"readout() needs a vector, got {describe(arg)}", e.args[0].span)
         grid = self.grid_of(arg)
         if grid and isinstance(arg, InVec):
             raise TPError(f"readout() of the spatial input '{arg.ref.input}' directly is not "
@@ -716,7 +714,7 @@ class _ActBody:
                                                           if isinstance(x, Scalar))])
                 raise TPError(f"undefined name '{e.id}' in act '{self.name}'", e.span,
                               hint or f"an act body may use only '{self.param}' and constants")
-            raise TPError(f"act '{self.name}' cannot use {_what(v)} '{e.id}'", e.span,
+            raise TPError(f"act '{self.name}' cannot use {describe(v)} '{e.id}'", e.span,
                           f"an act body may use only '{self.param}', constants and functions")
         if isinstance(e, S.Neg):
             return -self.expr(e.operand)

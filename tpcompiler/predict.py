@@ -87,10 +87,6 @@ def _weights(lam: np.ndarray, tau: float) -> np.ndarray:
     return np.where(pos, -np.expm1(-safe * tau) / safe, tau)
 
 
-def _symmetric(c: np.ndarray) -> np.ndarray:
-    return 0.5 * (c + c.T)
-
-
 def gp_posterior(k_train, k_test_train, y, k_test=None, *, diag_reg: float = 0.0,
                  absolute: bool = False) -> Gaussian:
     """The NNGP posterior on the test points.
@@ -112,13 +108,11 @@ def ntk_flow(ntk_train, ntk_test_train, y, nngp_train=None, nngp_test_train=None
     The mean needs the NTK only; the covariance also the NNGP: nngp_train (N, N),
     nngp_test_train (M, N) and nngp_test, the (M,) diagonal (variance) or (M, M)."""
     tau = check_time(t, learning_rate)
-    n = len(np.asarray(ntk_train))
-    y_size = check_targets(y, n).size
     if nngp_test is not None and (nngp_train is None or nngp_test_train is None):
         raise TPError("the covariance needs nngp_train and nngp_test_train as well as "
                       "nngp_test")
     return _predict(ntk_train, ntk_test_train, y, nngp_test, nngp_train, nngp_test_train,
-                    tau / y_size, diag_reg, absolute, nngp=False)
+                    tau, diag_reg, absolute, nngp=False)
 
 
 def nngp_flow(nngp_train, nngp_test_train, y, nngp_test=None, *, t: float | None = None,
@@ -127,10 +121,8 @@ def nngp_flow(nngp_train, nngp_test_train, y, nngp_test=None, *, t: float | None
     """Gradient flow with the NNGP as the tangent kernel (only the readout trained):
     neural-tangents' `gradient_descent_mse_ensemble(get="nngp")`. At t = inf this is
     gp_posterior."""
-    tau = check_time(t, learning_rate)
-    y_size = check_targets(y, len(np.asarray(nngp_train))).size
-    return _predict(nngp_train, nngp_test_train, y, nngp_test, None, None, tau / y_size,
-                    diag_reg, absolute, nngp=True)
+    return _predict(nngp_train, nngp_test_train, y, nngp_test, None, None,
+                    check_time(t, learning_rate), diag_reg, absolute, nngp=True)
 
 
 def check_time(t, learning_rate) -> float:
@@ -142,8 +134,10 @@ def check_time(t, learning_rate) -> float:
     return tau * learning_rate
 
 
-def _predict(k_train, k_test_train, y, k_test, nngp_train, nngp_test_train, tau: float,
+def _predict(k_train, k_test_train, y, k_test, nngp_train, nngp_test_train, time: float,
              diag_reg: float, absolute: bool, nngp: bool) -> Gaussian:
+    """time: t x learning rate (inf: the end of training, or the posterior); the loss
+    0.5 |f - y|^2 / y.size makes the flow's time time / y.size."""
     kd = _matrix(k_train, "the train kernel")
     n = len(kd)
     if kd.shape != (n, n):
@@ -153,10 +147,11 @@ def _predict(k_train, k_test_train, y, k_test, nngp_train, nngp_test_train, tau:
         raise TPError(f"the test-train kernel has shape {ktd.shape}; expected (M, {n})")
     m = len(ktd)
     yy = check_targets(y, n)
+    tau = time / yy.size
     lam, vec = _eigen(kd, diag_reg, absolute)
-    w = _weights(lam, tau)
+    kv = ktd @ vec  # the test-train kernel in the train kernel's eigenbasis
     # K_td V diag(w) V^T: the linear map from train targets to test means
-    a = (ktd @ vec) * w
+    a = kv * _weights(lam, tau)
     mean = a @ (vec.T @ yy)
     if k_test is None:
         return Gaussian(mean)
@@ -166,8 +161,8 @@ def _predict(k_train, k_test_train, y, k_test, nngp_train, nngp_test_train, tau:
                       f"or ({m}, {m}) for the covariance, finite")
     if nngp:
         # K** - K*d V diag((1 - exp(-2 lam tau)) / lam) V^T Kd*
-        b = (ktd @ vec) * _weights(lam, 2 * tau)
-        red = b @ (vec.T @ ktd.T) if kt.ndim == 2 else np.einsum("ij,ij->i", b, ktd @ vec)
+        b = kv * _weights(lam, 2 * tau)
+        red = b @ kv.T if kt.ndim == 2 else np.einsum("ij,ij->i", b, kv)
     else:
         nd = _matrix(nngp_train, "the NNGP train kernel", (n, n))
         ntd = _matrix(nngp_test_train, "the NNGP test-train kernel", (m, n))
@@ -178,5 +173,5 @@ def _predict(k_train, k_test_train, y, k_test, nngp_train, nngp_test_train, tau:
         red = (cross + cross.T if kt.ndim == 2 else 2 * cross) - quad
     out = kt - red
     if kt.ndim == 2:
-        return Gaussian(mean, covariance=_symmetric(out), variance=np.diagonal(out).copy())
+        return Gaussian(mean, covariance=0.5 * (out + out.T), variance=np.diagonal(out).copy())
     return Gaussian(mean, variance=out)

@@ -31,7 +31,7 @@ def _points(net, x) -> np.ndarray:
     inp = net.ir.inputs[0]
     if x.ndim != 2:
         raise TPError(f"scikit-learn kernels take 2-D arrays (N, features); got shape {x.shape}")
-    lead = tuple(inp.grid) if inp.grid else (inp.shape,) if inp.shape else ()
+    lead = inp.axes
     if not lead:
         return x
     size = int(np.prod(lead))

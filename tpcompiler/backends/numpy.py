@@ -648,6 +648,17 @@ def diag_values(program: KernelProgram, data: dict) -> dict:
     return {k: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for k, v in env.items()}
 
 
+def diagonal(program: KernelProgram, data: dict, get=("nngp", "ntk"),
+             values: dict | None = None) -> dict[str, np.ndarray]:
+    """K(x, x) per point (kind -> (N,)) from the per-point values (diag_values, computed here
+    unless given)."""
+    values = diag_values(program, data) if values is None else values
+    n = next(iter(data.values())).shape[0]
+    return {kind: np.array(np.broadcast_to(evaluate_expr(program.outputs[kind][0], values,
+                                                         program), (n,)), dtype=np.float64)
+            for kind in get}
+
+
 def evaluate(program: KernelProgram, data1: dict, data2: dict | None = None,
              get=("nngp", "ntk")) -> dict[str, np.ndarray]:
     """Kernels between the points of data1 and data2 (data2=None: data1 with itself).
@@ -668,10 +679,11 @@ def evaluate(program: KernelProgram, data1: dict, data2: dict | None = None,
     same, _ = coincident(data1, other, program.inputs)
     rows, cols = repeats(data1, data2, program.inputs)
     out = {}
+    diagonals = diagonal(program, data1, get, d1)
     for kind in get:
-        dexpr, cexpr = program.outputs[kind]
+        cexpr = program.outputs[kind][1]
         k = np.broadcast_to(evaluate_expr(cexpr, env, program), (n1, n2)).astype(np.float64)
-        diag = np.broadcast_to(evaluate_expr(dexpr, d1, program), (n1,))
+        diag = diagonals[kind]
         if data2 is None:
             # the kernel is symmetric; quadratures are not exactly symmetric under swapping the
             # two points (Cholesky order), so take the upper triangle as every backend does

@@ -20,7 +20,7 @@ def threads() -> int:
     return max(1, int(os.environ.get("TPC_NUM_THREADS", 0)) or _numba_threads())
 
 
-def _pool_map(fn, blocks, progress, total):
+def pool_map(fn, blocks, progress, total):
     """fn(lo, hi) for every block on a thread pool (the drivers release the GIL)."""
     if len(blocks) == 1 or threads() == 1:
         done = 0
@@ -89,10 +89,10 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
     # spin-wait after a call take the cores from the other blocks' drivers (measured with
     # OpenBLAS: relu depth 10, N = 4000 on 2 cores, 375 ms against 240 ms)
     with threadpool_limits(limits=1, user_api="blas"):
-        _pool_map(block, _row_blocks(n1, n2, sym, len(cgram), progress), progress, n1)
+        pool_map(block, _row_blocks(n1, n2, sym, len(cgram), progress), progress, n1)
     if sym:
         for k, o in zip(ks, o1.T):
-            _pool_map(lambda lo, hi, k=k: module.mirror(k, lo, hi),
+            pool_map(lambda lo, hi, k=k: module.mirror(k, lo, hi),
                       _row_blocks(n1, n1, False, 1, None), None, n1)
             np.fill_diagonal(k, o)
     rows, cols = repeats(arrays1, None if sym else a2, inputs)
@@ -114,7 +114,7 @@ def _per_point(module, dgram, arrays: dict):
     gd = [np.ascontiguousarray(self_gram(arrays, g.a, g.b)) for g in dgram]
     d = np.empty((n, module.N_DIAG))
     out = np.empty((n, len(module.KINDS)))
-    _pool_map(lambda lo, hi: module.diag(*gd, d, out, lo, hi),
+    pool_map(lambda lo, hi: module.diag(*gd, d, out, lo, hi),
               [(0, n)] if n < 32 else _row_blocks(n, 1, False, 1, None), None, n)
     return d, out
 

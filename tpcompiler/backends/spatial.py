@@ -10,11 +10,10 @@ arrays (b1, b2, P, P), the first point's per-point values as (b1, 1, P, 1), the 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import sympy as sp
@@ -27,6 +26,7 @@ from . import numpy as npb
 from .coincident import coincident, repeats, settle
 from .printer import KernelPrinter, runtime_lines
 from .quadsource import quad_source
+from .runner import pool_map
 
 #: elements of one pair-stage array (b1 * b2 * P^2): ~16 MB of float64 per live value
 BLOCK_ELEMENTS = 1 << 21
@@ -330,12 +330,8 @@ def _pairs_fused(sprog, data1, data2, d1, d2, get, out) -> None:
     t2 = t1 if data2 is None else table(d2, n2)
     ks = [out[k] for k in layout["kinds"]]
     tasks = [(lo, min(lo + ROWS_PER_TASK, n1)) for lo in range(0, n1, ROWS_PER_TASK)]
-
-    def run(span):
-        module.pairs(*x1, *x2, t1, t2, *ks, span[0], span[1], data2 is None)
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(run, tasks))
+    pool_map(lambda lo, hi: module.pairs(*x1, *x2, t1, t2, *ks, lo, hi, data2 is None), tasks,
+             None, n1)
 
 
 def _points(arr: np.ndarray) -> np.ndarray:
@@ -384,48 +380,52 @@ def pairs(sprog: SpatialProgram, data1: dict, data2: dict | None, d1: dict, d2: 
 
 def _settled(sprog, out, data1, data2, d1, get) -> dict[str, np.ndarray]:
     other = data1 if data2 is None else data2
-    n1 = len(next(iter(data1.values())))
     same, _ = coincident(data1, other, sprog.inputs)
     rows, cols = repeats(data1, data2, sprog.inputs)
     out = {k: out[k] for k in get}
+    diagonals = _outputs(sprog, d1, data1, get)
     for kind in get:
         k = out[kind]
         if data2 is None:
             k[:] = np.triu(k, 1) + np.triu(k, 1).T
-        diag = np.asarray(d1[sprog.kernel.outputs[kind][0].name]).reshape(n1)
-        settle(k, diag, same, rows, cols)
+        settle(k, diagonals[kind], same, rows, cols)
     return out
+
+
+def _outputs(sprog, d: dict, data: dict, get) -> dict[str, np.ndarray]:
+    """The kernels at (x, x), kind -> (N,), from the per-point values d."""
+    n = len(next(iter(data.values())))
+    return {k: np.asarray(d[sprog.kernel.outputs[k][0].name]).reshape(n) for k in get}
+
+
+@contextlib.contextmanager
+def _mode(fast: bool):
+    """fast: elementwise statements through the generated Numba ufuncs (else the NumPy
+    reference evaluator walks them); no Mehler series either way."""
+    token = _FAST.set(fast)
+    try:
+        with _no_series():
+            yield
+    finally:
+        _FAST.reset(token)
 
 
 def evaluate(sprog: SpatialProgram, data1: dict, data2: dict | None = None,
              get=("nngp", "ntk"), fast: bool = True) -> dict[str, np.ndarray]:
-    """fast: elementwise statements through the generated Numba ufuncs (else the NumPy
-    reference evaluator walks them)."""
-    token = _FAST.set(fast)
-    try:
-        with _no_series():
-            return _evaluate(sprog, data1, data2, get)
-    finally:
-        _FAST.reset(token)
+    """Kernels between the points of data1 and data2 (data2 None: data1 with itself); fast as
+    in _mode."""
+    with _mode(fast):
+        d1 = per_point(sprog, data1)
+        d2 = None if data2 is None else per_point(sprog, data2)
+        return pairs(sprog, data1, data2, d1, d2, get)
 
 
 def diagonal(sprog: SpatialProgram, data: dict, get=("nngp", "ntk"),
              fast: bool = True) -> dict[str, np.ndarray]:
     """K(x, x) per point (kind -> (N,)): the per-point stage alone."""
-    token = _FAST.set(fast)
-    try:
-        with _no_series():
-            d = per_point(sprog, data)
-    finally:
-        _FAST.reset(token)
-    n = len(next(iter(data.values())))
-    return {k: np.asarray(d[sprog.kernel.outputs[k][0].name]).reshape(n).copy() for k in get}
-
-
-def _evaluate(sprog, data1, data2, get):
-    d1 = per_point(sprog, data1)
-    d2 = None if data2 is None else per_point(sprog, data2)
-    return pairs(sprog, data1, data2, d1, d2, get)
+    with _mode(fast):
+        d = per_point(sprog, data)
+    return {k: v.copy() for k, v in _outputs(sprog, d, data, get).items()}
 
 
 class _no_series:
