@@ -41,8 +41,17 @@ def _reference_by_quadrature(monkeypatch):
 LAYERNORM = ("input x\nh = dense(x, var=2.0, bias=0.1)\nh = dense(layernorm(relu(h)), var=2.0)\n"
              "y = readout(relu(layernorm(h, eps=1e-5)), var=1.0)\n")
 
+# params: the device kernels read their values from an array (computed at 3/4 of the defaults)
+PARAMS = ("param sw = 2.0\nparam sb = 0.1\ninput x\nh = erf(dense(x, var=sw, bias=sb))\n"
+          "h = dense(h, var=2 * sw, bias=sb)\ny = readout(relu(h), var=1.0)\n")
+
 PROGRAMS = {"relu": (RELU, (3,)), "erf_rnn": (ERF_RNN, (3, 3)), "tanh": (TANH, (3,)),
-            "layernorm": (LAYERNORM, (3,))}
+            "layernorm": (LAYERNORM, (3,)), "params": (PARAMS, (3,))}
+
+
+def _values(net) -> dict:
+    """The param values the device runs are checked at: 3/4 of the defaults."""
+    return {"params": {n: 0.75 * v for n, v in net.params.items()}} if net.params else {}
 #: programs whose integrands have kinks that no closed form covers: quadrature.plan's polar
 #: wedge rule (alone, with vanishing wedges, times a tensor block over correlated coordinates)
 #: and the tensor rule with the kink coordinate first. Small on purpose: the simulator runs the
@@ -94,7 +103,7 @@ SIM_SCRIPT = textwrap.dedent("""
     from tpcompiler.backends import cuda as cuda_backend
     from tpcompiler.cli import main
     sys.path.insert(0, sys.argv[2])
-    from test_cuda import KINKED, KINKED_SLOW, PROGRAMS, RELU, _data
+    from test_cuda import KINKED, KINKED_SLOW, PROGRAMS, RELU, _data, _values
 
     out_dir = sys.argv[1]
     res = {"unavailable": cuda_backend.unavailable()}
@@ -106,7 +115,8 @@ SIM_SCRIPT = textwrap.dedent("""
         for tag, b in (("sym", None), ("x2", x2)):
             # a 200-byte budget forces one row per tile
             for tiled in ((False, True) if name == "relu" else (True,)):
-                got = net.kernels(x1, b, device="cuda", max_gpu_bytes=200 if tiled else None)
+                got = net.kernels(x1, b, device="cuda", max_gpu_bytes=200 if tiled else None,
+                                  **_values(net))
                 for k, v in got.items():
                     np.save(f"{out_dir}/{name}-{tag}-{int(tiled)}-{k}.npy", v)
     for name, (src, shape) in KINKED.items():
@@ -171,7 +181,7 @@ def test_cuda_equals_reference(sim, name, tag):
     # latter's error, ~1e-12 here)
     token = numpy_backend.SERIES.set(False)
     try:
-        want = net.kernels(x1, None if tag == "sym" else x2, backend="numpy")
+        want = net.kernels(x1, None if tag == "sym" else x2, backend="numpy", **_values(net))
     finally:
         numpy_backend.SERIES.reset(token)
     for tiled in ((0, 1) if name == "relu" else (1,)):
@@ -333,9 +343,10 @@ def test_gpu_equals_reference(name):
     x2 = rng.normal(size=(40, *shape))
     x2[0] = x1[7]
     for b in (None, x2):
-        want = net.kernels(x1, b, get=kinds, backend="numpy")
+        want = net.kernels(x1, b, get=kinds, backend="numpy", **_values(net))
         for mgb in (None, 30_000):
-            got = net.kernels(x1, b, get=kinds, device="cuda", max_gpu_bytes=mgb)
+            got = net.kernels(x1, b, get=kinds, device="cuda", max_gpu_bytes=mgb,
+                              **_values(net))
             for kind in want:
                 _close(got[kind], want[kind])
                 if b is None:

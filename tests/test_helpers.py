@@ -160,8 +160,10 @@ def _full(q1: float, q2: float, k: float) -> dict:
     r = H.rootdet(q1, q2, k)
     x = min(1.0, abs(k) / math.sqrt(q1 * q2)) if q1 > 0 and q2 > 0 else 0.0
     lo, hi = min(r, abs(k)), max(r, abs(k))  # atan_unit's ratio lo / hi
+    # the derivatives' direction (dq1, dq2, dk): the scaling of both points, which keeps
+    # parallel inputs parallel (a derivative exists along it everywhere)
     return {"q1": q1, "q2": q2, "k": k, "q": q1, "r": r, "t": H.angle(q1, q2, r, k), "x": x,
-            "lo": lo, "hi": hi if hi > 0 else 1.0}
+            "lo": lo, "hi": hi if hi > 0 else 1.0, "dq1": q1, "dq2": q2, "dk": k, "dq": q1}
 
 
 def sin_theta(rho: float) -> float:
@@ -410,3 +412,56 @@ def test_direct_njit_of_leaf_helpers():
     for q1, q2, k in [(1.0, 2.0, 0.3), (2.0, 2.0, 2.0), (2.0, 2.0, -2.0), (1.0, 1.0, 1.0 + EPS)]:
         assert nb_det(q1, q2, k) == H.snapped_det(q1, q2, k)
     assert numba.njit(H.erf_lin)(0.5, 1.0, 0.3) == H.erf_lin(0.5, 1.0, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# derivatives (passes/tangent.py): each *_d helper is the directional derivative of its helper
+
+
+#: helper -> its directional derivative at (q1, q2, k) along (dq1, dq2, dk), from the *_d
+#: helpers of helpers.py
+_DERIVATIVES = {
+    "relu_relu": lambda q1, q2, k, a, b, c: H.step_step(q1, q2, k) * c + H.relu_relu_dq(
+        q1, q2, H.rootdet(q1, q2, k), a, b),
+    "step_step": lambda q1, q2, k, a, b, c: H.step_step_d(q1, q2, H.rootdet(q1, q2, k), k,
+                                                          a, b, c),
+    "relu_step": lambda q1, q2, k, a, b, c: H.relu_step_d(q1, q2, k, a, b, c),
+    "lin_step": lambda q1, q2, k, a, b, c: H.lin_step_d(q2, k, b, c),
+    "relu_mean": lambda q1, q2, k, a, b, c: H.relu_mean_d(q1, a),
+}
+
+
+#: the helpers that take part of (q1, q2, k), as functions of all three
+_FEWER_ARGS = {"relu_mean": lambda q1, q2, k: H.relu_mean(q1),
+               "lin_step": lambda q1, q2, k: H.lin_step(q2, k)}
+
+
+@settings(deadline=None, max_examples=60)
+@given(q1=st.floats(0.05, 10.0), q2=st.floats(0.05, 10.0), rho=st.floats(-0.95, 0.95),
+       direction=st.tuples(*[st.floats(-1.0, 1.0)] * 3))
+def test_derivative_helpers_against_central_differences(q1, q2, rho, direction):
+    """Central differences of each helper along the direction, step h = 1e-5 (of the
+    variances' scale): error h^2 |f'''| / 6 with |f'''| <= ~1e2 on this box (|rho| <= 0.95
+    keeps the angle's derivatives bounded, q >= 0.05 the square roots'), plus rounding
+    1e-16 / h: 1e-7 is safe, and a wrong rule is off by O(1)."""
+    k = kk(q1, q2, rho)
+    a, b, c = (x * s for x, s in zip(direction, (q1, q2, math.sqrt(q1 * q2))))
+    h = 1e-5
+    for name, deriv in _DERIVATIVES.items():
+        f = getattr(H, name)
+        if name in _FEWER_ARGS:
+            f = _FEWER_ARGS[name]
+        fd = (f(q1 + h * a, q2 + h * b, k + h * c) - f(q1 - h * a, q2 - h * b, k - h * c)) / (
+            2 * h)
+        got = deriv(q1, q2, k, a, b, c)
+        assert abs(got - fd) <= 1e-7 * max(1.0, abs(fd)), (name, got, fd)
+
+
+def test_step_step_derivative_at_parallel_inputs():
+    # identical inputs scaled together stay identical: the angle stays 0
+    assert H.step_step_d(2.0, 2.0, 0.0, 2.0, 1.0, 1.0, 1.0) == 0.0
+    # antipodal inputs moved apart (a bias variance added): the angle leaves pi like a sqrt
+    assert H.step_step_d(2.0, 2.0, 0.0, -2.0, 1.0, 1.0, 1.0) == math.inf
+    # a zero variance stays zero (a zero input without bias): 0, as the helper's value
+    assert H.step_step_d(0.0, 2.0, 0.0, 0.0, 0.0, 1.0, 0.0) == 0.0
+    assert H.relu_relu_dq(0.0, 2.0, 0.0, 0.0, 1.0) == 0.0

@@ -23,7 +23,8 @@ STAGES = (
     # IR -> kernel program (and the abc analysis of the IR)
     ("kernel_program", "verify", "quadrature", "conditional", "series", "passes",
      "passes.closedform",
-     "passes.expect", "passes.kernels", "passes.loops", "passes.spatial", "passes.abc"),
+     "passes.expect", "passes.kernels", "passes.loops", "passes.spatial", "passes.tangent",
+     "passes.abc"),
     # kernel program -> code and numbers
     ("backends", "backends.printer", "backends.coincident", "backends.gram",
      "backends.quadsource", "backends.cache", "backends.numpy", "backends.numba",

@@ -23,6 +23,7 @@ from .files import read_source
 from .kernel_program import KernelProgram
 from .lowering import lower
 from .parse import parse_source
+from .passes.tangent import grad_kind
 from .ranges import ntk_caveats
 
 KINDS = warm.KINDS  # the kernel kinds, in output order
@@ -61,19 +62,47 @@ class CompiledNetwork:
                             "it from its .tp text")
         return (compile_source, (*self._source, self.tol))
 
+    # --- params ----------------------------------------------------------------------
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The program's params (`param sw = 2.0`) with their defaults, in declaration order:
+        kernels(..., params={"sw": 1.5}) evaluates at other values without recompiling."""
+        return {p.name: p.default for p in self.ir.params}
+
+    def _values(self, params) -> dict:
+        """symbol -> value of every param (the defaults overridden by `params`), checked."""
+        if params is not None and not isinstance(params, dict):
+            raise TPError(f"params must be a dict name -> value, got {type(params).__name__}",
+                          hint="e.g. params={'sw': 1.5}")
+        return self.ir.param_values(params)
+
+    def _param_array(self, values: dict) -> np.ndarray:
+        return np.array([values[p.symbol] for p in self.ir.params], dtype=np.float64)
+
     # --- stages ----------------------------------------------------------------------
 
     @functools.cached_property
     def spatial_program(self):
         """The NNGP/NTK recursion of a spatial program (conv, pooling, layernorm): arrays over
-        positions (passes/spatial.py)."""
+        positions (passes/spatial.py); a program with params at their defaults."""
+        return self._spatial_at(self._values(None))
+
+    def _spatial_at(self, values: dict):
+        """The spatial program with the params at `values`: its arrays are compiled with their
+        numbers (one module per set of values, each kept in the compile cache)."""
         from .passes import spatial
 
         if not self.ir.spatial:
             raise TPError("this network has no spatial vectors; see net.kernel_program")
-        sprog = spatial.derive(self.ir)
-        _check_constants(sprog.kernel, self.ir)
-        return sprog
+        key = _values_key(values)
+        made = self.__dict__.setdefault("_spatial_made", {})
+        if key not in made:
+            prog = self.ir.bind({p.name: values[p.symbol] for p in self.ir.params})
+            sprog = spatial.derive(prog)
+            _check_constants(sprog.kernel, prog)
+            made[key] = sprog
+        return made[key]
 
     @property
     def recursion(self):
@@ -134,8 +163,9 @@ class CompiledNetwork:
         # what the record says follows from its key (file text, tol, compiler; another numba
         # only recompiles the same module source): once written, nothing to redo, not even
         # the NTK caveats' ranges analysis
+        # (a program with params needs their values: it goes through the front end)
         if (self._warm_key is not None and not self._integrals and self._kinds
-                and not warm.has_record(self._warm_key)):
+                and not self.ir.params and not warm.has_record(self._warm_key)):
             warm.record(self._warm_key, self._cache_key, self.name, self.spec, self._caveats)
 
     def prepare(self) -> CompiledNetwork:
@@ -147,7 +177,8 @@ class CompiledNetwork:
 
     def kernels(self, x1, x2=None, get=KINDS, *, dtype=None, backend: str = "numba",
                 progress=None, device: str = "cpu", max_gpu_bytes: int | None = None,
-                out: dict | None = None, diagonal: bool = False) -> dict[str, np.ndarray]:
+                out: dict | None = None, diagonal: bool = False,
+                params: dict | None = None, grad: bool = False) -> dict[str, np.ndarray]:
         """Kernels between the points of x1 and x2 (x2=None: x1 with itself).
 
         Arguments:
@@ -166,15 +197,26 @@ class CompiledNetwork:
                 memory-mapped .npy); the GPU writes each row tile into it as it finishes.
             diagonal: only K(x, x) for each point of x1 (x2 must be None): the per-point
                 stage alone, O(N) work and memory (on the CPU).
+            params: name -> value of the program's params (`param sw = 2.0`); the others at
+                their defaults. The compiled module is the same whatever the values.
+            grad: also the derivatives in the params, kind + "_grad" -> (N1, N2, P) (P the
+                params, in the order of net.params), from the symbolic derivative of the
+                recursion (passes/tangent.py); on the CPU.
         Returns:
             dict kind -> (N1, N2) array ((N1,) with diagonal=True).
         """
         get = warm.check_get(get)
+        values = self._values(params)
+        if grad:
+            if x2 is not None and diagonal:
+                raise TPError("diagonal=True computes K(x, x) for the points of x1: pass no x2")
+            return self._with_grad(x1, x2, get, backend, _out_dtype(dtype), values, diagonal,
+                                   progress)
         if diagonal:
             if x2 is not None:
                 raise TPError("diagonal=True computes K(x, x) for the points of x1: pass no x2")
             return self._diagonal(prepare(self.spec, x1, "X"), get, backend,
-                                  _out_dtype(dtype))
+                                  _out_dtype(dtype), values)
         a = prepare(self.spec, x1, "X1" if x2 is not None else "X")
         b = None
         if x2 is not None:
@@ -182,34 +224,35 @@ class CompiledNetwork:
             check_pair(self.spec, a, b)
         out_dtype = _out_dtype(dtype)
         if self.ir.gridded:
-            res = self._spatial_kernels(a, b, get, backend, device)
+            res = self._spatial_kernels(a, b, get, backend, device, values)
             if out is not None:
                 for kind in get:
                     out[kind][...] = res[kind]
                     res[kind] = out[kind]
             return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
         if backend == "numpy":
-            kp = self.kernel_program
+            kp = self.kernel_program.bind(values)
             warm.check_kinds(get, kp.kinds, kp.refused)
             self._tell_ntk_caveats(get)
             with np.errstate(over="ignore", invalid="ignore"):  # overflow: a TPError next
                 res = numpy_backend.evaluate(kp, a, b, get)
             warm.check_finite(res, get)
-            self._make_psd(res, a, b, *self._probe(a, b, get))
+            self._make_psd(res, a, b, *self._probe(a, b, get, values))
             return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
         if backend != "numba":
             raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
         module = self._module
         warm.check_kinds(get, self._kinds, self._refused)
         self._tell_ntk_caveats(get)
+        pv = self._param_array(values)
         if cuda_backend.resolve(device) == "cuda":
             cmod = cuda_backend.load(self._cache_key, lambda: self.kernel_program)
             res = cuda_backend.run(cmod, self._meta, a, b, progress=progress,
-                                   max_gpu_bytes=max_gpu_bytes, out=out, get=get)
+                                   max_gpu_bytes=max_gpu_bytes, out=out, get=get, params=pv)
         else:
-            res = runner.run(module, self._meta, a, b, progress=progress)
+            res = runner.run(module, self._meta, a, b, progress=progress, params=pv)
         warm.check_finite(res, get)
-        self._make_psd(res, a, b, *self._probe(a, b, get))
+        self._make_psd(res, a, b, *self._probe(a, b, get, values))
         if out is not None:
             for kind in get:
                 if res[kind] is not out[kind]:
@@ -217,32 +260,100 @@ class CompiledNetwork:
                     res[kind] = out[kind]
         return {kind: res[kind].astype(out_dtype, copy=False) for kind in get}
 
-    def _diagonal(self, a: dict, get, backend: str, out_dtype) -> dict[str, np.ndarray]:
+    @functools.cached_property
+    def tangent_program(self) -> KernelProgram:
+        """The recursion with the derivatives of every kind in each param (passes/tangent.py):
+        what kernels(..., grad=True) evaluates."""
+        if not self.ir.params:
+            raise TPError("this program has no params: there is nothing to differentiate",
+                          hint="declare one, `param sw = 2.0`, and use it: dense(h, var=sw)")
+        return passes.tangent_program(self.ir)
+
+    @functools.cached_property
+    def _tangent_module(self):
+        return cache.load_module(numba_backend.render(self.tangent_program))
+
+    def _with_grad(self, x1, x2, get, backend: str, out_dtype, values: dict, diagonal: bool,
+                   progress) -> dict[str, np.ndarray]:
+        if backend not in ("numba", "numpy"):
+            raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
+        kp = self.tangent_program
+        warm.check_kinds(get, kp.kinds, kp.refused)
+        kinds = list(get) + [grad_kind(k, m) for k in get
+                             for m in range(len(self.ir.params))]
+        a = prepare(self.spec, x1, "X1" if x2 is not None else "X")
+        b = None
+        if x2 is not None:
+            b = prepare(self.spec, x2, "X2")
+            check_pair(self.spec, a, b)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if backend == "numpy":
+                bound = kp.bind(values)
+                res = (numpy_backend.diagonal(bound, a, kinds) if diagonal else
+                       numpy_backend.evaluate(bound, a, b, kinds))
+            elif diagonal:
+                res = runner.diagonal(self._tangent_module, kp, a, self._param_array(values))
+            else:
+                res = runner.run(self._tangent_module, kp, a, b, progress=progress,
+                                 params=self._param_array(values))
+        warm.check_finite(res, get)
+        for kind in kinds[len(get):]:
+            bad = np.argwhere(~np.isfinite(res[kind]))
+            if len(bad):
+                where = ", ".join(map(str, bad[0]))
+                m, base = kind[1:].split("_", 1)
+                name = self.ir.params[int(m)].name
+                raise TPError(f"the derivative of the {base.upper()} in {name} does not exist "
+                              f"(is infinite) at ({where}) of these data: two pre-activations "
+                              f"that are parallel at this value of {name} stop being so when "
+                              f"it moves, and the angle between them grows like a square root "
+                              f"(e.g. antipodal inputs and a bias variance of 0)",
+                              hint=f"move {name} off this value (a bias variance of 1e-6 "
+                                   "instead of 0)")
+        self._tell_ntk_caveats(get)
+        if kp.integrands:  # the derivatives' integrals against raised orders, as the kernels'
+            data = a if b is None else {k: np.concatenate([a[k], b[k]]) for k in a}
+            key = ("grad", accuracy.fingerprint(data) + _values_key(values))
+            if key not in self._probed:
+                self._probed[key] = (accuracy.estimate(kp.bind(values), data, self.tol,
+                                                       kinds), set())
+                accuracy.warn_if_inaccurate(self._probed[key][0], self.name, kinds)
+        out = {}
+        for kind in get:
+            out[kind] = res[kind].astype(out_dtype, copy=False)
+            out[kind + "_grad"] = np.stack(
+                [res[grad_kind(kind, m)] for m in range(len(self.ir.params))],
+                axis=-1).astype(out_dtype, copy=False)
+        return out
+
+    def _diagonal(self, a: dict, get, backend: str, out_dtype,
+                  values: dict) -> dict[str, np.ndarray]:
         if backend not in ("numba", "numpy"):
             raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if self.ir.gridded:
                 from .backends import spatial as spatial_backend
 
-                sprog = self.spatial_program
+                sprog = self._spatial_at(values)
                 warm.check_kinds(get, sprog.kinds, sprog.refused)
-                values = spatial_backend.diagonal(sprog, a, get, fast=backend == "numba")
+                got = spatial_backend.diagonal(sprog, a, get, fast=backend == "numba")
             elif backend == "numpy":
-                kp = self.kernel_program
+                kp = self.kernel_program.bind(values)
                 warm.check_kinds(get, kp.kinds, kp.refused)
-                values = numpy_backend.diagonal(kp, a, get)
+                got = numpy_backend.diagonal(kp, a, get)
             else:
                 module = self._module
                 warm.check_kinds(get, self._kinds, self._refused)
-                values = runner.diagonal(module, self._meta, a)
+                got = runner.diagonal(module, self._meta, a, self._param_array(values))
         self._tell_ntk_caveats(get)
-        res = {k: values[k] for k in get}
+        res = {k: got[k] for k in get}
         warm.check_finite(res, get)
         if not self.ir.gridded:
-            self._probe(a, None, get)
+            self._probe(a, None, get, values)
         return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
 
-    def _spatial_kernels(self, a: dict, b: dict | None, get, backend: str, device: str):
+    def _spatial_kernels(self, a: dict, b: dict | None, get, backend: str, device: str,
+                         values: dict):
         from .backends import spatial as spatial_backend
 
         if backend not in ("numba", "numpy"):
@@ -250,16 +361,16 @@ class CompiledNetwork:
         if device not in ("cpu", "auto"):
             raise TPError("spatial programs (conv, pooling, layernorm) run on the CPU only: "
                           "the CUDA renderer has no spatial code yet", hint="use device='cpu'")
-        sprog = self.spatial_program
+        sprog = self._spatial_at(values)
         warm.check_kinds(get, sprog.kinds, sprog.refused)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             res = spatial_backend.evaluate(sprog, a, b, get, fast=backend == "numba")
         warm.check_finite(res, get)
         if sprog.kernel.integrands:
-            self._spatial_probe(sprog, a, b, get)
+            self._spatial_probe(sprog, a, b, get, values)
         return res
 
-    def _spatial_probe(self, sprog, a: dict, b: dict | None, get) -> None:
+    def _spatial_probe(self, sprog, a: dict, b: dict | None, get, values: dict) -> None:
         """The quadratures of a spatial program against the raised orders of
         quadrature.BOOSTED, at a sample of the covariances they meet on (up to PROBE_POINTS
         of) these points: a TPWarning when an integral moves by more than tol of the largest
@@ -269,7 +380,7 @@ class CompiledNetwork:
         pick = {k: v[:PROBE_POINTS] for k, v in a.items()}
         if b is not None:
             pick = {k: np.concatenate([pick[k], b[k][:PROBE_POINTS]]) for k in a}
-        key = accuracy.fingerprint(pick)
+        key = accuracy.fingerprint(pick) + _values_key(values)
         if key in self._probed:
             return
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -291,7 +402,8 @@ class CompiledNetwork:
 
     # --- accuracy (tpcompiler/accuracy.py) -------------------------------------------
 
-    def _probe(self, a: dict, b: dict | None, get) -> tuple[list[str], set]:
+    def _probe(self, a: dict, b: dict | None, get,
+                values: dict | None = None) -> tuple[list[str], set]:
         """Warn (TPWarning) when a kernel just computed is not accurate to self.tol on these
         data; closed-form programs need no probe, and data seen before are not probed again.
         Returns the kinds of `get` above the tolerance and what was said about these data."""
@@ -303,9 +415,10 @@ class CompiledNetwork:
         if not integrals:
             return [], set()
         data = a if b is None else {k: np.concatenate([a[k], b[k]]) for k in a}
-        key = accuracy.fingerprint(data)
+        values = values or {}
+        key = accuracy.fingerprint(data) + _values_key(values)
         if key not in self._probed:  # every kind at once: one run of the raised recursion
-            kp = self.kernel_program
+            kp = self.kernel_program.bind(values)
             self._probed[key] = (accuracy.estimate(kp, data, self.tol, kp.kinds), set())
         report, warned = self._probed[key]
         # about the kinds asked for, once each
@@ -403,7 +516,8 @@ class CompiledNetwork:
 
     def predict(self, x_train, y_train, x_test, *, kind: str = "ntk", t: float | None = None,
                 learning_rate: float = 1.0, diag_reg: float = 0.0, absolute: bool = False,
-                variance: bool = False, covariance: bool = False, progress=None):
+                variance: bool = False, covariance: bool = False, progress=None,
+                params: dict | None = None):
         """The infinite-width prediction on x_test given (x_train, y_train): a
         `predict.Gaussian` (mean; with variance=True its variance, with covariance=True the
         (M, M) covariance too).
@@ -412,7 +526,8 @@ class CompiledNetwork:
         the end), neural-tangents' gradient_descent_mse_ensemble; kind="nngp": with t=None the
         Bayesian posterior (GP regression with noise diag_reg), with a time t gradient flow of
         the readout alone. diag_reg is relative to the mean diagonal of the train kernel
-        unless absolute=True. progress: callable(done, total) of each kernel computed."""
+        unless absolute=True. progress: callable(done, total) of each kernel computed. params:
+        values of the program's params (kernels(params=...))."""
         from . import predict
 
         if kind not in ("nngp", "ntk"):
@@ -423,12 +538,13 @@ class CompiledNetwork:
         y_train = predict.check_targets(y_train, len(next(iter(a.values()))))
         spread = variance or covariance
         train = ("nngp", "ntk") if kind == "ntk" and spread else (kind,)
-        k_train = self.kernels(a, get=train, progress=progress)
-        k_cross = self.kernels(x_test, a, get=train, progress=progress)
+        self._values(params)  # checked before any kernel too
+        k_train = self.kernels(a, get=train, progress=progress, params=params)
+        k_cross = self.kernels(x_test, a, get=train, progress=progress, params=params)
         k_test = None
         if spread:
             k_test = self.kernels(x_test, get="nngp", progress=progress,
-                                  diagonal=not covariance)["nngp"]
+                                  diagonal=not covariance, params=params)["nngp"]
         if kind == "ntk":
             return predict.ntk_flow(k_train["ntk"], k_cross["ntk"], y_train, k_train.get("nngp"),
                                     k_cross.get("nngp"), k_test, t=t,
@@ -505,6 +621,11 @@ def _check_constants(kp: KernelProgram, prog: ir.Program) -> None:
                           "the program's constants multiply (a variance times coefficients, "
                           "a power of a sum expanded): make the variances and coefficients "
                           "smaller")
+
+
+def _values_key(values: dict) -> str:
+    """A key of params' values (symbol -> number) for the per-values memos."""
+    return repr(sorted((s.index, v) for s, v in values.items()))
 
 
 def _out_dtype(dtype) -> np.dtype:

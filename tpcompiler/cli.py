@@ -47,6 +47,11 @@ def cmd_kernel_program(args) -> int:
     from .api import compile
 
     net = compile(args.file, tol=args.tol)
+    for q in net.ir.params:  # the recursion names them as the IR does
+        print(f"# param {q.symbol} = {q.name} (default {q.default:g})")
+    if args.grad:
+        print(net.tangent_program.text(), end="")
+        return 0
     if net.ir.gridded:  # arrays over positions, conv/pool/flat between grids
         print(net.spatial_program.text(), end="")
         if args.accuracy:
@@ -122,7 +127,8 @@ def cmd_predict(args) -> int:
     try:
         res = net.predict(x_train, y, x_test, kind=args.kind, t=args.time,
                           learning_rate=args.learning_rate, diag_reg=args.diag_reg,
-                          variance=args.variance, progress=progress)
+                          variance=args.variance, progress=progress,
+                          params=_params(args.param))
     finally:
         if bar is not None:
             bar.close()
@@ -147,7 +153,8 @@ def cmd_kernel(args) -> int:
     _writable_out(out, args.force)
     device = getattr(args, "device", "cpu")
     net = None
-    if device == "cpu":  # compiled before with this text: straight from the cache
+    params = _params(args.param)
+    if device == "cpu" and not params:  # compiled before with this text: from the cache
         # numba probes for a BLAS by importing scipy.linalg (0.15-0.2 s, a third of a warm
         # run) at the first call of any compiled function when scipy is installed; the
         # generated kernels call no BLAS (the Gram products are NumPy's), so this process
@@ -169,9 +176,10 @@ def cmd_kernel(args) -> int:
         device = cuda_backend.resolve(device)  # before any work: a missing GPU fails now
     try:
         if device == "cuda" and not npz:
-            shape = _kernel_to_memmap(net, x1, x2, kinds[0], out, progress)
+            shape = _kernel_to_memmap(net, x1, x2, kinds[0], out, progress, params)
         else:
-            res = net.kernels(x1, x2, kinds, progress=progress, device=device)
+            res = net.kernels(x1, x2, kinds, progress=progress, device=device,
+                              **({"params": params} if params else {}))
             shape = next(iter(res.values())).shape
     finally:
         if bar is not None:
@@ -183,7 +191,8 @@ def cmd_kernel(args) -> int:
     return 0
 
 
-def _kernel_to_memmap(net, x1, x2, kind: str, out: Path, progress) -> tuple[int, int]:
+def _kernel_to_memmap(net, x1, x2, kind: str, out: Path, progress,
+                      params: dict) -> tuple[int, int]:
     """The GPU path for one kernel: row tiles are written into a memory-mapped .npy in a temp
     file next to `out`, renamed over it at the end (atomic, and no full copy in memory)."""
     from .data import prepare
@@ -193,13 +202,34 @@ def _kernel_to_memmap(net, x1, x2, kind: str, out: Path, progress) -> tuple[int,
     try:
         with atomic_path(out) as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(n1, n2))
-            res = net.kernels(x1, x2, (kind,), progress=progress, device="cuda", out={kind: mm})
+            res = net.kernels(x1, x2, (kind,), progress=progress, device="cuda", out={kind: mm},
+                              **({"params": params} if params else {}))
             mm.flush()
             shape = mm.shape
             del mm, res
     except OSError as err:
         raise TPError(f"--out: cannot write {out}: {err.strerror or err}") from None
     return shape
+
+
+def _param_arg(text: str) -> tuple[str, float]:
+    """--param NAME=VALUE (the program checks the name and the value's range)."""
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r} in {text!r}") from None
+
+
+def _params(pairs) -> dict:
+    out: dict = {}
+    for name, value in pairs or ():
+        if name in out:
+            raise TPError(f"--param {name} is given twice")
+        out[name] = value
+    return out
 
 
 def _tol(text: str) -> float:
@@ -239,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("kernel-program", help="print the kernel program (scalar recursion)")
     s.add_argument("file")
+    s.add_argument("--grad", action="store_true",
+                   help="the recursion with the derivatives in the params (d<m>_nngp, ...)")
     s.add_argument("--accuracy", action="store_true",
                    help="also list every integral: dimension, method, estimated error (on "
                         "--data, default 8 standard-normal points of dimension 8)")
@@ -261,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerance relative to the kernel's scale (default 1e-10): a kernel "
                         "whose estimated error exceeds it comes with a warning")
     s.add_argument("--out", required=True, help="output .npy (.npz for --kind both)")
+    s.add_argument("--param", type=_param_arg, action="append", metavar="NAME=VALUE",
+                   help="the value of a `param` of the program (repeat for several; the "
+                        "others keep their defaults); no recompilation")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     s.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
@@ -290,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tol", type=_tol, default=1e-10,
                    help="tolerance relative to the kernel's scale (default 1e-10)")
     s.add_argument("--out", required=True, help="output .npz: 'mean' (and 'variance')")
+    s.add_argument("--param", type=_param_arg, action="append", metavar="NAME=VALUE",
+                   help="the value of a `param` of the program (repeat for several)")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--quiet", action="store_true", help="no summary line")
     s.set_defaults(fn=cmd_predict)

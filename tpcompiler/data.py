@@ -42,7 +42,7 @@ class DataSpec:
 
     @staticmethod
     def of(prog: ir.Program) -> DataSpec:
-        v = input_variances(prog)
+        v = input_variances(prog.bind())  # the data's size bound at the params' defaults
         return DataSpec(tuple((i.name, i.shape) for i in prog.inputs),
                         tuple((i.name, v[i.name]) for i in prog.inputs),
                         tuple(input_dims_tied(prog)))

@@ -206,6 +206,52 @@ def step_step_q(q1: float, q2: float, t: float) -> float:
     return 0.0 if (q1 <= 0.0) | (q2 <= 0.0) else 0.5 * ((math.pi - t) * 0.3183098861837907)
 
 
+# Derivatives (passes/tangent.py): the directional derivative of a helper along (dq1, dq2, dk),
+# at a zero variance 0 (a zero variance comes from a zero input without bias, and stays 0
+# whatever the params), the weak derivative at kinks as in the NTK.
+def relu_relu_dq(q1: float, q2: float, r: float, dq1: float, dq2: float) -> float:
+    """The variance part of d relu_relu, r (dq1 / q1 + dq2 / q2) / (4 pi); its k part: step_step."""
+    # homogeneity: relu_relu(s^2 q1, q2, s k) = s relu_relu, so 2 q1 d/dq1 = f - k d/dk = r / (2 pi)
+    if (q1 <= 0.0) | (q2 <= 0.0):
+        return 0.0
+    return r * (dq1 / q1 + dq2 / q2) * 0.07957747154594767
+
+
+def step_step_d(q1: float, q2: float, r: float, k: float, dq1: float, dq2: float,
+                dk: float) -> float:
+    """d step_step = (2 q1 q2 dk - k (q2 dq1 + q1 dq2)) / (4 pi q1 q2 r), inf if it is infinite."""
+    if (q1 <= 0.0) | (q2 <= 0.0):
+        return 0.0
+    a = 2.0 * q1 * q2 * dk
+    b = k * (q2 * dq1 + q1 * dq2)
+    n = a - b
+    if r <= 0.0:
+        # (anti)parallel pre-activations: the angle moves only if the direction separates them
+        # (n != 0, then like sqrt: an infinite derivative); identical inputs stay identical
+        return 0.0 if abs(n) <= 1e-6 * (abs(a) + abs(b)) else math.inf
+    return n / (12.566370614359172 * q1 * q2 * r)
+
+
+def relu_mean_d(q: float, dq: float) -> float:
+    """d relu_mean = dq / (2 sqrt(2 pi q)); 0 at q = 0."""
+    return dq * 0.19947114020071635 / math.sqrt(q) if q > 0.0 else 0.0
+
+
+def relu_step_d(q1: float, q2: float, k: float, dq1: float, dq2: float, dk: float) -> float:
+    """d relu_step, relu_step = (sqrt(q1) + k / sqrt(q2)) / (2 sqrt(2 pi)); 0 at zero variance."""
+    if (q1 <= 0.0) | (q2 <= 0.0):
+        return 0.0
+    s2 = math.sqrt(q2)
+    return (0.5 * dq1 / math.sqrt(q1) + dk / s2 - 0.5 * k * dq2 / (q2 * s2)) * 0.19947114020071635
+
+
+def lin_step_d(q2: float, k: float, dq2: float, dk: float) -> float:
+    """d lin_step = (dk - k dq2 / (2 q2)) / sqrt(2 pi q2); 0 at q2 = 0."""
+    if q2 <= 0.0:
+        return 0.0
+    return (dk - 0.5 * k * dq2 / q2) / math.sqrt(2.0 * math.pi * q2)
+
+
 HELPER_SOURCE_ORDER: tuple[str, ...] = (
     "atan_unit",
     "atan2_pos",
@@ -230,6 +276,11 @@ HELPER_SOURCE_ORDER: tuple[str, ...] = (
     "expm1h",
     "step_mean",
     "step_step_q",
+    "relu_relu_dq",
+    "step_step_d",
+    "relu_mean_d",
+    "relu_step_d",
+    "lin_step_d",
 )
 
 HELPERS: dict[str, Callable[..., float]] = {
@@ -256,4 +307,9 @@ HELPERS: dict[str, Callable[..., float]] = {
     "expm1h": expm1h,
     "step_mean": step_mean,
     "step_step_q": step_step_q,
+    "relu_relu_dq": relu_relu_dq,
+    "step_step_d": step_step_d,
+    "relu_mean_d": relu_mean_d,
+    "relu_step_d": relu_step_d,
+    "lin_step_d": lin_step_d,
 }

@@ -10,6 +10,7 @@ expressions, so h = relu(g0 + g1) * sigmoid(g2) is one (multivariate) Nonlin.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import math
@@ -204,6 +205,37 @@ class LoopRecord:
 
 
 @dataclass(frozen=True)
+class Param:
+    """A hyperparameter (`param sw = 2.0`): a variance whose value comes at call time. The IR
+    and generated code know it as `symbol` (theta0, theta1, ...: never the user's name), the
+    compiled kernels read its value from an array in the order of Program.params."""
+
+    name: str  # what the user wrote, for messages and net.params
+    symbol: sp.Symbol
+    default: float
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+class ParamSymbol(sp.Symbol):
+    """The symbol of the program's param number `index` (theta<index>): generated code reads
+    its value as THETA[index]."""
+
+    __slots__ = ("index",)
+
+    def __new__(cls, index: int):
+        obj = sp.Symbol.__xnew__(cls, f"theta{index}", real=True)
+        obj.index = index
+        return obj
+
+    def __getnewargs_ex__(self):
+        return (self.index,), {}
+
+
+def param_symbol(index: int) -> ParamSymbol:
+    return ParamSymbol(index)
+
+
+@dataclass(frozen=True)
 class Program:
     name: str | None
     parametrization: Parametrization
@@ -213,6 +245,55 @@ class Program:
     gvars: tuple[GVar, ...]
     readout: Readout
     loops: tuple[LoopRecord, ...] = field(default=(), compare=False, repr=False)
+    #: hyperparameters, in the order the compiled kernels read their values; their defaults
+    #: are not part of the program's meaning (one compiled module whatever the values)
+    params: tuple[Param, ...] = ()
+
+    def param_values(self, values: dict | None = None) -> dict[sp.Symbol, float]:
+        """symbol -> value of every param: `values` (user name -> number) over the defaults,
+        checked as the file's constants are (finite numbers; every variance >= 0)."""
+        from .errors import TPError, did_you_mean
+
+        values = dict(values or {})
+        names = [p.name for p in self.params]
+        for key in values:
+            if key not in names:
+                hint = did_you_mean(str(key), names) or (
+                    "this program's params: " + ", ".join(names) if names else
+                    "declare one in the .tp file: param sw = 2.0")
+                raise TPError(f"'{key}' is not a param of this program", hint=hint)
+        out = {}
+        for p in self.params:
+            v = values.get(p.name, p.default)
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                raise TPError(f"param {p.name}={v!r} is not a number", p.span) from None
+            if isinstance(v, bool) or not math.isfinite(f) or abs(f) > 1e300:
+                raise TPError(f"param {p.name}={v!r} is not a finite number", p.span)
+            out[p.symbol] = f
+        for item in (*self.matrices, *self.biases):
+            if item.var.free_symbols and float(item.var.xreplace(out)) < 0:
+                shown = ", ".join(f"{p.name}={out[p.symbol]:g}" for p in self.params
+                                  if p.symbol in item.var.free_symbols)
+                raise TPError(f"with {shown} the variance of {item.label} is "
+                              f"{float(item.var.xreplace(out)):g}; a variance must be >= 0",
+                              item.span, "variances are sigma^2: give non-negative values")
+        return out
+
+    def bind(self, values: dict | None = None) -> Program:
+        """The program with its params replaced by numbers (`values` over the defaults): what
+        the finite-width simulator, the abc tables and the data checks read."""
+        if not self.params:
+            return self
+        # the shortest decimal of each value, exactly (as a const written with it would be)
+        sub = {s: sp.Rational(Fraction(repr(v)).numerator, Fraction(repr(v)).denominator)
+               for s, v in self.param_values(values).items()}
+        return dataclasses.replace(
+            self, params=(),
+            matrices=tuple(dataclasses.replace(m, var=m.var.xreplace(sub))
+                           for m in self.matrices),
+            biases=tuple(dataclasses.replace(b, var=b.var.xreplace(sub)) for b in self.biases))
 
     @property
     def spatial(self) -> bool:
@@ -292,6 +373,8 @@ def format_program(p: Program) -> str:
     lines = [f"program {p.name or '<unnamed>'}"]
     par = p.parametrization
     lines.append(f"parametrization {par.preset}")
+    for q in p.params:
+        lines.append(f"param {q.symbol} [{q.name}]")
     for e in par.entries:
         lines.append(f"  {e.target}: a={e.a} b={e.b} c={e.c}")
     for i in p.inputs:

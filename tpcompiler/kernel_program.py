@@ -241,6 +241,24 @@ class KernelProgram:
         return dataclasses.replace(self, diag=tuple(diag), cross=tuple(cross), outputs=outputs,
                                    labels=labels, loops=())
 
+    def bind(self, values: dict) -> KernelProgram:
+        """The program with its params (ir.ParamSymbol -> number) replaced by their values:
+        what the NumPy evaluators run (they compile nothing, so a number costs nothing)."""
+        if not values:
+            return self
+        sub = {s: sp.Float(v) for s, v in values.items()}
+
+        def put(assigns):
+            return tuple((s, e.xreplace(sub)) for s, e in assigns)
+
+        return dataclasses.replace(
+            self, diag=put(self.diag), cross=put(self.cross),
+            outputs={k: (d.xreplace(sub), c.xreplace(sub)) for k, (d, c) in self.outputs.items()},
+            loops=tuple(dataclasses.replace(lp, diag=put(lp.diag), cross=put(lp.cross),
+                                            diag_state=put(lp.diag_state),
+                                            cross_state=put(lp.cross_state))
+                        for lp in self.loops))
+
     def cross_reads(self) -> set[str]:
         """Names of the symbols that the cross block and the off-diagonal outputs read."""
         names: set[str] = set()

@@ -60,6 +60,8 @@ def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
             names[twin(diag[s]).name] = _label_tex(label, "22")
         else:
             names[s] = _label_tex(label, "12")
+    for q in prog.params:  # shown as the user named them: \sigma_w^2 reads better than theta0
+        names[q.symbol.name] = rf"\mathrm{{{_tex_name(q.name)}}}"
     pr = _Printer(names)
     rows = []
     # temporaries (shared subexpressions) are inlined: the reader wants the recursion itself

@@ -76,7 +76,19 @@ class Output:
     pass
 
 
-_WHAT = {Scalar: "a constant", Vec: "a vector", InVec: "an input vector", Seq: "a sequence input",
+@dataclass(frozen=True)
+class Hyper:
+    """A value built from params (`param sw = 2.0`) and numbers: known at call time only, so
+    it may stand where a variance does (var=, bias=) and nowhere a number shapes the program."""
+
+    value: sp.Expr  # in the params' symbols
+
+
+PARAM_HINT = ("a param is a variance given at call time: use it in var= or bias= (of dense, "
+              "readout, conv or a weight); write a number here, or a const")
+
+_WHAT = {Hyper: "a param expression", Scalar: "a constant", Vec: "a vector",
+         InVec: "an input vector", Seq: "a sequence input",
          Weight: "a weight", Act: "an activation function", Output: "the readout output"}
 
 
@@ -106,6 +118,7 @@ class _Lowerer(SpatialCalls):
         self.loops: list[ir.LoopRecord] = []
         self.scales: dict = {}  # ranges.log_scale's memo: sub-expressions are shared
         self._arg_grid: tuple[int, ...] = ()  # the grid of _one_vector_arg's last vector
+        self.params: list[ir.Param] = []
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -171,6 +184,9 @@ class _Lowerer(SpatialCalls):
 
     def scalar(self, e: S.Expr, what: str = "a constant") -> sp.Expr:
         v = self.expr(e)
+        if isinstance(v, Hyper):
+            raise TPError(f"expected {what}: a param's value is known only at call time",
+                          e.span, PARAM_HINT)
         if not isinstance(v, Scalar):
             raise TPError(f"expected {what}, got {describe(v)}", e.span)
         return v.value
@@ -196,7 +212,18 @@ class _Lowerer(SpatialCalls):
         self.check_derived_use(expr, span)
         return Vec(expr, grid)
 
-    def variance(self, kw: S.Kwarg) -> sp.Expr:
+    def variance(self, kw: S.Kwarg, params: bool = True) -> sp.Expr:
+        """The value of var=, bias= (or eps=): a number >= 0, or (params=True) an expression
+        in params whose default value is >= 0 (ir.Program.param_values checks given ones)."""
+        h = self.expr(kw.value) if params else None
+        if isinstance(h, Hyper):
+            defaults = {p.symbol: sp.Float(p.default) for p in self.params}
+            at = h.value.xreplace(defaults)
+            if at.is_negative:
+                raise TPError(f"{kw.name}= is a variance and must be >= 0; with the params' "
+                              f"defaults it is {float(at):g}", kw.value.span,
+                              "variances are sigma^2; give the params non-negative defaults")
+            return h.value
         v = self.scalar(kw.value, f"a number for {kw.name}=")
         if v.is_negative:
             raise TPError(f"{kw.name}= is a variance and must be >= 0, got {show(v)}",
@@ -230,6 +257,7 @@ class _Lowerer(SpatialCalls):
             gvars=tuple(self.gvars),
             readout=self.readout,
             loops=tuple(self.loops),
+            params=tuple(self.params),
         )
 
     def _check_param_targets(self) -> None:
@@ -270,7 +298,8 @@ class _Lowerer(SpatialCalls):
     def stmt(self, s: S.Stmt, top: bool = False) -> None:
         self._tick(s.span)
         method = getattr(self, "stmt_" + type(s).__name__)
-        if not top and isinstance(s, (S.NetworkDecl, S.ParamDecl, S.ConstDecl, S.InputDecl,
+        if not top and isinstance(s, (S.NetworkDecl, S.ParamDecl, S.ConstDecl, S.HyperDecl,
+                                      S.InputDecl,
                                       S.WeightDecl, S.ActDecl)):
             raise TPError("declarations are only allowed at the top level, not inside a loop",
                           s.span, "move it before the loop")
@@ -330,6 +359,13 @@ class _Lowerer(SpatialCalls):
     def stmt_ConstDecl(self, s: S.ConstDecl) -> None:
         value = self.scalar(s.value)
         self._bind(s.name, Scalar(value), s.span, "a constant")
+
+    def stmt_HyperDecl(self, s: S.HyperDecl) -> None:
+        value = self.in_range(self.scalar(s.value, "a number for the param's default"),
+                              s.value.span, "a param")
+        sym = ir.param_symbol(len(self.params))
+        self.params.append(ir.Param(s.name, sym, float(value), s.span))
+        self._bind(s.name, Hyper(sym), s.span, "a param")
 
     def stmt_InputDecl(self, s: S.InputDecl) -> None:
         if s.width is not None:
@@ -465,6 +501,8 @@ class _Lowerer(SpatialCalls):
 
     def expr_Neg(self, e: S.Neg):
         v = self.expr(e.operand)
+        if isinstance(v, Hyper):
+            return Hyper(-v.value)
         if isinstance(v, Scalar):
             return Scalar(-v.value)
         if isinstance(v, Vec):
@@ -481,6 +519,8 @@ class _Lowerer(SpatialCalls):
 
     def expr_BinOp(self, e: S.BinOp):
         a, b = self.expr(e.left), self.expr(e.right)
+        if isinstance(a, Hyper) or isinstance(b, Hyper):
+            return self._hyper_op(e, a, b)
         for v, sub in ((a, e.left), (b, e.right)):
             if not isinstance(v, (Scalar, Vec)):
                 raise self._bad_operand(e.op, v, sub.span)
@@ -509,6 +549,26 @@ class _Lowerer(SpatialCalls):
             raise TPError(f"a vector can only be raised to an integer power 0..{MAX_POWER}, "
                           f"got {show(y)}", e.right.span, "use a non-negative integer exponent")
         return self.vec(x ** int(y), e.span, grid)
+
+    def _hyper_op(self, e: S.BinOp, a, b) -> Hyper:
+        """Arithmetic of params and numbers: + - * / by a number, integer powers (the
+        derivatives in params stay polynomial or rational, with no 0 denominator)."""
+        for v, sub in ((a, e.left), (b, e.right)):
+            if not isinstance(v, (Hyper, Scalar)):
+                raise TPError(f"'{e.op}' cannot combine a param with {describe(v)}", sub.span,
+                              PARAM_HINT)
+        if e.op == "/" and isinstance(b, Hyper):
+            raise TPError("division by a param is not supported", e.right.span,
+                          "divide by numbers only (a param may become 0 at call time)")
+        if e.op == "**" and not (isinstance(b, Scalar) and b.value.is_Integer
+                                 and 0 <= int(b.value) <= MAX_POWER):
+            raise TPError(f"a param can only be raised to an integer power 0..{MAX_POWER}",
+                          e.right.span)
+        if e.op == "/" and b.value == 0:
+            raise TPError("division by zero", e.right.span)
+        x, y = a.value, b.value
+        return Hyper({"+": x + y, "-": x - y, "*": x * y}[e.op] if e.op in "+-*" else
+                     x / y if e.op == "/" else x ** y)
 
     def _scalar_op(self, op, x, y, e) -> sp.Expr:
         if op == "/" and y == 0:

@@ -239,7 +239,7 @@ class SpatialCalls:
         v = self._spatial_arg(e, ("eps",))
         eps = sp.S.Zero
         for kw in e.kwargs:
-            eps = self.variance(kw)
+            eps = self.variance(kw, params=False)
         norm = ir.Norm(eps, self.gaussian(v.expr))
         return Vec(self._spatial_gvar(ir.Op.NORM, "", v.expr, e.span, v.grid, norm), v.grid)
 

@@ -44,7 +44,8 @@ HINT_UNCLOSED_BLOCK = "a '{' block is not closed: add '}'"
 HINTS: dict[str, list[str]] = {
     HINT_UNCLOSED_PAREN: ["h = relu(x\n", "h = dense(relu(x)\n"],
     "a statement is `name = expression`, or starts with a keyword "
-    "(network, parametrization, const, input, weight, act, repeat, for)": ["h relu(x)\n", "h\n"],
+    "(network, parametrization, const, param, input, weight, act, repeat, for)": [
+        "h relu(x)\n", "h\n"],
     "`repeat` needs a count and a block: repeat 3 { ... }": ["repeat {\n", "repeat 3\n"],
     "a `for` loop reads: for t in 1..4 { ... }": ["for t 1..4 {\n", "for t in 1 {\n", "for in\n"],
     "an expression is missing after '='": ["h =\n", "const C =\n"],
@@ -108,6 +109,10 @@ class _ToAST(Transformer):
     @v_args(meta=True)
     def const_decl(self, meta, c):
         return S.ConstDecl(str(c[0]), c[1], self._sp(meta))
+
+    @v_args(meta=True)
+    def hyper_decl(self, meta, c):
+        return S.HyperDecl(str(c[0]), c[1], self._sp(meta))
 
     @v_args(meta=True)
     def input_decl(self, meta, c):

@@ -192,7 +192,7 @@ def _one_point(e: sp.Expr, point: int) -> bool:
 
 def _untwin(e: sp.Expr) -> sp.Expr:
     """The second point's expression as the same expression of its own d* symbols."""
-    return e.xreplace({s: untwin(s) for s in e.free_symbols})
+    return e.xreplace({s: untwin(s) for s in e.free_symbols if isinstance(s, PointValue)})
 
 
 def _vectors(itg, call: sp.Expr, env: dict, factors: dict) -> SeriesCall | None:

@@ -253,6 +253,7 @@ class FiniteNetwork:
                  weights: str = "explicit"):
         if weights not in ("explicit", "implicit"):
             raise TPError(f"unknown weights mode '{weights}'", hint="use 'explicit' or 'implicit'")
+        program = program.bind()  # params at their defaults (bind(values) for others)
         if program.spatial:  # a subclass (the coordinate check's training) on a CNN
             raise TPError(f"{type(self).__name__} does not simulate spatial programs (conv, "
                           "pooling, layernorm) yet", hint="net.simulate(width) and tpc check do")

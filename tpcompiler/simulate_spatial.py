@@ -42,6 +42,7 @@ class SpatialNetwork(FiniteNetwork):
                  weights: str = "explicit"):
         if weights not in ("explicit", "implicit"):
             raise TPError(f"unknown weights mode '{weights}'", hint="use 'explicit' or 'implicit'")
+        program = program.bind()  # params at their defaults (bind(values) for others)
         # implicit sampling is the MLP's economy (same law): a spatial network samples its
         # tensors explicitly either way
         if program.parametrization.preset not in PRESETS:

@@ -96,6 +96,16 @@ class ConstDecl:
 
 
 @dataclass(frozen=True)
+class HyperDecl:
+    """`param NAME = value`: a hyperparameter, its value given at call time (the default
+    otherwise)."""
+
+    name: str
+    value: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
 class InputDecl:
     name: str
     length: Expr | None = None  # None: a vector input; otherwise a sequence of that length
@@ -141,8 +151,8 @@ class For:
     span: Span | None = _span()
 
 
-Stmt = (NetworkDecl | ParamDecl | ConstDecl | InputDecl | WeightDecl | ActDecl | Assign | Repeat
-        | For)
+Stmt = (NetworkDecl | ParamDecl | ConstDecl | HyperDecl | InputDecl | WeightDecl | ActDecl
+        | Assign | Repeat | For)
 
 
 @dataclass(frozen=True)
@@ -197,6 +207,8 @@ def print_stmt(s: Stmt, indent: str = "") -> str:
         return "\n".join(lines + [f"{indent}}}"])
     if isinstance(s, ConstDecl):
         return f"{indent}const {s.name} = {print_expr(s.value)}"
+    if isinstance(s, HyperDecl):
+        return f"{indent}param {s.name} = {print_expr(s.value)}"
     if isinstance(s, InputDecl):
         if s.length is None:
             return f"{indent}input {s.name}"

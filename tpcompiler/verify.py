@@ -5,7 +5,12 @@ is a compiler bug, reported as an AssertionError naming the rule, never a user's
 
 from __future__ import annotations
 
+import re
+
+import sympy as sp
+
 from . import ir
+from .ir import ParamSymbol
 from .kernel_program import KernelProgram, QuadCall, is_first_point, twin
 
 
@@ -70,6 +75,11 @@ def verify_program(p: ir.Program) -> ir.Program:
     return p
 
 
+def _reads(e: sp.Expr) -> set:
+    """The symbols an expression reads from the program (params come from the caller)."""
+    return {s for s in e.free_symbols if not isinstance(s, ParamSymbol)}
+
+
 def _walk(kp: KernelProgram, block: str, known: set, body_known: set = frozenset()) -> set:
     """Check one block in order, each loop in its place: a symbol is assigned once and read
     after its assignment; a loop's body reads what is known before it (and body_known), its
@@ -81,7 +91,7 @@ def _walk(kp: KernelProgram, block: str, known: set, body_known: set = frozenset
     def run(assigns, scope):
         for s, e in assigns:
             _check(s not in assigned and s not in scope, f"{s} is assigned twice ({block})")
-            _check(e.free_symbols <= scope, f"{s} reads {sorted(map(str, e.free_symbols - scope))}"
+            _check(_reads(e) <= scope, f"{s} reads {sorted(map(str, _reads(e) - scope))}"
                                             f" before their assignment ({block})")
             scope.add(s)
             assigned.add(s)
@@ -94,7 +104,7 @@ def _walk(kp: KernelProgram, block: str, known: set, body_known: set = frozenset
         run(assigns, inner)
         for s, v in getattr(lp, block + "_state"):
             _check(s in known, f"the loop state {s} is not assigned before the loop ({block})")
-            _check(v.free_symbols <= inner, f"the next value of {s} reads undefined symbols")
+            _check(_reads(v) <= inner, f"the next value of {s} reads undefined symbols")
     return known
 
 
@@ -116,9 +126,11 @@ def verify_kernel_program(kp: KernelProgram) -> KernelProgram:
     body_values = set().union(*(_point_values(lp.diag) for lp in kp.loops))
     cross = _walk(kp, "cross", {g.symbol for g in kp.cross_gram} | values, body_values)
     for kind, (d, c) in kp.outputs.items():
-        _check(d.free_symbols <= diag, f"the {kind} diagonal reads undefined symbols")
-        _check(c.free_symbols <= cross, f"the {kind} kernel reads undefined symbols")
-        _check(kind in ("nngp", "ntk"), f"an output of unknown kind {kind}")
+        _check(_reads(d) <= diag, f"the {kind} diagonal reads undefined symbols")
+        _check(_reads(c) <= cross, f"the {kind} kernel reads undefined symbols")
+        # a kind, or the derivative of one in a param (passes/tangent.py: d<m>_<kind>)
+        _check(re.fullmatch(r"(d\d+_)?(nngp|ntk)", kind) is not None,
+               f"an output of unknown kind {kind}")
     for _, e in kp.assignments():
         for f in e.atoms(QuadCall):
             _check(f.integrand in integrands, f"{type(f).__name__} has no integrand")

@@ -7,8 +7,9 @@ module-level arrays, which numba.cuda turns into constant arrays; so both backen
 with the same rules, quadrature.plan's kink-aware choice included) and the kernel program's
 straight-line code.
 Two kernels:
-  `diag_k(G.., D, OUT, n)`: one thread per point (from precomputed self-Gram entries);
-  `rows_k(C.., D1, D2T, K.., lo, col0, sym)`: one thread per output entry (i, j) of a row tile,
+  `diag_k(G.., THETA, D, OUT, n)`: one thread per point (from precomputed self-Gram entries);
+  `rows_k(C.., D1, D2T, K.., THETA, lo, col0, sym)`: one thread per output entry (i, j) of a
+  row tile,
   the whole depth in registers; only j > i when sym (the host mirrors the tile on write).
 The Gram entries are computed on the host exactly as the CPU backend does (BLAS per row tile,
 the same exact fix-up for identical and antipodal points: backends/coincident.py,
@@ -56,7 +57,7 @@ def render(kp: KernelProgram) -> str:
 
     outs = [sp.Symbol(f"out_{k}") for k in kinds]
     gd = [f"G{n}" for n in range(len(kp.diag_gram))]
-    lines += [KERNEL, f"def diag_k({', '.join(gd + ['D', 'OUT', 'n'])}):",
+    lines += [KERNEL, f"def diag_k({', '.join(gd + ['THETA', 'D', 'OUT', 'n'])}):",
               "    i = cuda.grid(1)",
               "    if i >= n:",
               "        return"]
@@ -67,7 +68,8 @@ def render(kp: KernelProgram) -> str:
 
     gc = [f"C{n}" for n in range(len(kp.cross_gram))]
     ks = [f"K{n}" for n in range(len(kinds))]
-    lines += [KERNEL, f"def rows_k({', '.join(gc + ['D1', 'D2T'] + ks)}, lo, col0, sym):",
+    args = gc + ["D1", "D2T"] + ks + ["THETA", "lo", "col0", "sym"]
+    lines += [KERNEL, f"def rows_k({', '.join(args)}):",
               "    ti, tj = cuda.grid(2)",
               f"    if ti >= {ks[0]}.shape[0] or tj >= {ks[0]}.shape[1]:",
               "        return",
@@ -176,16 +178,22 @@ def tile_rows(n1: int, n2: int, n_gram: int, n_kinds: int, budget: int) -> int:
 
 
 def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
-        max_gpu_bytes: int | None = None, out: dict | None = None, get=None) -> dict:
+        max_gpu_bytes: int | None = None, out: dict | None = None, get=None,
+        params=None) -> dict:
     """Evaluate every kind the module computes on the GPU: kind -> (N1, N2) float64 array.
 
     meta: the KernelProgram or its GramLayout. max_gpu_bytes: device-memory budget for one tile
     (default: half the free memory); a small value forces row tiles. out: kind -> preallocated
     (N1, N2) float64 arrays to write into (e.g. np.lib.format.open_memmap), else new arrays.
-    get: the kinds to copy back (default: all the module computes).
+    get: the kinds to copy back (default: all the module computes). params: the values of
+    the program's params, in order.
     """
     from numba import cuda
 
+    from .runner import param_array
+
+    p = cuda.to_device(param_array(params) if params is not None and len(params) else
+                       np.zeros(1))  # a device array of length 0 is refused by some drivers
     inputs, dgram, cgram = meta.inputs, meta.diag_gram, meta.cross_gram
     kinds = module.KINDS
     sym, a2, n1, n2 = call_shape(arrays1, arrays2)
@@ -195,7 +203,7 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
         d = cuda.device_array((n, module.N_DIAG), dtype=np.float64)
         o = cuda.device_array((n, len(kinds)), dtype=np.float64)
         if n > 0:
-            module.diag_k[(n + BLOCK_1D - 1) // BLOCK_1D, min(BLOCK_1D, n)](*gd, d, o, n)
+            module.diag_k[(n + BLOCK_1D - 1) // BLOCK_1D, min(BLOCK_1D, n)](*gd, p, d, o, n)
         return d, o
 
     d1, o1 = per_point(arrays1, n1)
@@ -226,7 +234,7 @@ def run(module, meta, arrays1: dict, arrays2: dict | None, progress=None, *,
         if shape[1] > 0:
             bx, by = min(BLOCK, shape[0]), min(BLOCK, shape[1])
             grid = ((shape[0] + bx - 1) // bx, (shape[1] + by - 1) // by)
-            module.rows_k[grid, (bx, by)](*grams, d1, d2t, *dk, lo, col0, sym)
+            module.rows_k[grid, (bx, by)](*grams, d1, d2t, *dk, p, lo, col0, sym)
         for n, k in ks:
             tile = dk[n].copy_to_host()
             if sym:

@@ -2,10 +2,11 @@
 
 Layout of the generated module: runtime functions and helpers, quadrature integrands and rules
 (nodes inlined), and two drivers whose bodies are the kernel program's straight-line code:
-`diag(G.., D, OUT, lo, hi)` (per point, from precomputed self-Gram entries) and
-`rows(G.., D1, D2T, K.., lo, hi, col0, sym)` (per pair, over rows lo..hi and all columns, or the
-columns right of the diagonal when sym). The Gram entries come from BLAS outside (row blocks), the
-second point's per-point values are stored transposed and every kernel kind has its own 2-D
+`diag(G.., THETA, D, OUT, lo, hi)` (per point, from precomputed self-Gram entries) and
+`rows(G.., D1, D2T, K.., THETA, lo, hi, col0, sym)` (per pair, over rows lo..hi and all columns,
+or the columns right of the diagonal when sym); THETA holds the values of the program's params.
+The Gram entries come from BLAS outside (row blocks), the second point's per-point values are
+stored transposed and every kernel kind has its own 2-D
 output: with contiguous loads and stores and no calls left after LLVM inlines the helpers, the
 column loop vectorises (measured 7x on a depth-10 relu MLP: 66 against 470 ns a pair).
 """
@@ -233,7 +234,7 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
 
     outs = [sp.Symbol(f"out_{k}") for k in kinds]
     gd = [f"G{n}" for n in range(len(kp.diag_gram))]
-    lines += [PJIT, f"def diag({', '.join(gd + ['D', 'OUT', 'lo', 'hi'])}):",
+    lines += [PJIT, f"def diag({', '.join(gd + ['THETA', 'D', 'OUT', 'lo', 'hi'])}):",
               "    for i in range(lo, hi):"]
     lines += per_point_body(kp, kinds, needed, outs, pr, "        ")
     for n, f in enumerate(plan.factors):
@@ -246,7 +247,8 @@ def render(kp: KernelProgram, use_series: bool = True) -> str:
 
     gc = [f"C{n}" for n in range(len(kp.cross_gram))]
     ks = [f"K{n}" for n in range(len(kinds))]
-    lines += [PJIT, f"def rows({', '.join(gc + ['D1', 'D2T', 'D2'] + ks)}, lo, hi, col0, sym):",
+    args = gc + ["D1", "D2T", "D2"] + ks + ["THETA", "lo", "hi", "col0", "sym"]
+    lines += [PJIT, f"def rows({', '.join(args)}):",
               f"    n2 = {ks[0]}.shape[1]",
               "    off = 0  # the series' columns are where the plan put them",
               "    for i in range(lo, hi):"]
@@ -378,7 +380,7 @@ def _render_rolled(kp: KernelProgram, pr: KernelPrinter, use_series: bool) -> li
 
     # --- per point
     gd = [f"G{n}" for n in range(len(kp.diag_gram))]
-    lines += [PJIT, f"def diag({', '.join(gd + ['D', 'OUT', 'lo', 'hi'])}):",
+    lines += [PJIT, f"def diag({', '.join(gd + ['THETA', 'D', 'OUT', 'lo', 'hi'])}):",
               "    for i in range(lo, hi):"]
     lines += [f"        {g.symbol} = G{n}[i]" for n, g in enumerate(kp.diag_gram)]
     n = 0
@@ -422,7 +424,8 @@ def _render_rolled(kp: KernelProgram, pr: KernelPrinter, use_series: bool) -> li
     slot = {s: n for n, s in enumerate(spilled)}
     gc = [f"C{n}" for n in range(len(kp.cross_gram))]
     ks = [f"K{n}" for n in range(len(kinds))]
-    lines += [PJIT, f"def rows({', '.join(gc + ['D1', 'D2T', 'D2'] + ks)}, lo, hi, col0, sym):",
+    args = gc + ["D1", "D2T", "D2"] + ks + ["THETA", "lo", "hi", "col0", "sym"]
+    lines += [PJIT, f"def rows({', '.join(args)}):",
               f"    n2 = {ks[0]}.shape[1]",
               f"    P = np.empty(({max(1, len(spilled))}, {BLOCK}))",
               "    off = 0  # the straight code's series columns are where the plan put them",

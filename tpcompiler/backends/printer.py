@@ -40,6 +40,9 @@ class KernelPrinter(PythonCodePrinter):
                 return super()._print_Function(expr)
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 
+    def _print_ParamSymbol(self, expr):
+        return f"THETA[{expr.index}]"  # the caller's values of the program's params
+
     def _print_Rational(self, expr):
         return f"{float(expr)!r}"
 

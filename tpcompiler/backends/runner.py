@@ -61,19 +61,28 @@ def _row_blocks(n1: int, n2: int, sym: bool, n_gram: int, progress) -> list[tupl
     return blocks
 
 
-def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) -> dict:
+def param_array(values) -> np.ndarray:
+    """The values of the program's params in the order generated code reads them (THETA[i])."""
+    return np.ascontiguousarray(np.asarray(values if values is not None else (),
+                                           dtype=np.float64).reshape(-1))
+
+
+def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None,
+        params=None) -> dict:
     """Evaluate every kind the module computes: kind -> (N1, N2) float64 array.
 
     kp_or_meta: the KernelProgram, or the cached metadata (inputs, diag_gram, cross_gram).
     progress: callable(done, total) as row blocks finish (for a progress bar).
+    params: the values of the program's params, in order (none: a program without params).
     """
+    p = param_array(params)
     meta = kp_or_meta
     inputs, dgram, cgram = meta.inputs, meta.diag_gram, meta.cross_gram
     kinds = module.KINDS
     sym, a2, n1, n2 = call_shape(arrays1, arrays2)
 
-    d1, o1 = _per_point(module, dgram, arrays1)
-    d2, o2 = (d1, o1) if sym else _per_point(module, dgram, a2)
+    d1, o1 = _per_point(module, dgram, arrays1, p)
+    d2, o2 = (d1, o1) if sym else _per_point(module, dgram, a2, p)
     d2t = np.ascontiguousarray(d2[:, :module.N_SCALARS].T)
     ks = [np.empty((n1, n2)) for _ in kinds]
     same, anti = _coincident(arrays1, a2, inputs)
@@ -83,7 +92,7 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
         col0 = lo if sym else 0
         grams = [np.ascontiguousarray(cross_block(arrays1, a2, g, lo, hi, col0, ex, same, anti))
                  for g, ex in zip(cgram, exact)]
-        module.rows(*grams, d1, d2t, d2, *ks, lo, hi, col0, sym)
+        module.rows(*grams, d1, d2t, d2, *ks, p, lo, hi, col0, sym)
 
     # each block's Gram entries on its own thread, BLAS single-threaded: BLAS threads that
     # spin-wait after a call take the cores from the other blocks' drivers (measured with
@@ -101,20 +110,20 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None) 
     return dict(zip(kinds, ks))
 
 
-def diagonal(module, kp_or_meta, arrays: dict) -> dict:
+def diagonal(module, kp_or_meta, arrays: dict, params=None) -> dict:
     """K(x, x) for every point of `arrays` and every kind the module computes: kind -> (N,),
     from the per-point stage alone (no pair is computed)."""
-    _, out = _per_point(module, kp_or_meta.diag_gram, arrays)
+    _, out = _per_point(module, kp_or_meta.diag_gram, arrays, param_array(params))
     return {kind: out[:, i].copy() for i, kind in enumerate(module.KINDS)}
 
 
-def _per_point(module, dgram, arrays: dict):
+def _per_point(module, dgram, arrays: dict, p: np.ndarray):
     """The per-point stage: (values (N, N_DIAG), kernels at (x, x) (N, kinds))."""
     n = len(next(iter(arrays.values())))
     gd = [np.ascontiguousarray(self_gram(arrays, g.a, g.b)) for g in dgram]
     d = np.empty((n, module.N_DIAG))
     out = np.empty((n, len(module.KINDS)))
-    pool_map(lambda lo, hi: module.diag(*gd, d, out, lo, hi),
+    pool_map(lambda lo, hi: module.diag(*gd, p, d, out, lo, hi),
               [(0, n)] if n < 32 else _row_blocks(n, 1, False, 1, None), None, n)
     return d, out
 

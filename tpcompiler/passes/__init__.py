@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import ir, syntax
+from ..errors import TPError
 from ..kernel_program import KernelProgram, cse_block
 from ..lowering import lower
 from ..parse import parse_source
@@ -19,6 +20,7 @@ from .kernels import build_kernel_program
 from .loops import build_rolled
 from .spatial import SpatialProgram
 from .spatial import derive as derive_spatial
+from .tangent import tangent
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,19 @@ def run(value, start: str = "parse", stop: str = "cse"):
         if p.verify is not None:
             p.verify(value)
     return value
+
+
+def tangent_program(program: ir.Program) -> KernelProgram:
+    """IR -> KernelProgram that also computes dK/dtheta_m of each kind (outputs
+    grad_kind(kind, m)) for the program's params theta_m (passes/tangent.py, on the recursion
+    before CSE; then CSE as usual). Straight-line code."""
+    if program.gridded:
+        raise TPError("derivatives in the params are not available for programs with "
+                      "positions (conv, pooling) yet", hint="the MLP, RNN and residual "
+                      "programs (layernorm included) have them")
+    kt = tangent(run(program, start="recursions", stop="recursions"), len(program.params))
+    verify_kernel_program(kt)
+    return verify_kernel_program(_cse(kt))
 
 
 def kernel_program(program: ir.Program) -> KernelProgram:

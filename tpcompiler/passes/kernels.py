@@ -150,7 +150,9 @@ class Builder:
         (na, sa), (nb, sb) = unsided(a), unsided(b)
         if sa == sb:
             v = self.cov_diag(na, nb)
-            return v.xreplace({s: twin(s) for s in v.free_symbols}) if sa == 2 else v
+            if sa != 2:
+                return v
+            return v.xreplace({s: twin(s) for s in v.free_symbols if is_first_point(s)})
         return self.cov_cross(na, nb) if sa == 1 else self.cov_cross(nb, na)
 
     def _order(self, a: str, b: str) -> tuple[str, str]:
