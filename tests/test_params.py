@@ -245,6 +245,50 @@ def test_derivatives_numba_equal_numpy_and_diagonal(mlp):
     assert np.allclose(cross["ntk_grad"], full["ntk_grad"][:2], rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("act", ["relu", "erf"])
+def test_derivatives_against_autodiff_of_neural_tangents(act):
+    """JAX's forward-mode derivative of neural-tangents' kernel_fn in (W_std^2, b_std^2, the
+    readout's W_std^2): its closed forms, differentiated by JAX, not by our rules. Both are
+    float64 evaluations of the same formulas: 1e-13 of the scale (measured 4e-16)."""
+    ntr = pytest.importorskip("nt_reference")
+    if not ntr.available():
+        pytest.skip("neural-tangents not usable")
+    jax, jnp, stax = ntr._nt()
+    jax.config.update("jax_enable_x64", True)
+    src = f"""
+param sw = 1.7
+param sb = 0.3
+param so = 0.8
+input x
+h = dense(x, var=sw, bias=sb)
+h = dense({act}(h), var=sw, bias=sb)
+y = readout({act}(h), var=so)
+"""
+    x = np.random.default_rng(3).standard_normal((6, 5))
+    x[4] = x[1]  # identical points: the diagonal's derivative off the diagonal too
+    ours = tpc.compile_source(src).kernels(x, grad=True)
+    layer = {"relu": stax.Relu, "erf": stax.Erf}[act]
+
+    def kernel(theta, kind):
+        sw, sb, so = theta
+        _, _, fn = stax.serial(stax.Dense(1, W_std=jnp.sqrt(sw), b_std=jnp.sqrt(sb)), layer(),
+                               stax.Dense(1, W_std=jnp.sqrt(sw), b_std=jnp.sqrt(sb)), layer(),
+                               stax.Dense(1, W_std=jnp.sqrt(so), b_std=0.0))
+        return fn(x, None, kind)
+
+    theta = jnp.array([1.7, 0.3, 0.8])
+    for kind in ("nngp", "ntk"):
+        want = np.array(jax.jacfwd(lambda t, kind=kind: kernel(t, kind))(theta))
+        got = ours[kind + "_grad"]
+        # the identical pair (1, 4): K(x1, x4) = K(x1, x1) at every theta, so its derivative
+        # is the diagonal's (neural-tangents' arccos has an infinite derivative at cos = 1:
+        # JAX gives no number there for relu)
+        assert np.array_equal(got[1, 4], got[1, 1]) and np.array_equal(got[4, 1], got[1, 1])
+        want[[1, 4], [4, 1]] = want[1, 1]
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err <= 1e-13, (kind, err)
+
+
 def _complex_kernels(kp, x: np.ndarray, theta: dict) -> dict:
     """The straight-line kernel program evaluated pair by pair on complex params (the
     NumPy evaluator's arithmetic; every value of a polynomial recursion is a polynomial)."""
@@ -352,6 +396,8 @@ def test_sklearn_hyperparameters_are_the_params(mlp):
     assert fixed(x, eval_gradient=True)[1].shape == (5, 5, 1)
     with pytest.raises(tpc.TPError, match="not params"):
         TPKernel(mlp, fixed=("sq",))(x)
+    with pytest.raises(tpc.TPError, match="not params"):
+        TPKernel(mlp, sq=1.0)
 
 
 def test_gp_learns_the_variances_by_marginal_likelihood(mlp):

@@ -210,6 +210,9 @@ class CompiledNetwork:
         if grad:
             if x2 is not None and diagonal:
                 raise TPError("diagonal=True computes K(x, x) for the points of x1: pass no x2")
+            if device not in ("cpu", "auto") or out is not None:
+                raise TPError("grad=True computes on the CPU into new arrays",
+                              hint="leave device= and out= at their defaults")
             return self._with_grad(x1, x2, get, backend, _out_dtype(dtype), values, diagonal,
                                    progress)
         if diagonal:
@@ -260,24 +263,34 @@ class CompiledNetwork:
                     res[kind] = out[kind]
         return {kind: res[kind].astype(out_dtype, copy=False) for kind in get}
 
-    @functools.cached_property
+    @property
     def tangent_program(self) -> KernelProgram:
         """The recursion with the derivatives of every kind in each param (passes/tangent.py):
         what kernels(..., grad=True) evaluates."""
+        return self._tangent(KINDS)
+
+    def _tangent(self, kinds) -> KernelProgram:
+        """The tangent program of these kinds only (the others' statements left out)."""
         if not self.ir.params:
             raise TPError("this program has no params: there is nothing to differentiate",
                           hint="declare one, `param sw = 2.0`, and use it: dense(h, var=sw)")
-        return passes.tangent_program(self.ir)
+        key = tuple(k for k in KINDS if k in kinds)
+        made = self.__dict__.setdefault("_tangents", {})
+        if key not in made:
+            made[key] = passes.tangent_program(self.ir, key)
+        return made[key]
 
-    @functools.cached_property
-    def _tangent_module(self):
-        return cache.load_module(numba_backend.render(self.tangent_program))
+    def _tangent_module(self, kp: KernelProgram):
+        made = self.__dict__.setdefault("_tangent_modules", {})
+        if kp.kinds not in made:
+            made[kp.kinds] = cache.load_module(numba_backend.render(kp))
+        return made[kp.kinds]
 
     def _with_grad(self, x1, x2, get, backend: str, out_dtype, values: dict, diagonal: bool,
                    progress) -> dict[str, np.ndarray]:
         if backend not in ("numba", "numpy"):
             raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
-        kp = self.tangent_program
+        kp = self._tangent(get)
         warm.check_kinds(get, kp.kinds, kp.refused)
         kinds = list(get) + [grad_kind(k, m) for k in get
                              for m in range(len(self.ir.params))]
@@ -292,9 +305,10 @@ class CompiledNetwork:
                 res = (numpy_backend.diagonal(bound, a, kinds) if diagonal else
                        numpy_backend.evaluate(bound, a, b, kinds))
             elif diagonal:
-                res = runner.diagonal(self._tangent_module, kp, a, self._param_array(values))
+                res = runner.diagonal(self._tangent_module(kp), kp, a,
+                                      self._param_array(values))
             else:
-                res = runner.run(self._tangent_module, kp, a, b, progress=progress,
+                res = runner.run(self._tangent_module(kp), kp, a, b, progress=progress,
                                  params=self._param_array(values))
         warm.check_finite(res, get)
         for kind in kinds[len(get):]:

@@ -556,7 +556,9 @@ class _Lowerer(SpatialCalls):
         for v, sub in ((a, e.left), (b, e.right)):
             if not isinstance(v, (Hyper, Scalar)):
                 raise TPError(f"'{e.op}' cannot combine a param with {describe(v)}", sub.span,
-                              PARAM_HINT)
+                              "a param is a variance: a coefficient of a layer goes into its "
+                              "variance, a * dense(h, var=v) = dense(h, var=a ** 2 * v)"
+                              if isinstance(v, Vec) else PARAM_HINT)
         if e.op == "/" and isinstance(b, Hyper):
             raise TPError("division by a param is not supported", e.right.span,
                           "divide by numbers only (a param may become 0 at call time)")

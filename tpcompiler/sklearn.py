@@ -66,6 +66,10 @@ class TPKernel(Kernel):
         self.kind = kind
         self.param_bounds = param_bounds
         self.fixed = fixed
+        unknown = sorted(set(values) - set(self._names()))
+        if unknown:
+            raise TPError(f"{', '.join(unknown)}: not params of this program",
+                          hint="its params: " + (", ".join(self._names()) or "none"))
         for name, value in values.items():
             setattr(self, name, value)
 

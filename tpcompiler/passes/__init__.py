@@ -106,15 +106,16 @@ def run(value, start: str = "parse", stop: str = "cse"):
     return value
 
 
-def tangent_program(program: ir.Program) -> KernelProgram:
-    """IR -> KernelProgram that also computes dK/dtheta_m of each kind (outputs
-    grad_kind(kind, m)) for the program's params theta_m (passes/tangent.py, on the recursion
-    before CSE; then CSE as usual). Straight-line code."""
+def tangent_program(program: ir.Program, kinds=None) -> KernelProgram:
+    """IR -> KernelProgram that also computes dK/dtheta_m of each kind (of `kinds`, default
+    all; outputs grad_kind(kind, m)) for the program's params theta_m (passes/tangent.py, on
+    the recursion before CSE; then CSE as usual). Straight-line code."""
     if program.gridded:
         raise TPError("derivatives in the params are not available for programs with "
                       "positions (conv, pooling) yet", hint="the MLP, RNN and residual "
                       "programs (layernorm included) have them")
-    kt = tangent(run(program, start="recursions", stop="recursions"), len(program.params))
+    kt = tangent(run(program, start="recursions", stop="recursions"), len(program.params),
+                 kinds)
     verify_kernel_program(kt)
     return verify_kernel_program(_cse(kt))
 

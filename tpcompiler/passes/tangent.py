@@ -281,11 +281,39 @@ REFUSED = ("gelu_gelu", "dgelu_dgelu", "rootdet", "angle", "atan_unit", "atan2_p
            "snapped_det")
 
 
-def tangent(kp: KernelProgram, n: int) -> KernelProgram:
+def _live(kp: KernelProgram) -> KernelProgram:
+    """kp without the assignments no output reads (directly or through others): the kinds not
+    asked for and their derivatives."""
+    need = set()
+    for d, c in kp.outputs.values():
+        need |= d.free_symbols | c.free_symbols
+
+    def keep(assigns):
+        out = []
+        for s, e in reversed(assigns):
+            if s in need:
+                out.append((s, e))
+                need.update(e.free_symbols)
+        return tuple(reversed(out))
+
+    cross = keep(kp.cross)
+    need |= {untwin(s) for s in need if isinstance(s, PointValue)}  # e_i read by a pair: d_i
+    diag = keep(kp.diag)
+    used = {type(f).integrand for _, e in diag + cross for f in e.atoms(QuadCall)}
+    used |= {type(f).integrand for d, c in kp.outputs.values() for f in (d + c).atoms(QuadCall)}
+    return dataclasses.replace(kp, diag=diag, cross=cross,
+                               integrands=tuple(q for q in kp.integrands if q.name in used))
+
+
+def tangent(kp: KernelProgram, n: int, kinds=None) -> KernelProgram:
     """kp (straight-line, before CSE) with the outputs grad_kind(kind, m) = dK/dtheta_m of
-    each kind, m < n. TPError when a derivative has no rule (see the module docstring)."""
+    each kind (of `kinds`, default all), m < n; only what those outputs need is kept. TPError
+    when a derivative has no rule (see the module docstring)."""
     if kp.loops:
         kp = kp.unrolled()
+    if kinds is not None:
+        kp = _live(dataclasses.replace(kp, outputs={k: v for k, v in kp.outputs.items()
+                                                    if k in kinds}))
     T = _Tangent(kp, n)
     try:
         diag = T.block(kp.diag, "dt")
@@ -301,5 +329,5 @@ def tangent(kp: KernelProgram, n: int) -> KernelProgram:
                            "Gaussian, sums and products, and integrals of smooth functions; "
                            "`tpc kernel-program` shows what this program computes") from None
     made = tuple(q for q in T.new.values() if q is not None)
-    return dataclasses.replace(kp, diag=diag, cross=cross, outputs=outputs,
-                               integrands=kp.integrands + made)
+    return _live(dataclasses.replace(kp, diag=diag, cross=cross, outputs=outputs,
+                                     integrands=kp.integrands + made))
