@@ -207,7 +207,9 @@ def write(path: Path, results: list, load: tuple) -> None:
              f"scikit-learn {sklearn.__version__}. `python benchmarks/realdata.py`: 4-fold "
              "cross-validation (stratified for classes), features standardised per training "
              "fold, hyperparameters chosen on the training folds only (3-fold inner CV or the "
-             "marginal likelihood; the script's docstring). Network: examples/relu_mlp.tp. "
+             "marginal likelihood; the script's docstring). Network: examples/relu_mlp.tp (the "
+             "learned-variances row: examples/relu_params.tp, the same network with its bias "
+             "and readout variances learned, sw fixed). "
              "Accuracy (R^2 for diabetes), mean +- std over the folds; total seconds over the "
              "4 folds (the kernel time split between the NNGP and NTK rows).", "",
              "| method | " + " | ".join(f"{r['set']} (N={r['n']}, d={r['d']})"
