@@ -31,11 +31,12 @@ STAGES = (
      "backends.cuda", "backends.runner", "backends.stencil", "backends.spatial", "latex"),
     # what runs the backends: the probe and the finite-width simulator; what reads kernels:
     # the predictions
-    ("accuracy", "psd", "simulate", "simulate_spatial", "warm", "predict"),
+    ("accuracy", "psd", "simulate", "simulate_spatial", "warm", "predict", "diagnose"),
     # the API that wires the stages together
     ("api",),
     # users of the API: commands and test helpers
-    ("coordcheck", "check_cli", "abc_report", "abc_cli", "cli", "testing", "sklearn",
+    ("coordcheck", "check_cli", "abc_report", "abc_cli", "diagnose_cli", "cli", "testing",
+     "sklearn",
      "__init__"),
 )
 STAGE = {m: i for i, group in enumerate(STAGES) for m in group}

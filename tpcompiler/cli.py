@@ -333,9 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the later stages' commands (check, abc, coordcheck): parsers only, nothing heavy; an
     # import error here is a bug to see, not a command to drop
-    from . import abc_cli, check_cli
+    from . import abc_cli, check_cli, diagnose_cli
 
-    for module in (check_cli, abc_cli):
+    for module in (check_cli, abc_cli, diagnose_cli):
         module.register(sub)
     return p
 

@@ -416,6 +416,14 @@ class FiniteNetwork:
         data, _ = self._data(x)
         return np.array(self._forward(data).features)
 
+    def signals(self, x) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Every G-var's vector at each point and the output's gradient in it: (name -> (N, n)
+        values, name -> (N, n) df/dg), for signal-propagation checks (tpc diagnose)."""
+        data, _ = self._data(x)
+        fw = self._forward(data)
+        return ({k: np.asarray(v) for k, v in fw.env.items()},
+                {k: np.asarray(v) for k, v in self._backward(fw).items()})
+
     def nngp_hidden(self, x1, x2=None) -> np.ndarray:
         """E over the readout layer alone of f(x1) f(x2)^T given the hidden features:
         (mult_v std_v)^2 h(x).h(x') + (mult_b std_b)^2 (= var_v h.h'/n + bias_v under ntk).

@@ -68,7 +68,7 @@ class _Tangent:
         self.memo: dict = {}
         self.itgs = {q.name: q for q in kp.integrands}
         self.new: dict = {}  # (integrand, i, j) -> Integrand of E[d_i d_j f] (or None: 0)
-        self.top = 1 + max([s.index for s, _ in kp.diag if isinstance(s, PointValue)]
+        self.top = 1 + max([s.index for s, _ in kp.assignments() if isinstance(s, PointValue)]
                            + [g.symbol.index for g in kp.diag_gram
                               if isinstance(g.symbol, PointValue)], default=-1)
 
@@ -86,7 +86,7 @@ class _Tangent:
         if e.is_Symbol:
             if isinstance(e, PointValue) and e.point == 2:
                 t = self.tan.get((untwin(e), m))
-                return sp.S.Zero if t is None else twin(t)
+                return sp.S.Zero if t is None else t if t.is_Number else twin(t)
             return self.tan.get((e, m), sp.S.Zero)
         if not e.free_symbols:
             return sp.S.Zero
