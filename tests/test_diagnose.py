@@ -186,6 +186,30 @@ def test_cli_json_and_plot(tmp_path, capsys):
     assert main(["diagnose", str(f)]) == 0 and "chaotic" in capsys.readouterr().out
 
 
+def test_phase_diagram_grid(relu_net, tmp_path, capsys):
+    from tpcompiler.diagnose import Propagation, critical_line
+
+    # relu: chi1 = sw / 2 whatever sb, so the chi1 = 1 line is sw = 2 on every row (linear in
+    # sw: the interpolation is exact)
+    xs, ys = np.linspace(1.0, 3.0, 5), np.array([0.0, 0.1, 0.3])
+    chi = Propagation(relu_net.ir).grid("sw", xs, "sb", ys)
+    assert np.allclose(chi, np.broadcast_to(xs / 2, chi.shape), rtol=1e-14)
+    assert critical_line(xs, ys, chi) == pytest.approx([2.0, 2.0, 2.0], rel=1e-14)
+    f = tmp_path / "deep.tp"
+    f.write_text(DEEP.format(act="tanh"))
+    png = tmp_path / "grid.png"
+    assert main(["diagnose", str(f), "--grid", "sw=0.6:1.4,sb=0:0.02", "--grid-points", "5",
+                 "--format", "json", "--plot", str(png)]) == 0
+    grid = json.loads(capsys.readouterr().out)["grid"]
+    # tanh without bias: chi1 = sw below 1 (q* = 0), so the first row crosses 1 between the
+    # grid's 1.0 and 1.2 (exactly at 1: chi1(1.0) = 1)
+    assert grid["chi1"][0][:3] == pytest.approx([0.6, 0.8, 1.0], rel=1e-12)
+    assert grid["critical_x"][0] == pytest.approx(1.0, abs=1e-9)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["diagnose", str(f), "--grid", "sw=1:2,sq=0:1"]) == 2
+    assert "sq not params" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("src, message", [
     ("input x\nh = dense(x)\nrepeat 3 { h = h + dense(relu(h)) }\ny = readout(h)",
      "no repeated block"),

@@ -117,19 +117,22 @@ def test_params_listed_with_defaults(mlp):
     assert tpc.compile_source("input x\ny = readout(relu(dense(x)))").params == {}
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh"])  # closed forms; Mehler series of quad2
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_values_match_the_program_with_constants(mlp, backend):
+def test_values_match_the_program_with_constants(backend, act):
+    src = MLP.replace("relu", act)
+    net = tpc.compile_source(src)
     x = _data(MLP)
     for values in (None, {"sw": 1.3}, {"sw": 0.5, "sb": 0.0}):
-        sw, sb = {**mlp.params, **(values or {})}.values()
-        const = tpc.compile_source(MLP.replace("param sw = 2.0", f"const sw = {sw!r}")
+        sw, sb = {**net.params, **(values or {})}.values()
+        const = tpc.compile_source(src.replace("param sw = 2.0", f"const sw = {sw!r}")
                                    .replace("param sb = 0.05", f"const sb = {sb!r}"))
         want = const.kernels(x)
-        got = mlp.kernels(x, params=values, backend=backend)
+        got = net.kernels(x, params=values, backend=backend)
         for kind in want:
             scale = np.abs(want[kind]).max()
             assert np.abs(got[kind] - want[kind]).max() <= 1e-14 * scale
-        diag = mlp.kernels(x, params=values, diagonal=True, backend=backend)
+        diag = net.kernels(x, params=values, diagonal=True, backend=backend)
         assert np.allclose(diag["ntk"], np.diag(want["ntk"]), rtol=1e-14, atol=0)
 
 

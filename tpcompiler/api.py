@@ -477,12 +477,13 @@ class CompiledNetwork:
                           "projected and may differ from this one by the warned error",
                      stacklevel=3)
 
-    def accuracy(self, x=None, get=KINDS) -> accuracy.AccuracyReport:
+    def accuracy(self, x=None, get=KINDS, params: dict | None = None) -> accuracy.AccuracyReport:
         """Every integral of the kernel program with its dimension, method and estimated error
         on the data x (default: 8 standard-normal points of dimension 8 per input), and the
-        estimated error of each kernel relative to its scale (print it for a table)."""
+        estimated error of each kernel relative to its scale (print it for a table), with the
+        params at `params` (default: their defaults)."""
         get = (get,) if isinstance(get, str) else tuple(get)
-        kp = self.kernel_program
+        kp = self.kernel_program.bind(self._values(params))
         get = tuple(k for k in get if k in kp.kinds)
         if x is None:
             rng = np.random.default_rng(0)

@@ -357,7 +357,7 @@ def check_kernels(arrays, n_points: int, where: str) -> dict[str, np.ndarray]:
 # --- the plot ------------------------------------------------------------------------------------
 
 
-def _need_matplotlib():
+def need_matplotlib():
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -501,7 +501,7 @@ def cmd_check(args) -> int:
                       hint="tpc check FILE --data X.npy --against K.npz")
     plot = Path(args.plot) if args.plot else None
     if plot is not None:
-        _need_matplotlib()
+        need_matplotlib()
         if plot.suffix.lower() != ".png":
             raise TPError(f"--plot {plot}: the plot is written as PNG; name it {plot.stem}.png")
         if not plot.parent.exists():

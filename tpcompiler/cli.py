@@ -83,7 +83,7 @@ def _writable_out(out: Path, force: bool) -> None:
         raise TPError(f"--out: {out.parent} is not a folder")
 
 
-def _progress_bar(quiet: bool, desc: str):
+def progress_bar(quiet: bool, desc: str):
     """(tqdm bar or None, progress(done, total) callback or None) for row-block progress."""
     if quiet:
         return None, None
@@ -123,12 +123,12 @@ def cmd_predict(args) -> int:
     if isinstance(y, dict):
         raise TPError("--labels: expected one array (.npy) of N values or N x k targets")
     x_test = load_data(args.test, "--test")
-    bar, progress = _progress_bar(args.quiet, "kernels")
+    bar, progress = progress_bar(args.quiet, "kernels")
     try:
         res = net.predict(x_train, y, x_test, kind=args.kind, t=args.time,
                           learning_rate=args.learning_rate, diag_reg=args.diag_reg,
                           variance=args.variance, progress=progress,
-                          params=_params(args.param))
+                          params=param_values(args.param))
     finally:
         if bar is not None:
             bar.close()
@@ -153,7 +153,7 @@ def cmd_kernel(args) -> int:
     _writable_out(out, args.force)
     device = getattr(args, "device", "cpu")
     net = None
-    params = _params(args.param)
+    params = param_values(args.param)
     if device == "cpu" and not params:  # compiled before with this text: from the cache
         # numba probes for a BLAS by importing scipy.linalg (0.15-0.2 s, a third of a warm
         # run) at the first call of any compiled function when scipy is installed; the
@@ -169,7 +169,7 @@ def cmd_kernel(args) -> int:
         net = compile(args.file, tol=args.tol)
     x1 = load_data(args.data, "--data")
     x2 = load_data(args.data2, "--data2") if args.data2 else None
-    bar, progress = _progress_bar(args.quiet, "kernel")
+    bar, progress = progress_bar(args.quiet, "kernel")
     if device != "cpu":
         from .backends import cuda as cuda_backend
 
@@ -212,7 +212,7 @@ def _kernel_to_memmap(net, x1, x2, kind: str, out: Path, progress,
     return shape
 
 
-def _param_arg(text: str) -> tuple[str, float]:
+def param_arg(text: str) -> tuple[str, float]:
     """--param NAME=VALUE (the program checks the name and the value's range)."""
     name, eq, value = text.partition("=")
     if not eq or not name.strip():
@@ -223,7 +223,8 @@ def _param_arg(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"not a number: {value!r} in {text!r}") from None
 
 
-def _params(pairs) -> dict:
+def param_values(pairs) -> dict:
+    """The --param pairs as a dict name -> value (a name given twice is an error)."""
     out: dict = {}
     for name, value in pairs or ():
         if name in out:
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerance relative to the kernel's scale (default 1e-10): a kernel "
                         "whose estimated error exceeds it comes with a warning")
     s.add_argument("--out", required=True, help="output .npy (.npz for --kind both)")
-    s.add_argument("--param", type=_param_arg, action="append", metavar="NAME=VALUE",
+    s.add_argument("--param", type=param_arg, action="append", metavar="NAME=VALUE",
                    help="the value of a `param` of the program (repeat for several; the "
                         "others keep their defaults); no recompilation")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
@@ -325,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tol", type=_tol, default=1e-10,
                    help="tolerance relative to the kernel's scale (default 1e-10)")
     s.add_argument("--out", required=True, help="output .npz: 'mean' (and 'variance')")
-    s.add_argument("--param", type=_param_arg, action="append", metavar="NAME=VALUE",
+    s.add_argument("--param", type=param_arg, action="append", metavar="NAME=VALUE",
                    help="the value of a `param` of the program (repeat for several)")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--quiet", action="store_true", help="no summary line")

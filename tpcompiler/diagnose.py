@@ -14,8 +14,10 @@ evaluator, any nonlinearity the compiler integrates):
   xi_q      -1 / log of the variance map's slope at q* (its depth scale);
   xi_c      -1 / log chi_c, chi_c the correlation map's slope at c* (= chi1 when c* = 1);
   phase     ordered (chi1 < 1: inputs converge, c* = 1), chaotic (chi1 > 1: c* < 1) or
-            critical (chi1 = 1 to 1e-9: xi_c infinite); `vanishing` / `exploding` when the
-            variance map has no finite non-zero fixed point (relu with sigma_w^2 < 2 or > 2).
+            critical (chi1 = 1 to 1e-9: xi_c infinite); `exploding` when the variance grows
+            without bound (relu with sigma_w^2 > 2, or = 2 with a bias), chi1 then taken where
+            the iteration stopped; q* = 0 when the variance vanishes (relu below 2 without
+            bias: ordered).
 The slopes are exact derivatives of the maps (passes/tangent.py's rules, seeded on the states),
 not differences. A block whose state is more than one covariance (several vectors carried from
 layer to layer) has Jacobians: the slopes are their spectral radii.
@@ -35,7 +37,7 @@ from .backends.numpy import evaluate_expr
 from .errors import TPError
 from .kernel_program import KernelProgram, Loop, PointValue, is_first_point, twin
 from .passes.spatial import SpatialProgram
-from .passes.tangent import _Refused, _Tangent
+from .passes.tangent import NoRule, Tangent
 
 #: iterations allowed to reach a fixed point, and the relative change that counts as reached
 MAX_ITERATIONS = 5000
@@ -179,13 +181,13 @@ class _Block:
             return self._jacobians[block]
         states = self.lp.diag_state if block == "diag" else self.lp.cross_state
         picks = self.dcov if block == "diag" else self.xcov
-        T = _Tangent(self.kp, len(picks))
+        T = Tangent(self.kp, len(picks), params=False)
         for m, i in enumerate(picks):
             T.tan[(states[i][0], m)] = sp.S.One
         try:
             assigns = T.block(getattr(self.lp, block), "dz")
             jac = [[T.d(states[i][1], m) for m in range(len(picks))] for i in picks]
-        except _Refused as why:
+        except NoRule as why:
             raise TPError(f"the slope of this block's covariance map needs the derivative of "
                           f"{why}, which has no rule yet", hint="passes/tangent.py lists the "
                           "rules; the kernels themselves are unaffected") from None
@@ -276,34 +278,128 @@ def _fixed(block: _Block, env: dict, which: str) -> str:
     return "slow"  # no fixed point within MAX_ITERATIONS: reported as not found
 
 
+class Propagation:
+    """The repeated block of a program, derived once: diagnose() at any params' values (the
+    values go into the evaluation, not into the derivation: a grid of them costs no sympy)."""
+
+    def __init__(self, program: ir.Program):
+        if len(program.inputs) != 1 or program.inputs[0].length is not None or \
+                program.inputs[0].grid:
+            raise TPError("diagnose reads a program with one vector input (`input x`)",
+                          hint="the fixed points are those of a deep MLP-like block")
+        kp = passes.run(program, start="recursions", stop="recursions")
+        if isinstance(kp, SpatialProgram) or not kp.loops:
+            raise TPError("this program has no repeated block whose layers are copies of one "
+                          "another: write the block in a `repeat` (a residual sum, h = h + "
+                          "..., carries a growing state and is not such a block yet)",
+                          hint="`tpc kernel-program FILE` shows `repeat N times` for a rolled "
+                               "block")
+        self.program, self.kp = program, kp
+        self.lp = max(kp.loops, key=lambda loop: loop.count)
+        self.block = _Block(kp, self.lp, program, program.param_values(None))
+
+    def diagnose(self, params: dict | None = None, c0: float = 0.5, depth: int | None = None,
+                 full: bool = True) -> Diagnosis:
+        """The quantities of the module docstring at these params' values; full=False: q*,
+        chi1 and the phase only (no trajectories, no correlation: a grid's cell)."""
+        if not -1.0 < c0 < 1.0:
+            raise TPError(f"c0={c0} must be a correlation strictly between -1 and 1")
+        values = self.program.param_values(params)
+        block, lp = self.block, self.lp
+        block.bias = np.array([_bias_variance(self.program, self.kp, lp.diag_state[i][0],
+                                              values) for i in block.dcov])
+        start = _entry(self.kp, lp, c0, values)
+        layers = max(lp.count, 50) if depth is None else int(depth)
+        if not 1 <= layers <= 100_000:
+            raise TPError(f"depth={depth}: the trajectories need 1 to 100000 layers")
+        traj = _trajectories(block, dict(start), layers) if full else ((), (), ())
+        env = dict(start)
+        with np.errstate(all="ignore"):
+            found = _fixed(block, env, "diag")
+        q_star = chi1 = chi_c = c_star = xi_q = xi_c = None
+        if found == "slow" and np.all(block.q(env) > 10.0 * block.q(start)):
+            found = "exploding"  # growing without settling (relu at 2 with a bias: linearly)
+        if found in ("vanishing", "slow"):
+            found = "zero" if _zero_is_fixed(block, env) else "slow"
+        if found == "slow":
+            phase = "no fixed point found"
+        elif found == "exploding":
+            # the variance grows without bound (relu with sigma_w^2 > 2, or = 2 with a bias): no
+            # q*, but the slope at c = 1 of the last finite layer is the gradients' growth
+            # (exact for a homogeneous phi)
+            phase = "exploding"
+            chi1 = block.slope(_at_one(block, env), "cross") if np.all(
+                np.isfinite(block.q(env))) else None
+        else:
+            # found == "zero": q* = 0 (no bias, a contracting or marginal map: relu with
+            # sigma_w^2 < 2, tanh with sigma_w^2 <= 1): the slopes are their limits at a
+            # vanishing variance, evaluated at TINY; two vanishing signals have no correlation
+            # fixed point of their own
+            q = block.q(env)
+            q_star = 0.0 if found == "zero" else float(q[0])
+            chi1 = block.slope(_at_one(block, env), "cross")
+            critical = abs(chi1 - 1.0) <= CRITICAL
+            phase = "critical" if critical else "ordered" if chi1 < 1.0 else "chaotic"
+            if full:
+                xi_q = _scale(block.slope(env, "diag"))
+            if full and found == "fixed":
+                block.set_k(env, c0 * q)
+                with np.errstate(all="ignore"):
+                    settled = _fixed(block, env, "cross")
+                c_now = float(block.k(env)[0] / q[0])
+                if settled == "fixed" or (critical and abs(1.0 - c_now) < abs(1.0 - c0)):
+                    # at chi1 = 1 the correlation approaches c = 1 (always a fixed point:
+                    # identical inputs stay identical) only polynomially, with no depth
+                    # scale: steps shrink below the convergence test while 1 - c is ~1e-10
+                    c_star = c_now if settled == "fixed" and not (
+                        critical and c_now > 1 - 1e-6) else 1.0
+                    chi_c = chi1 if abs(c_star - 1.0) <= 1e-12 else block.slope(env, "cross")
+                    xi_c = _scale(chi_c)
+        depths = tuple(range(layers + 1)) if full else ()
+        return Diagnosis(q_star, c_star, chi1, chi_c, xi_q, xi_c, phase, chi1, c0, depths,
+                         *traj)
+
+    def grid(self, x: str, xs, y: str, ys, params: dict | None = None, progress=None):
+        """chi1 on the grid of two params (the others at `params` or their defaults): a
+        (len(ys), len(xs)) array, NaN where it does not exist."""
+        base = dict(params or {})
+        out = np.full((len(ys), len(xs)), np.nan)
+        for i, vy in enumerate(ys):
+            for j, vx in enumerate(xs):
+                d = self.diagnose({**base, x: float(vx), y: float(vy)}, full=False)
+                if d.chi1 is not None:
+                    out[i, j] = d.chi1
+            if progress:
+                progress(i + 1, len(ys))
+        return out
+
+
+def critical_line(xs, ys, chi) -> list[float | None]:
+    """For each row of a grid of chi1 (rows: ys, columns: xs), the x where chi1 first crosses
+    1, linearly interpolated (None where it does not cross)."""
+    out: list[float | None] = []
+    for row in np.asarray(chi):
+        found = None
+        for j in range(len(xs) - 1):
+            a, b = row[j] - 1.0, row[j + 1] - 1.0
+            if np.isfinite(a) and np.isfinite(b) and a * b <= 0 and a != b:
+                found = float(xs[j] + (xs[j + 1] - xs[j]) * a / (a - b))
+                break
+        out.append(found)
+    return out
+
+
 def diagnose(program: ir.Program, params: dict | None = None, c0: float = 0.5,
              depth: int | None = None) -> Diagnosis:
     """The signal-propagation quantities of the program's repeated block (module docstring),
     with the params at `params` (default: their defaults); trajectories over `depth` layers
     (default: the loop's own count, at least 50)."""
-    if not -1.0 < c0 < 1.0:
-        raise TPError(f"c0={c0} must be a correlation strictly between -1 and 1")
-    if len(program.inputs) != 1 or program.inputs[0].length is not None or \
-            program.inputs[0].grid:
-        raise TPError("diagnose reads a program with one vector input (`input x`)",
-                      hint="the fixed points are those of a deep MLP-like block")
-    kp = passes.run(program, start="recursions", stop="recursions")
-    if isinstance(kp, SpatialProgram) or not kp.loops:
-        raise TPError("this program has no repeated block whose layers are copies of one "
-                      "another: write the block in a `repeat` (a residual sum, h = h + ..., "
-                      "carries a growing state and is not such a block yet)",
-                      hint="`tpc kernel-program FILE` shows `repeat N times` for a rolled block")
-    values = program.param_values(params)
-    kp = kp.bind(values)
-    lp = max(kp.loops, key=lambda loop: loop.count)
-    block = _Block(kp, lp, program, values)
-    start = _entry(kp, lp, c0, values)
+    return Propagation(program).diagnose(params, c0, depth)
 
-    # trajectories from the loop's entry
-    layers = max(lp.count, 50) if depth is None else int(depth)
-    if not 1 <= layers <= 100_000:
-        raise TPError(f"depth={depth}: the trajectories need 1 to 100000 layers")
-    env = dict(start)
+
+def _trajectories(block: _Block, env: dict, layers: int):
+    """(q, c, log of the squared gradient norm relative to the last layer) per layer from the
+    loop's entry."""
     qs, cs, rates = [], [], []
     with np.errstate(all="ignore"):
         for _ in range(layers + 1):
@@ -316,52 +412,7 @@ def diagnose(program: ir.Program, params: dict | None = None, c0: float = 0.5,
     # l -> l+1, ..., L-1 -> L, each at its layer's variance
     logs = np.log(np.asarray(rates[:-1]))
     log_grad = tuple(float(v) for v in np.concatenate([np.cumsum(logs[::-1])[::-1], [0.0]]))
-
-    env = dict(start)
-    with np.errstate(all="ignore"):
-        found = _fixed(block, env, "diag")
-    q_star = chi1 = chi_c = c_star = xi_q = xi_c = None
-    if found in ("vanishing", "slow"):
-        found = "zero" if _zero_is_fixed(block, env) else "slow"
-    if found == "slow":
-        phase = "no fixed point found"
-    elif found == "zero":
-        # q* = 0 (no bias, a contracting or marginal map: relu with sigma_w^2 < 2, tanh with
-        # sigma_w^2 <= 1): the slopes are their limits at a vanishing variance, evaluated at
-        # TINY; the correlation of two vanishing signals has no fixed point of its own
-        q_star = 0.0
-        xi_q = _scale(block.slope(env, "diag"))
-        chi1 = block.slope(_at_one(block, env), "cross")
-        phase = ("critical" if abs(chi1 - 1.0) <= CRITICAL else
-                 "ordered" if chi1 < 1.0 else "chaotic")
-    elif found == "exploding":
-        # the variance grows without bound (relu with sigma_w^2 > 2): no q*, but the slope at
-        # c = 1 of the last finite layer is the gradients' growth (exact for a homogeneous phi)
-        phase = "exploding"
-        chi1 = block.slope(_at_one(block, env), "cross") if np.all(
-            np.isfinite(block.q(env))) else None
-    else:
-        q = block.q(env)
-        q_star = float(q[0])
-        xi_q = _scale(block.slope(env, "diag"))
-        chi1 = block.slope(_at_one(block, env), "cross")
-        start_k = c0 * q
-        block.set_k(env, start_k)
-        with np.errstate(all="ignore"):
-            settled = _fixed(block, env, "cross")
-        c_now = float(block.k(env)[0] / q[0])
-        critical = abs(chi1 - 1.0) <= CRITICAL
-        if settled == "fixed" or (critical and abs(1.0 - c_now) < abs(1.0 - c0)):
-            # at chi1 = 1 the correlation approaches c = 1 (always a fixed point: identical
-            # inputs stay identical) only polynomially, with no depth scale: steps shrink
-            # below the convergence test while 1 - c is still ~1e-10
-            c_star = c_now if settled == "fixed" and not (critical and c_now > 1 - 1e-6) \
-                else 1.0
-            chi_c = chi1 if abs(c_star - 1.0) <= 1e-12 else block.slope(env, "cross")
-            xi_c = _scale(chi_c)
-        phase = ("critical" if critical else "ordered" if chi1 < 1.0 else "chaotic")
-    return Diagnosis(q_star, c_star, chi1, chi_c, xi_q, xi_c, phase, chi1, c0,
-                     tuple(range(layers + 1)), tuple(qs), tuple(cs), log_grad)
+    return tuple(qs), tuple(cs), log_grad
 
 
 def _zero_is_fixed(block: _Block, env: dict) -> bool:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
+from .ir import ParamSymbol
 from .kernel_program import KernelProgram, PointValue, QuadCall, untwin
 from .quadrature import KINKED, rule
 
@@ -187,7 +188,9 @@ def _resolve(kp: KernelProgram) -> dict:
 
 def _one_point(e: sp.Expr, point: int) -> bool:
     """Does e read per-point values of that point (1: d_i, 2: e_i) only?"""
-    return all(isinstance(s, PointValue) and s.point == point for s in e.free_symbols)
+    # a param (ir.ParamSymbol) is a number of the call, the same for both points
+    return all(isinstance(s, PointValue) and s.point == point for s in e.free_symbols
+               if not isinstance(s, ParamSymbol))
 
 
 def _untwin(e: sp.Expr) -> sp.Expr:

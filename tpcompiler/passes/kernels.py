@@ -124,7 +124,7 @@ class Builder:
         if layout and len({side for side, _ in layout}) < 2:
             layout = ()
         per_point = all(is_first_point(s) for row in q.cov for e in row
-                        for s in e.free_symbols)
+                        for s in e.free_symbols if not isinstance(s, ir.ParamSymbol))
         given = None
         if not (kinked or breaks) and len(q.cov) > quadrature.MAX_SPLIT_DIM and \
                 conditional.applies(q.integrand):

@@ -53,17 +53,21 @@ def grad_kind(kind: str, m: int) -> str:
     return f"d{m}_{kind}"
 
 
-class _Refused(Exception):
-    pass
+class NoRule(Exception):
+    """What has no derivative rule (the message names it): tangent() turns it into a
+    TPError; diagnose.py says what it needed it for."""
 
 
 def _name(e: sp.Expr) -> str:
     return type(e).__name__
 
 
-class _Tangent:
-    def __init__(self, kp: KernelProgram, n: int):
-        self.kp, self.n = kp, n
+class Tangent:
+    """Forward mode over kp: n tangents, the m-th seeded on the param theta_m (params=True) or
+    on what the caller puts in `tan` (params=False: the params are constants)."""
+
+    def __init__(self, kp: KernelProgram, n: int, params: bool = True):
+        self.kp, self.n, self.params = kp, n, params
         self.tan: dict = {}  # (symbol, m) -> its derivative's symbol (absent: 0)
         self.memo: dict = {}
         self.itgs = {q.name: q for q in kp.integrands}
@@ -82,7 +86,7 @@ class _Tangent:
 
     def _d(self, e: sp.Expr, m: int) -> sp.Expr:
         if isinstance(e, ParamSymbol):
-            return sp.S.One if e.index == m else sp.S.Zero
+            return sp.S.One if self.params and e.index == m else sp.S.Zero
         if e.is_Symbol:
             if isinstance(e, PointValue) and e.point == 2:
                 t = self.tan.get((untwin(e), m))
@@ -102,7 +106,7 @@ class _Tangent:
         if e.is_Pow:
             base, x = e.args
             if x.free_symbols:
-                raise _Refused("a power with a variable exponent")
+                raise NoRule("a power with a variable exponent")
             db = self.d(base, m)
             return sp.S.Zero if db == 0 else x * base ** (x - 1) * db
         if isinstance(e, QuadCall):
@@ -111,7 +115,7 @@ class _Tangent:
         if rule is not None:
             return rule(self, e, m)
         if _name(e) in REFUSED or not isinstance(e, sp.Function):
-            raise _Refused(_name(e))
+            raise NoRule(_name(e))
         return self._chain(e, m)
 
     def _chain(self, e: sp.Expr, m: int) -> sp.Expr:
@@ -124,7 +128,7 @@ class _Tangent:
                 continue
             part = e.fdiff(i + 1)
             if part.has(sp.Derivative, sp.Subs, sp.DiracDelta):
-                raise _Refused(_name(e))
+                raise NoRule(_name(e))
             out.append(part * da)
         return sp.Add(*out)
 
@@ -155,11 +159,11 @@ class _Tangent:
             for f in itg.expr.atoms(*KINKED):
                 hits = (zi in f.args[0].free_symbols) + (zj in f.args[0].free_symbols)
                 if hits and (isinstance(f, (Step, Sign)) or hits + (i == j) >= 2):
-                    raise _Refused(f"the integral {itg.name} ({type(f).__name__} of a "
+                    raise NoRule(f"the integral {itg.name} ({type(f).__name__} of a "
                                    f"coordinate differentiated twice: a Dirac delta)")
             expr = sp.diff(itg.expr, zi, zj)
             if expr.has(sp.Derivative, sp.Subs, sp.DiracDelta):
-                raise _Refused(f"the integral {itg.name}")
+                raise NoRule(f"the integral {itg.name}")
             if expr == 0:
                 self.new[key] = None
             else:
@@ -202,7 +206,7 @@ def _helper_rules() -> dict[str, Callable]:
 
     def angle_args(t):
         if _name(t) != "angle":
-            raise _Refused("step_step of an angle not taken from its covariance")
+            raise NoRule("step_step of an angle not taken from its covariance")
         q1, q2, r, k = t.args
         return q1, q2, k, r
 
@@ -222,7 +226,7 @@ def _helper_rules() -> dict[str, Callable]:
     def rt(T, e, m):
         r, t, k = e.args
         if _name(r) != "rootdet" or _name(t) != "angle" or r.args[2] != k:
-            raise _Refused("relu_relu_rt of pieces not taken from its covariance")
+            raise NoRule("relu_relu_rt of pieces not taken from its covariance")
         q1, q2, _ = r.args
         return relu_relu(T, q1, q2, k, r, helper("step_step_q", q1, q2, t), m)
 
@@ -314,7 +318,7 @@ def tangent(kp: KernelProgram, n: int, kinds=None) -> KernelProgram:
     if kinds is not None:
         kp = _live(dataclasses.replace(kp, outputs={k: v for k, v in kp.outputs.items()
                                                     if k in kinds}))
-    T = _Tangent(kp, n)
+    T = Tangent(kp, n)
     try:
         diag = T.block(kp.diag, "dt")
         cross = T.block(kp.cross, "du")
@@ -322,7 +326,7 @@ def tangent(kp: KernelProgram, n: int, kinds=None) -> KernelProgram:
         for kind, (dexpr, cexpr) in kp.outputs.items():
             for m in range(n):
                 outputs[grad_kind(kind, m)] = (T.d(dexpr, m), T.d(cexpr, m))
-    except _Refused as why:
+    except NoRule as why:
         raise TPError(f"the kernels' derivatives in the params are not available for this "
                       f"program: {why} has no derivative rule",
                       hint="derivatives cover the closed forms of relu, step, erf, the "
