@@ -28,7 +28,8 @@ STAGES = (
     # kernel program -> code and numbers
     ("backends", "backends.printer", "backends.coincident", "backends.gram",
      "backends.quadsource", "backends.cache", "backends.numpy", "backends.numba",
-     "backends.cuda", "backends.runner", "backends.stencil", "backends.spatial", "latex"),
+     "backends.cuda", "backends.runner", "backends.stencil", "backends.spatial", "latex",
+     "batchnorm"),
     # what runs the backends: the probe and the finite-width simulator; what reads kernels:
     # the predictions
     ("accuracy", "psd", "simulate", "simulate_spatial", "warm", "predict", "diagnose"),
