@@ -72,6 +72,13 @@ h = leaky_relu(dense(x, var=sw, bias=0.01), slope=0.1)
 h = abrelu(dense(h, var=sw), a=-0.5, b=1.0)
 y = readout(h, var=1.0)
 """,
+    "gelu": """
+param sw = 1.5
+param sb = 0.1
+input x
+h = gelu(dense(x, var=sw, bias=sb))
+y = readout(gelu(dense(h, var=sw, bias=sb)), var=1.0)
+""",
     # quadratures of smooth integrands (Price's theorem) and the step closed forms
     "gauss_step": """
 param sw = 1.0
@@ -250,7 +257,7 @@ def test_derivatives_numba_equal_numpy_and_diagonal(mlp):
     assert np.allclose(cross["ntk_grad"], full["ntk_grad"][:2], rtol=1e-13, atol=0)
 
 
-@pytest.mark.parametrize("act", ["relu", "erf"])
+@pytest.mark.parametrize("act", ["relu", "erf", "gelu"])
 def test_derivatives_against_autodiff_of_neural_tangents(act):
     """JAX's forward-mode derivative of neural-tangents' kernel_fn in (W_std^2, b_std^2, the
     readout's W_std^2): its closed forms, differentiated by JAX, not by our rules. Both are
@@ -272,7 +279,8 @@ y = readout({act}(h), var=so)
     x = np.random.default_rng(3).standard_normal((6, 5))
     x[4] = x[1]  # identical points: the diagonal's derivative off the diagonal too
     ours = tpc.compile_source(src).kernels(x, grad=True)
-    layer = {"relu": stax.Relu, "erf": stax.Erf}[act]
+    layer = {"relu": stax.Relu, "erf": stax.Erf,
+             "gelu": lambda: stax.Gelu(approximate=False)}[act]
 
     def kernel(theta, kind):
         sw, sb, so = theta

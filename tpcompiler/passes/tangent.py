@@ -14,8 +14,8 @@ Rules beyond sympy's:
   terms halved (Price's theorem), each E[d_i d_j f] a new integrand with its own rule
   (quadrature.plan). A second derivative that meets a kink or a jump (a Dirac delta) is
   refused: the weak derivative of the NTK drops exactly that delta.
-Anything else (truncated series of shifted kinks, gelu's closed forms, ...) is a TPError that
-names it: a derivative we cannot vouch for is not computed.
+Anything else (the truncated series of shifted kinks, ...) is a TPError that names it: a
+derivative we cannot vouch for is not computed.
 
 It reads the program before CSE (passes/__init__.py): the arc-cosine helpers are then nested
 calls, relu_relu_rt(rootdet(q1, q2, k), angle(q1, q2, rootdet(..), k), k), so their
@@ -25,6 +25,7 @@ derivative is taken in (q1, q2, k), where it is finite, not through r and theta.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import sympy as sp
@@ -197,6 +198,24 @@ class Tangent:
         return tuple(out)
 
 
+@functools.cache
+def _gelu_partials() -> dict[str, tuple[tuple[sp.Symbol, ...], tuple[sp.Expr, ...]]]:
+    """sympy's partial derivatives of gelu's closed forms (helpers.gelu_gelu, dgelu_dgelu) in
+    (q1, q2, k), from their formulas with A = atan2(k, sqrt(D)): A's derivatives are rational,
+    so atan2 survives only in d gelu_gelu / dk, which is dgelu_dgelu (Price)."""
+    q1, q2, k = sp.symbols("q1 q2 k", real=True)
+    p = (1 + q1) * (1 + q2)
+    d = 1 + q1 + q2 + q1 * q2 - k ** 2  # >= 1 + q1 + q2 for a covariance
+    a = sp.atan2(k, sp.sqrt(d))
+    gg = k / 4 + (k * a + (k ** 2 + q1 * q2 * d) / (p * sp.sqrt(d))) / (2 * sp.pi)
+    dd = sp.Rational(1, 4) + (a + k / sp.sqrt(d) * (1 / d + (1 - q1 * q2) / p + 1)) / (2 * sp.pi)
+    out = {"gelu_gelu": (sp.diff(gg, q1), sp.diff(gg, q2), None),
+           "dgelu_dgelu": tuple(sp.diff(dd, v) for v in (q1, q2, k))}
+    for parts in out.values():
+        assert not any(e is not None and e.has(sp.atan2) for e in parts)
+    return {name: ((q1, q2, k), parts) for name, parts in out.items()}
+
+
 def _helper_rules() -> dict[str, Callable]:
     """name -> rule(tangent, call, m) for the closed forms' helpers."""
 
@@ -247,6 +266,19 @@ def _helper_rules() -> dict[str, Callable]:
         a = 1 + 2 * q1
         return 2 / sp.sqrt(sp.pi) * (dk * a ** -HALF - k * dq1 * a ** sp.Rational(-3, 2))
 
+    def gelu_pair(T, e, m):
+        names, parts = _gelu_partials()[_name(e)]
+        at = dict(zip(names, e.args))
+        out = []
+        for arg, part in zip(e.args, parts):
+            darg = T.d(arg, m)
+            if darg == 0:
+                continue
+            # the k-part of gelu_gelu is dgelu_dgelu (Price's theorem), a helper call
+            out.append((helper("dgelu_dgelu", *e.args) if part is None else part.xreplace(at))
+                       * darg)
+        return sp.Add(*out)
+
     def gelu_mean(T, e, m):
         (q,) = e.args
         return (2 + q) / (2 * (1 + q) ** sp.Rational(3, 2) * sp.sqrt(2 * sp.pi)) * T.d(q, m)
@@ -275,14 +307,15 @@ def _helper_rules() -> dict[str, Callable]:
         "erf_lin": erf_lin,
         "gelu_lin": lambda T, e, m: T.d(e.args[2], m) / 2,
         "gelu_mean": gelu_mean,
+        "gelu_gelu": gelu_pair,
+        "dgelu_dgelu": gelu_pair,
         "expm1h": lambda T, e, m: sp.exp(e.args[0]) * T.d(e.args[0], m),
     }
 
 
 RULES = _helper_rules()
 #: helpers whose derivative is not written: a program that calls them is refused
-REFUSED = ("gelu_gelu", "dgelu_dgelu", "rootdet", "angle", "atan_unit", "atan2_pos", "th",
-           "snapped_det")
+REFUSED = ("rootdet", "angle", "atan_unit", "atan2_pos", "th", "snapped_det")
 
 
 def _live(kp: KernelProgram) -> KernelProgram:
