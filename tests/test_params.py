@@ -265,8 +265,7 @@ def test_derivatives_against_autodiff_of_neural_tangents(act):
     ntr = pytest.importorskip("nt_reference")
     if not ntr.available():
         pytest.skip("neural-tangents not usable")
-    jax, jnp, stax = ntr._nt()
-    jax.config.update("jax_enable_x64", True)
+    jax, jnp, stax = ntr._nt()  # float64 on (nt_reference)
     src = f"""
 param sw = 1.7
 param sb = 0.3
