@@ -17,7 +17,7 @@ from .backends import cuda as cuda_backend
 from .backends import numba as numba_backend
 from .backends import numpy as numpy_backend
 from .backends.gram import GramLayout
-from .data import DataSpec, check_pair, prepare
+from .data import DataSpec, prepare, prepare_pair
 from .errors import TPError, warn
 from .files import read_source
 from .kernel_program import KernelProgram
@@ -220,11 +220,7 @@ class CompiledNetwork:
                 raise TPError("diagonal=True computes K(x, x) for the points of x1: pass no x2")
             return self._diagonal(prepare(self.spec, x1, "X"), get, backend,
                                   _out_dtype(dtype), values)
-        a = prepare(self.spec, x1, "X1" if x2 is not None else "X")
-        b = None
-        if x2 is not None:
-            b = prepare(self.spec, x2, "X2")
-            check_pair(self.spec, a, b)
+        a, b = prepare_pair(self.spec, x1, x2)
         out_dtype = _out_dtype(dtype)
         if self.ir.gridded:
             res = self._spatial_kernels(a, b, get, backend, device, values)
@@ -242,8 +238,7 @@ class CompiledNetwork:
             warm.check_finite(res, get)
             self._make_psd(res, a, b, *self._probe(a, b, get, values))
             return {k: v.astype(out_dtype, copy=False) for k, v in res.items()}
-        if backend != "numba":
-            raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
+        _check_backend(backend)
         module = self._module
         warm.check_kinds(get, self._kinds, self._refused)
         self._tell_ntk_caveats(get)
@@ -288,17 +283,12 @@ class CompiledNetwork:
 
     def _with_grad(self, x1, x2, get, backend: str, out_dtype, values: dict, diagonal: bool,
                    progress) -> dict[str, np.ndarray]:
-        if backend not in ("numba", "numpy"):
-            raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
+        _check_backend(backend)
         kp = self._tangent(get)
         warm.check_kinds(get, kp.kinds, kp.refused)
         kinds = list(get) + [grad_kind(k, m) for k in get
                              for m in range(len(self.ir.params))]
-        a = prepare(self.spec, x1, "X1" if x2 is not None else "X")
-        b = None
-        if x2 is not None:
-            b = prepare(self.spec, x2, "X2")
-            check_pair(self.spec, a, b)
+        a, b = prepare_pair(self.spec, x1, x2)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if backend == "numpy":
                 bound = kp.bind(values)
@@ -325,13 +315,7 @@ class CompiledNetwork:
                               hint=f"move {name} off this value (a bias variance of 1e-6 "
                                    "instead of 0)")
         self._tell_ntk_caveats(get)
-        if kp.integrands:  # the derivatives' integrals against raised orders, as the kernels'
-            data = a if b is None else {k: np.concatenate([a[k], b[k]]) for k in a}
-            key = ("grad", accuracy.fingerprint(data) + _values_key(values))
-            if key not in self._probed:
-                self._probed[key] = (accuracy.estimate(kp.bind(values), data, self.tol,
-                                                       kinds), set())
-                accuracy.warn_if_inaccurate(self._probed[key][0], self.name, kinds)
+        self._probe(a, b, kinds, values, kp)  # the derivatives' integrals, as the kernels'
         out = {}
         for kind in get:
             out[kind] = res[kind].astype(out_dtype, copy=False)
@@ -342,8 +326,7 @@ class CompiledNetwork:
 
     def _diagonal(self, a: dict, get, backend: str, out_dtype,
                   values: dict) -> dict[str, np.ndarray]:
-        if backend not in ("numba", "numpy"):
-            raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
+        _check_backend(backend)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if self.ir.gridded:
                 from .backends import spatial as spatial_backend
@@ -370,8 +353,7 @@ class CompiledNetwork:
                          values: dict):
         from .backends import spatial as spatial_backend
 
-        if backend not in ("numba", "numpy"):
-            raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
+        _check_backend(backend)
         if device not in ("cpu", "auto"):
             raise TPError("spatial programs (conv, pooling, layernorm) run on the CPU only: "
                           "the CUDA renderer has no spatial code yet", hint="use device='cpu'")
@@ -416,12 +398,16 @@ class CompiledNetwork:
 
     # --- accuracy (tpcompiler/accuracy.py) -------------------------------------------
 
-    def _probe(self, a: dict, b: dict | None, get,
-                values: dict | None = None) -> tuple[list[str], set]:
+    def _probe(self, a: dict, b: dict | None, get, values: dict,
+               program: KernelProgram | None = None) -> tuple[list[str], set]:
         """Warn (TPWarning) when a kernel just computed is not accurate to self.tol on these
         data; closed-form programs need no probe, and data seen before are not probed again.
-        Returns the kinds of `get` above the tolerance and what was said about these data."""
-        if "kernel_program" in self.__dict__:  # built (the NumPy path): no Numba compile
+        Returns the kinds of `get` above the tolerance and what was said about these data.
+        program: what computed them when not the kernel program (the tangent program of
+        kernels(grad=True), its kinds the kernels and their derivatives)."""
+        if program is not None:
+            integrals = bool(program.integrands)
+        elif "kernel_program" in self.__dict__:  # built (the NumPy path): no Numba compile
             integrals = bool(self.kernel_program.integrands)
         else:
             self._module  # noqa: B018 - sets _integrals (from the cache index on a warm start)
@@ -429,10 +415,10 @@ class CompiledNetwork:
         if not integrals:
             return [], set()
         data = a if b is None else {k: np.concatenate([a[k], b[k]]) for k in a}
-        values = values or {}
-        key = accuracy.fingerprint(data) + _values_key(values)
+        key = ("grad" if program is not None else "") + accuracy.fingerprint(data) + \
+            _values_key(values)
         if key not in self._probed:  # every kind at once: one run of the raised recursion
-            kp = self.kernel_program.bind(values)
+            kp = (program if program is not None else self.kernel_program).bind(values)
             self._probed[key] = (accuracy.estimate(kp, data, self.tol, kp.kinds), set())
         report, warned = self._probed[key]
         # about the kinds asked for, once each
@@ -636,6 +622,11 @@ def _check_constants(kp: KernelProgram, prog: ir.Program) -> None:
                           "the program's constants multiply (a variance times coefficients, "
                           "a power of a sum expanded): make the variances and coefficients "
                           "smaller")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("numba", "numpy"):
+        raise TPError(f"unknown backend '{backend}'", hint="use 'numba' or 'numpy'")
 
 
 def _values_key(values: dict) -> str:

@@ -178,8 +178,7 @@ def cmd_kernel(args) -> int:
         if device == "cuda" and not npz:
             shape = _kernel_to_memmap(net, x1, x2, kinds[0], out, progress, params)
         else:
-            res = net.kernels(x1, x2, kinds, progress=progress, device=device,
-                              **({"params": params} if params else {}))
+            res = net.kernels(x1, x2, kinds, progress=progress, device=device, params=params)
             shape = next(iter(res.values())).shape
     finally:
         if bar is not None:
@@ -203,7 +202,7 @@ def _kernel_to_memmap(net, x1, x2, kind: str, out: Path, progress,
         with atomic_path(out) as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(n1, n2))
             res = net.kernels(x1, x2, (kind,), progress=progress, device="cuda", out={kind: mm},
-                              **({"params": params} if params else {}))
+                              params=params)
             mm.flush()
             shape = mm.shape
             del mm, res
@@ -212,7 +211,7 @@ def _kernel_to_memmap(net, x1, x2, kind: str, out: Path, progress,
     return shape
 
 
-def param_arg(text: str) -> tuple[str, float]:
+def _param_arg(text: str) -> tuple[str, float]:
     """--param NAME=VALUE (the program checks the name and the value's range)."""
     name, eq, value = text.partition("=")
     if not eq or not name.strip():
@@ -221,6 +220,13 @@ def param_arg(text: str) -> tuple[str, float]:
         return name.strip(), float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r} in {text!r}") from None
+
+
+def add_param_argument(parser) -> None:
+    """--param NAME=VALUE, repeatable: the commands that evaluate a program's params."""
+    parser.add_argument("--param", type=_param_arg, action="append", metavar="NAME=VALUE",
+                        help="the value of a `param` of the program (repeat for several; the "
+                             "others keep their defaults); no recompilation")
 
 
 def param_values(pairs) -> dict:
@@ -294,9 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerance relative to the kernel's scale (default 1e-10): a kernel "
                         "whose estimated error exceeds it comes with a warning")
     s.add_argument("--out", required=True, help="output .npy (.npz for --kind both)")
-    s.add_argument("--param", type=param_arg, action="append", metavar="NAME=VALUE",
-                   help="the value of a `param` of the program (repeat for several; the "
-                        "others keep their defaults); no recompilation")
+    add_param_argument(s)
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     s.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
@@ -326,8 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tol", type=_tol, default=1e-10,
                    help="tolerance relative to the kernel's scale (default 1e-10)")
     s.add_argument("--out", required=True, help="output .npz: 'mean' (and 'variance')")
-    s.add_argument("--param", type=param_arg, action="append", metavar="NAME=VALUE",
-                   help="the value of a `param` of the program (repeat for several)")
+    add_param_argument(s)
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--quiet", action="store_true", help="no summary line")
     s.set_defaults(fn=cmd_predict)

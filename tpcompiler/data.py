@@ -186,6 +186,17 @@ def _check_size(arr: np.ndarray, what: str, name: str, var: float) -> None:
                   f"var * <x, x'>/d, so it needs <x, x>/d <= {limit:.3g}{by}", hint=HINT_SCALE)
 
 
+def prepare_pair(prog: ir.Program | DataSpec, x1, x2) -> tuple[dict, dict | None]:
+    """Both data sets of a kernel call, validated (x2 None: x1 with itself): (X1, X2 or None),
+    their input dimensions checked against each other."""
+    a = prepare(prog, x1, "X1" if x2 is not None else "X")
+    if x2 is None:
+        return a, None
+    b = prepare(prog, x2, "X2")
+    check_pair(prog, a, b)
+    return a, b
+
+
 def check_pair(prog: ir.Program | DataSpec, x1: dict, x2: dict) -> None:
     for name, _ in _spec(prog).inputs:
         d1, d2 = x1[name].shape[-1], x2[name].shape[-1]

@@ -150,16 +150,20 @@ class _Block:
     """The loop's two maps, numerically: states in, next states out (an env of names); q and k
     read the pre-activations' covariances (each state plus its layer's bias variance)."""
 
-    def __init__(self, kp: KernelProgram, lp: Loop, program: ir.Program, values: dict):
-        self.kp, self.lp = kp, lp
+    def __init__(self, kp: KernelProgram, lp: Loop, program: ir.Program):
+        self.kp, self.lp, self.program = kp, lp, program
         self.dcov = [i for i, (s, _) in enumerate(lp.diag_state) if _signal(kp, program, s)]
         self.xcov = [i for i, (s, _) in enumerate(lp.cross_state) if _signal(kp, program, s)]
         if not self.dcov or len(self.dcov) != len(self.xcov):
             raise TPError("the repeated block carries no covariance from layer to layer: "
                           "there is no signal to propagate")
-        self.bias = np.array([_bias_variance(program, kp, lp.diag_state[i][0], values)
-                              for i in self.dcov])
+        self.bias = np.zeros(len(self.dcov))
         self._jacobians: dict = {}
+
+    def use(self, values: dict) -> None:
+        """The params' values (symbol -> number) that q and k add the bias variances at."""
+        self.bias = np.array([_bias_variance(self.program, self.kp, self.lp.diag_state[i][0],
+                                             values) for i in self.dcov])
 
     def step(self, env: dict, cross: bool = True, hold: bool = False) -> None:
         _step(self.kp, self.lp, env, cross, hold)
@@ -211,7 +215,11 @@ class _Block:
 
     def slope(self, env: dict, block: str) -> float:
         """The Jacobian's spectral radius: the map's growth factor per layer."""
-        return float(np.max(np.abs(np.linalg.eigvals(self.jacobian(env, block)))))
+        return _radius(self.jacobian(env, block))
+
+
+def _radius(jac: np.ndarray) -> float:
+    return float(np.max(np.abs(np.linalg.eigvals(jac))))
 
 
 def _entry(kp: KernelProgram, lp: Loop, c0: float, values: dict) -> dict:
@@ -244,7 +252,7 @@ def _newton(block: _Block, env: dict) -> None:
     a Newton step could land on a repelling fixed point, q = 0 of relu above criticality.)"""
     k = block.k(env)
     jac = block.jacobian(env, "cross")
-    if np.max(np.abs(np.linalg.eigvals(jac))) >= 1.0:
+    if _radius(jac) >= 1.0:
         return
     trial = dict(env)
     block.step(trial, hold=True)
@@ -296,7 +304,7 @@ class Propagation:
                                "block")
         self.program, self.kp = program, kp
         self.lp = max(kp.loops, key=lambda loop: loop.count)
-        self.block = _Block(kp, self.lp, program, program.param_values(None))
+        self.block = _Block(kp, self.lp, program)
 
     def diagnose(self, params: dict | None = None, c0: float = 0.5, depth: int | None = None,
                  full: bool = True) -> Diagnosis:
@@ -306,8 +314,7 @@ class Propagation:
             raise TPError(f"c0={c0} must be a correlation strictly between -1 and 1")
         values = self.program.param_values(params)
         block, lp = self.block, self.lp
-        block.bias = np.array([_bias_variance(self.program, self.kp, lp.diag_state[i][0],
-                                              values) for i in block.dcov])
+        block.use(values)
         start = _entry(self.kp, lp, c0, values)
         layers = max(lp.count, 50) if depth is None else int(depth)
         if not 1 <= layers <= 100_000:

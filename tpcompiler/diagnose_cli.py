@@ -127,7 +127,7 @@ def cmd_diagnose(args) -> int:
 
 
 def register(subparsers) -> None:
-    from .cli import param_arg
+    from .cli import add_param_argument
 
     s = subparsers.add_parser(
         "diagnose", help="signal propagation of the repeated block: fixed points, chi1, depth "
@@ -139,8 +139,7 @@ def register(subparsers) -> None:
                     "critical), from the kernel recursion (Schoenholz et al. 2017). See "
                     "docs/theory.md.")
     s.add_argument("file")
-    s.add_argument("--param", type=param_arg, action="append", metavar="NAME=VALUE",
-                   help="the value of a `param` of the program (repeat for several)")
+    add_param_argument(s)
     s.add_argument("--c0", type=float, default=0.5,
                    help="the correlation of the two inputs the iteration starts from "
                         "(default 0.5)")

@@ -231,10 +231,6 @@ class ParamSymbol(sp.Symbol):
         return (self.index,), {}
 
 
-def param_symbol(index: int) -> ParamSymbol:
-    return ParamSymbol(index)
-
-
 @dataclass(frozen=True)
 class Program:
     name: str | None
@@ -287,7 +283,7 @@ class Program:
         if not self.params:
             return self
         # the shortest decimal of each value, exactly (as a const written with it would be)
-        sub = {s: sp.Rational(Fraction(repr(v)).numerator, Fraction(repr(v)).denominator)
+        sub = {s: sp.Rational(*Fraction(repr(v)).as_integer_ratio())
                for s, v in self.param_values(values).items()}
         return dataclasses.replace(
             self, params=(),

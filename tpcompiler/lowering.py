@@ -299,8 +299,7 @@ class _Lowerer(SpatialCalls):
         self._tick(s.span)
         method = getattr(self, "stmt_" + type(s).__name__)
         if not top and isinstance(s, (S.NetworkDecl, S.ParamDecl, S.ConstDecl, S.HyperDecl,
-                                      S.InputDecl,
-                                      S.WeightDecl, S.ActDecl)):
+                                      S.InputDecl, S.WeightDecl, S.ActDecl)):
             raise TPError("declarations are only allowed at the top level, not inside a loop",
                           s.span, "move it before the loop")
         method(s)
@@ -363,7 +362,7 @@ class _Lowerer(SpatialCalls):
     def stmt_HyperDecl(self, s: S.HyperDecl) -> None:
         value = self.in_range(self.scalar(s.value, "a number for the param's default"),
                               s.value.span, "a param")
-        sym = ir.param_symbol(len(self.params))
+        sym = ir.ParamSymbol(len(self.params))
         self.params.append(ir.Param(s.name, sym, float(value), s.span))
         self._bind(s.name, Hyper(sym), s.span, "a param")
 

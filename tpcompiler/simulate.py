@@ -45,7 +45,7 @@ import sympy as sp
 
 from . import functions as F
 from . import ir
-from .data import check_pair, prepare
+from .data import prepare, prepare_pair
 from .errors import TPError
 from .parametrization import Scale, scales
 
@@ -335,11 +335,9 @@ class FiniteNetwork:
     # --- data ----------------------------------------------------------------------------
 
     def _data(self, x1, x2=None) -> tuple[dict, int]:
-        a = prepare(self.program, x1, "X1" if x2 is not None else "X")
+        a, b = prepare_pair(self.program, x1, x2)
         n1 = next(iter(a.values())).shape[0]
-        if x2 is not None:
-            b = prepare(self.program, x2, "X2")
-            check_pair(self.program, a, b)
+        if b is not None:
             a = {k: np.concatenate([a[k], b[k]]) for k in a}
         dims = {k: v.shape[-1] for k, v in a.items()}
         if self.dims is None:

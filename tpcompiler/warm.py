@@ -24,7 +24,7 @@ import numpy as np
 from . import __version__
 from .backends import cache, runner
 from .backends.gram import GramLayout
-from .data import HINT_SCALE, DataSpec, check_pair, prepare
+from .data import HINT_SCALE, DataSpec, prepare_pair
 from .errors import TPError, warn
 from .files import atomic_write_text, cache_dir, read_source
 
@@ -67,17 +67,15 @@ class WarmNetwork:
         self._caveats = [tuple(c) for c in caveats]
         self._caveats_told = False
 
-    def kernels(self, x1, x2=None, get=KINDS, *, progress=None,
-                device: str = "cpu") -> dict[str, np.ndarray]:
+    def kernels(self, x1, x2=None, get=KINDS, *, progress=None, device: str = "cpu",
+                params: dict | None = None) -> dict[str, np.ndarray]:
         if device != "cpu":
             raise TPError(f"device='{device}': a warm start runs on the CPU",
                           hint="compile the network (tpcompiler.compile) for the GPU")
+        if params:  # a warm record is written only for a program without params
+            raise TPError(f"{', '.join(map(repr, params))}: this program has no params")
         get = check_get(get)
-        a = prepare(self._spec, x1, "X1" if x2 is not None else "X")
-        b = None
-        if x2 is not None:
-            b = prepare(self._spec, x2, "X2")
-            check_pair(self._spec, a, b)
+        a, b = prepare_pair(self._spec, x1, x2)
         check_kinds(get, self._kinds, self._refused)
         if "ntk" in get and not self._caveats_told:
             self._caveats_told = True
