@@ -283,6 +283,14 @@ def _cnn_layer(stax, jnp, item: tuple):
         return _dense(stax, args[0], args[1])
     if what == "layernorm":
         return stax.LayerNorm(axis=-1, eps=args[0])
+    if what == "attention":  # the one configuration with a kernel: see cnn_kernels
+        qk, vv, oo, bias, heads, pos_var, val_pos = args
+        return stax.GlobalSelfAttention(
+            1, 1, 1, int(heads), linear_scaling=True, W_key_std=math.sqrt(qk),
+            W_query_std=math.sqrt(qk), W_value_std=math.sqrt(vv), W_out_std=math.sqrt(oo),
+            b_std=math.sqrt(bias) if bias else None, attention_mechanism="SOFTMAX",
+            pos_emb_type="SUM" if pos_var else "NONE", pos_emb_decay_fn=None,
+            W_pos_emb_std=math.sqrt(pos_var) if pos_var else 1.0, val_pos_emb=bool(val_pos))
     if what == "residual":  # x + serial(inner)
         inner = stax.serial(*[_cnn_layer(stax, jnp, it) for it in args[0]])
         return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), inner),
@@ -403,6 +411,14 @@ def cnn_kernels(x1, x2, layers: tuple) -> dict[str, np.ndarray]:
         ("gap",) / ("flatten",)                   GlobalAvgPool() / Flatten()
         ("dense", var, bias)                      Dense (per position on a spatial input)
         ("layernorm", eps)                        LayerNorm(axis=-1, eps=eps)
+        ("attention", qk, vv, oo, bias, heads, pos_var, val_pos)
+                                                  GlobalSelfAttention(1, 1, 1, heads,
+                                                   linear_scaling=True, W_key_std=W_query_std=
+                                                   sqrt(qk), W_value_std=sqrt(vv), W_out_std=
+                                                   sqrt(oo), b_std=sqrt(bias) or None, softmax;
+                                                   pos_emb_type SUM with W_pos_emb_std=
+                                                   sqrt(pos_var) and one-hot positions (no
+                                                   decay_fn) when pos_var > 0, val_pos_emb)
         ("residual", (layers...))                 x + serial(layers)(x)
         ("product", (layers...), (layers...))     serial(a)(x) * serial(b)(x)
     """

@@ -258,15 +258,19 @@ def _available(net):
 #: and test_quadrature.py, so the whole example runs under -m slow
 # compile-heavy (each > 20 s on 2 cores); the CNN examples' generated code is checked
 # against the NumPy reference in tests/test_spatial.py
-HEAVY_EXAMPLES = {"user_act", "nested_nonlin", "cnn_gap", "conv1d", "cnn_flatten"}
+HEAVY_EXAMPLES = {"user_act", "nested_nonlin", "cnn_gap", "conv1d", "cnn_flatten", "transformer"}
+
+
+# (batchnorm's kernels are those of one batch: tests/test_batchnorm.py compares its backends)
+PAIRWISE = [p for p in EXAMPLES if not tp.compile(p).ir.batched]
 
 
 # agreement of backends / with finite networks at their own tolerances, not the
 # accuracy probe: its warnings (4-D rules at ~1e-6) are what tests/test_exact.py checks
 @pytest.mark.filterwarnings("ignore::tpcompiler.errors.TPWarning")
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow)
-                                  if p.stem in HEAVY_EXAMPLES else p for p in EXAMPLES],
-                         ids=[p.stem for p in EXAMPLES])
+                                  if p.stem in HEAVY_EXAMPLES else p for p in PAIRWISE],
+                         ids=[p.stem for p in PAIRWISE])
 def test_example_numba_equals_reference(path):
     net = tp.compile(path)
     kinds = _available(net)

@@ -33,7 +33,8 @@ def _rows(text: str) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("path", [p for p in EXAMPLES if not tp.compile(p).ir.spatial],
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if not tp.compile(p).ir.spatial
+                                  and not tp.compile(p).ir.batched],
                          ids=lambda p: p.stem)
 def test_every_name_is_defined_and_used(path):
     text = tp.compile(path).latex()

@@ -19,12 +19,13 @@ STAGES = (
     # text -> AST
     ("syntax", "parse"),
     # AST -> IR
-    ("ir", "ranges", "parametrization", "check", "lowering_spatial", "lowering", "data"),
+    ("ir", "ranges", "parametrization", "check", "lowering_spatial", "lowering_batch",
+     "lowering", "data"),
     # IR -> kernel program (and the abc analysis of the IR)
     ("kernel_program", "verify", "quadrature", "conditional", "series", "passes",
      "passes.closedform",
      "passes.expect", "passes.kernels", "passes.loops", "passes.spatial", "passes.tangent",
-     "passes.abc"),
+     "passes.abc", "passes.batch"),
     # kernel program -> code and numbers
     ("backends", "backends.printer", "backends.coincident", "backends.gram",
      "backends.quadsource", "backends.cache", "backends.numpy", "backends.numba",
@@ -32,11 +33,13 @@ STAGES = (
      "batchnorm"),
     # what runs the backends: the probe and the finite-width simulator; what reads kernels:
     # the predictions
-    ("accuracy", "psd", "simulate", "simulate_spatial", "warm", "predict", "diagnose"),
+    ("accuracy", "psd", "simulate", "simulate_spatial", "warm", "solve", "predict",
+     "diagnose"),
     # the API that wires the stages together
-    ("api",),
+    ("api", "batch_kernels", "dask_kernels"),
     # users of the API: commands and test helpers
-    ("coordcheck", "check_cli", "abc_report", "abc_cli", "diagnose_cli", "cli", "testing",
+    ("coordcheck", "check_cli", "abc_report", "abc_cli", "diagnose_batch", "diagnose_cli",
+     "cli", "testing",
      "sklearn",
      "__init__"),
 )

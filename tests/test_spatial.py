@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import tpcompiler as tpc
 from tpcompiler.errors import TPError
+from tpcompiler.testing import assert_gradients
 
 import nt_reference as ntr
 
@@ -284,7 +285,7 @@ def test_against_the_simulator(name):
 
 def test_ntk_refusal_says_why():
     net = tpc.compile_source(SIMULATED["layernorm_subtracts_the_mean"])
-    with pytest.raises(TPError, match="layernorm or pooled vector combined"):
+    with pytest.raises(TPError, match="layernorm, pooled or attended vector combined"):
         net.ntk(np.zeros((2, 4, 4, 1)))
     shared = tpc.compile_source("input img[4, 4]\nweight W(var=2.0)\nh = conv(img, size=3)\n"
                                 "repeat 2 { h = conv(relu(h), W, size=3) }\n"
@@ -312,21 +313,7 @@ def test_simulator_gradients_match_central_differences(name):
     net = tpc.compile_source(SIMULATED[name])
     inp = net.ir.inputs[0]
     x = np.random.default_rng(2).standard_normal((2, *(inp.grid or (inp.length,)), 2))
-    fn = net.simulate(16, seed=3)
-    grads = fn.gradients(x)
-    rng = np.random.default_rng(4)
-    for pname, g in grads.items():
-        p = fn.param(pname)
-        flat = p.reshape(-1)
-        for i in rng.choice(flat.size, size=min(3, flat.size), replace=False):
-            old = flat[i]
-            flat[i] = old + 1e-6
-            up = fn(x)
-            flat[i] = old - 1e-6
-            down = fn(x)
-            flat[i] = old
-            fd = (up - down) / 2e-6
-            np.testing.assert_allclose(g.reshape(2, -1)[:, i], fd, rtol=1e-6, atol=1e-7)
+    assert_gradients(net.simulate(16, seed=3), x, entries=3, seed=4)
 
 
 def test_cpu_only_and_no_latex_yet():

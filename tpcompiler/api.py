@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
-from . import __version__, accuracy, ir, passes, psd, warm
+from . import __version__, accuracy, batch_kernels, ir, passes, psd, warm
 from .accuracy import DEFAULT_TOL
 from .backends import cache, coincident, runner
 from .backends import cuda as cuda_backend
@@ -104,10 +104,22 @@ class CompiledNetwork:
             made[key] = sprog
         return made[key]
 
+    @functools.cached_property
+    def batch_evaluator(self):
+        """The stages of a program with batchnorm (passes/batch.py) and their networks."""
+        from .batch_kernels import BatchEvaluator
+
+        if not self.ir.batched:
+            raise TPError("this network has no batchnorm")
+        return BatchEvaluator(self.ir, self.tol)
+
     @property
     def recursion(self):
         """The derived recursion, whichever form it takes: the spatial program of a CNN, else
-        the kernel program (both have .kinds and .refused)."""
+        the kernel program (both have .kinds and .refused); the batch stages of a program
+        with batchnorm."""
+        if self.ir.batched:
+            return self.batch_evaluator
         return self.spatial_program if self.ir.gridded else self.kernel_program
 
     @functools.cached_property
@@ -178,7 +190,8 @@ class CompiledNetwork:
     def kernels(self, x1, x2=None, get=KINDS, *, dtype=None, backend: str = "numba",
                 progress=None, device: str = "cpu", max_gpu_bytes: int | None = None,
                 out: dict | None = None, diagonal: bool = False,
-                params: dict | None = None, grad: bool = False) -> dict[str, np.ndarray]:
+                params: dict | None = None, grad: bool = False,
+                chunks: int | None = None) -> dict[str, np.ndarray]:
         """Kernels between the points of x1 and x2 (x2=None: x1 with itself).
 
         Arguments:
@@ -202,11 +215,29 @@ class CompiledNetwork:
             grad: also the derivatives in the params, kind + "_grad" -> (N1, N2, P) (P the
                 params, in the order of net.params), from the symbolic derivative of the
                 recursion (passes/tangent.py); on the CPU.
+            chunks: lazy dask arrays instead, computed by blocks of chunks x chunks points
+                (rounded up to a multiple of 256) by whichever Dask scheduler computes them
+                (the `[dask]` extra; tpcompiler/dask_kernels.py): the same bits as in memory.
         Returns:
             dict kind -> (N1, N2) array ((N1,) with diagonal=True).
         """
         get = warm.check_get(get)
+        if chunks is not None:
+            from . import dask_kernels
+
+            if grad or diagonal or out is not None or device not in ("cpu", "auto") or \
+                    backend != "numba" or dtype is not None:
+                raise TPError("chunks= returns lazy float64 dask arrays computed by the "
+                              "Numba backend on CPUs: no grad=, diagonal=, out=, dtype=, "
+                              "device= or backend= with it")
+            return dask_kernels.kernel_arrays(self, x1, x2, get, chunks=chunks, params=params)
         values = self._values(params)
+        if self.ir.batched:
+            if grad or diagonal or out is not None or device not in ("cpu", "auto"):
+                raise TPError("a network with batchnorm computes its batch kernels on the CPU "
+                              "into new arrays (no grad=, diagonal=, out= or GPU yet)")
+            return batch_kernels.kernels(self, x1, x2, get, backend=backend, values=values,
+                                         params=params, dtype=_out_dtype(dtype))
         if grad:
             if x2 is not None and diagonal:
                 raise TPError("diagonal=True computes K(x, x) for the points of x1: pass no x2")
@@ -586,8 +617,8 @@ class CompiledNetwork:
         from .latex import program_latex
 
         if self.ir.spatial:
-            raise TPError("LaTeX of a spatial program (conv, pooling, layernorm) is not "
-                          "rendered yet", hint="`tpc kernel-program` prints its recursion")
+            raise TPError("LaTeX of a spatial program (conv, pooling, layernorm, attend) is "
+                          "not rendered yet", hint="`tpc kernel-program` prints its recursion")
         return program_latex(self.ir, self.kernel_program)
 
     def _repr_latex_(self) -> str:

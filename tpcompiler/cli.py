@@ -52,6 +52,12 @@ def cmd_kernel_program(args) -> int:
     if args.grad:
         print(net.tangent_program.text(), end="")
         return 0
+    if net.ir.batched:  # stages of one batch, each a pairwise kernel program
+        if args.accuracy:
+            raise TPError("--accuracy is not available for programs with batchnorm yet",
+                          hint="their stages' kernels warn (TPWarning) when they miss tol")
+        print(net.batch_evaluator.text(), end="")
+        return 0
     if net.ir.gridded:  # arrays over positions, conv/pool/flat between grids
         print(net.spatial_program.text(), end="")
         if args.accuracy:
@@ -145,6 +151,11 @@ def cmd_predict(args) -> int:
 def cmd_kernel(args) -> int:
     out = Path(args.out)
     kinds = ("nngp", "ntk") if args.kind == "both" else (args.kind,)
+    if out.suffix == ".zarr":
+        return _kernel_store(args, out, kinds)
+    if args.scheduler or args.workers or args.chunks:
+        raise TPError("--chunks, --scheduler and --workers are for a Zarr store",
+                      hint=f"name the output {out.stem}.zarr")
     npz = len(kinds) > 1
     if npz and out.suffix != ".npz":
         raise TPError(f"--kind both writes an .npz archive; name the output {out.stem}.npz")
@@ -187,6 +198,43 @@ def cmd_kernel(args) -> int:
         _atomic_save(out, res, npz)
     if not args.quiet:
         print(f"wrote {', '.join(kinds)} {shape[0]}x{shape[1]} to {out}", file=sys.stderr)
+    return 0
+
+
+def _kernel_store(args, out: Path, kinds) -> int:
+    """tpc kernel ... --out K.zarr: blocks on a Dask cluster into a resumable Zarr store."""
+    import shutil
+
+    from . import dask_kernels
+    from .api import compile
+
+    dask_kernels.require()
+    if args.device != "cpu":
+        raise TPError("a Zarr store is computed on the CPU workers of a Dask cluster",
+                      hint="leave --device out")
+    if out.exists() and args.force:
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if not out.parent.is_dir():
+        raise TPError(f"--out: the folder {out.parent} does not exist")
+    if args.workers is not None and args.workers < 1:
+        raise TPError("--workers must be at least 1")
+    net = compile(args.file, tol=args.tol)
+    x1 = load_data(args.data, "--data")
+    x2 = load_data(args.data2, "--data2") if args.data2 else None
+    bar, progress = progress_bar(args.quiet, "blocks")
+    try:
+        rep = dask_kernels.write_store(
+            net, x1, x2, out, kinds, chunks=args.chunks or dask_kernels.CHUNKS,
+            params=param_values(args.param), scheduler=args.scheduler, workers=args.workers,
+            progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        n1, n2 = rep["shape"]
+        print(f"wrote {', '.join(kinds)} {n1}x{n2} to {out}: {rep['computed']} block(s) "
+              f"computed, {rep['reused']} verified and kept, {rep['wall_seconds']:.1f} s",
+              file=sys.stderr)
     return 0
 
 
@@ -290,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.set_defaults(fn=cmd_latex)
 
-    s = sub.add_parser("kernel", help="compute kernels on data and write .npy/.npz")
+    s = sub.add_parser("kernel", help="compute kernels on data and write .npy/.npz, or a "
+                                      "resumable Zarr store on a Dask cluster (--out K.zarr)")
     s.add_argument("file")
     s.add_argument("--data", required=True,
                    help=".npy array (N, d) or (N, T, d); .npz with one array per input name")
@@ -299,13 +348,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tol", type=_tol, default=1e-10,
                    help="tolerance relative to the kernel's scale (default 1e-10): a kernel "
                         "whose estimated error exceeds it comes with a warning")
-    s.add_argument("--out", required=True, help="output .npy (.npz for --kind both)")
+    s.add_argument("--out", required=True,
+                   help="output .npy (.npz for --kind both), or a .zarr store (one array per "
+                        "kind; a rerun resumes it)")
     add_param_argument(s)
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     s.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                    help="where to compute: cpu (default), cuda (an error without a usable GPU) "
                         "or auto (CUDA when usable, else the CPU)")
+    s.add_argument("--chunks", type=int, default=None,
+                   help="with --out K.zarr: block size (default 4096, rounded up to a multiple "
+                        "of 256)")
+    s.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --out K.zarr: a running dask.distributed scheduler "
+                        "(tcp://host:8786); default: a LocalCluster on this machine")
+    s.add_argument("--workers", type=int, default=None,
+                   help="with --out K.zarr: worker processes of the LocalCluster (default: the "
+                        "cores)")
     s.set_defaults(fn=cmd_kernel)
 
     s = sub.add_parser("predict", help="infinite-width predictions: GP posterior (nngp) or "

@@ -47,7 +47,8 @@ def figure(diag, title: str, grid=None):
         g.set_ylabel(grid["y"])
         g.set_title("ordered (blue) | chaotic (red), chi1 = 1 line", fontsize=9)
     rate = "-" if diag.gradient_rate is None else f"{diag.gradient_rate:.4g}"
-    fig.suptitle(f"{title}: {diag.phase}, chi1 = {rate}", fontsize=10)
+    what = f"batch {diag.batch}, gradient rate" if hasattr(diag, "batch") else "chi1"
+    fig.suptitle(f"{title}: {diag.phase}, {what} = {rate}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -86,6 +87,25 @@ def cmd_diagnose(args) -> int:
         raise TPError("--grid-points must be between 2 and 400")
     net = compile(args.file)
     params = param_values(args.param)
+    if net.ir.batched or args.batch is not None:
+        if not net.ir.batched:
+            raise TPError("--batch is for networks with batchnorm; this one has none",
+                          hint="leave --batch out: the pairwise analysis applies")
+        if args.batch is None:
+            raise TPError("a network with batchnorm is analysed on a batch: give its size",
+                          hint="e.g. tpc diagnose FILE --batch 8")
+        if args.grid:
+            raise TPError("--grid is not available with --batch yet")
+        from .diagnose_batch import diagnose_batch
+
+        diag = diagnose_batch(net, args.batch, params, c0=args.c0, depth=args.depth)
+        if args.format == "json":
+            print(json.dumps(diag.to_json(), indent=2))
+        else:
+            print(diag.text())
+        if args.plot:
+            save_plot(Path(args.plot), figure(diag, net.name or Path(args.file).stem))
+        return 0
     prop = Propagation(net.ir)
     diag = prop.diagnose(params, c0=args.c0, depth=args.depth)
     grid = None
@@ -152,6 +172,10 @@ def register(subparsers) -> None:
                         "line (and a third panel with --plot)")
     s.add_argument("--grid-points", type=int, default=21,
                    help="points per axis of --grid (default 21)")
+    s.add_argument("--batch", type=int, metavar="B",
+                   help="for a network with batchnorm: the batch size; reports the BSB1 fixed "
+                        "point of the batch covariance, the gradient explosion rate per layer "
+                        "and their large-batch limits (Yang et al. 2019)")
     s.add_argument("--format", choices=("text", "json"), default="text")
     s.add_argument("--plot", help="write correlation and gradient norm against depth (.png)")
     s.set_defaults(fn=cmd_diagnose)

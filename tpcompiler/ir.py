@@ -29,9 +29,11 @@ class Op(enum.Enum):
     CONV = "conv"  # a matrix per filter offset, shared by every position (spatial.Stencil)
     POOL = "pool"  # an average over positions of an H-var (derived: no parameter)
     NORM = "norm"  # layernorm: (h - mean) / sqrt(var + eps) over the width (derived)
+    ATTEND = "attend"  # self-attention over positions: a per-point mixture of the values
+    BATCHNORM = "batchnorm"  # normalised over the batch: couples the points (passes/batch.py)
 
 
-DERIVED = frozenset({Op.POOL, Op.NORM})
+DERIVED = frozenset({Op.POOL, Op.NORM, Op.ATTEND})
 
 
 INITIAL = frozenset({Op.INPUT, Op.BIAS})
@@ -115,6 +117,35 @@ class Norm:
 
 
 @dataclass(frozen=True)
+class Attend:
+    """Self-attention over all positions of a grid, attend(q, k, v): out_p = sum_j a_pj v_j
+    with a_p. = softmax_j(q_p . k_j / n) at each point (the G-var's arg is v). With the 1/n
+    scaling the logits converge to the per-point moment E[q_p k_j] (the Master theorem), so
+    the weights are deterministic per point and the output is a fixed mixture of the values.
+    `heads` splits the width into that many blocks, each with its own logits and softmax
+    (multi-head attention): every head has the same limit, so only the finite network sees
+    it. `gaussian` as for Pool (the values are Gaussian: so is the mixture)."""
+
+    query: sp.Expr
+    key: sp.Expr
+    grid: tuple[int, ...]
+    heads: int
+    gaussian: bool
+
+    @property
+    def grid_in(self) -> tuple[int, ...]:
+        return self.grid
+
+    @property
+    def grid_out(self) -> tuple[int, ...]:
+        return self.grid
+
+    def __str__(self) -> str:
+        heads = f" heads={self.heads}" if self.heads != 1 else ""
+        return f"attend[q={format_expr(self.query)} k={format_expr(self.key)}{heads}]"
+
+
+@dataclass(frozen=True)
 class InputRef:
     """The input vector x (index None) or s[index]."""
 
@@ -154,8 +185,11 @@ class GVar:
     span: Span | None = field(default=None, compare=False, repr=False)
     #: the positions of a spatial vector (() for a plain one: the same at every position)
     grid: tuple[int, ...] = ()
-    #: CONV: its Stencil; POOL: its Pool; NORM: its Norm (param is "" for the derived two)
-    spatial: Stencil | Pool | Norm | None = None
+    #: CONV: its Stencil; POOL: its Pool; NORM: its Norm; ATTEND: its Attend (param is ""
+    #: for the derived ones)
+    spatial: Stencil | Pool | Norm | Attend | None = None
+    #: BATCHNORM: its eps (its argument is `arg`, Gaussian; param is "")
+    batch_eps: sp.Expr | None = None
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -292,6 +326,12 @@ class Program:
             biases=tuple(dataclasses.replace(b, var=b.var.xreplace(sub)) for b in self.biases))
 
     @property
+    def batched(self) -> bool:
+        """Whether a vector is batch-normalised: the kernels are then those of one batch
+        (passes/batch.py), not of pairs."""
+        return any(g.op is Op.BATCHNORM for g in self.gvars)
+
+    @property
     def spatial(self) -> bool:
         """Whether passes/spatial.py derives its kernels: a vector has positions (a CNN) or
         is derived (pooled, layer-normalised)."""
@@ -390,6 +430,8 @@ def format_program(p: Program) -> str:
             rhs = g.param
         elif g.op in DERIVED:
             rhs = f"{g.spatial}({format_expr(g.arg)})"
+        elif g.op is Op.BATCHNORM:
+            rhs = f"batchnorm eps={g.batch_eps}({format_expr(g.arg)})"
         else:
             arg = format_expr(g.arg)
             bare = isinstance(g.arg, InputRef) or g.arg.is_Atom

@@ -34,6 +34,7 @@ from .check import (
 )
 from .errors import Span, TPError, did_you_mean
 from .functions import BUILTINS
+from .lowering_batch import BatchCalls
 from .lowering_spatial import SpatialCalls, joint_grid
 from .parametrization import PRESETS
 
@@ -97,7 +98,9 @@ def describe(v) -> str:
     return _WHAT[type(v)]
 
 
-class _Lowerer(SpatialCalls):
+class _Lowerer(SpatialCalls, BatchCalls):
+    CALLS = (*SpatialCalls.SPATIAL_CALLS, *BatchCalls.BATCH_CALLS)
+
     def __init__(self, module: S.Module):
         self.module = module
         self.source = module.source
@@ -146,7 +149,7 @@ class _Lowerer(SpatialCalls):
     def _lookup(self, name: str, span):
         if name in self.env:
             return self.env[name]
-        if name in BUILTINS or name in ("dense", "readout", *self.SPATIAL_CALLS):
+        if name in BUILTINS or name in ("dense", "readout", *self.CALLS):
             raise TPError(f"'{name}' is a function; call it: {name}(...)", span)
         if name in self.assigned_later:
             raise TPError(f"'{name}' is used before it is assigned", span,
@@ -210,6 +213,7 @@ class _Lowerer(SpatialCalls):
         exp's growth) stays within MAX_LOG_SCALE; see MAX_CONSTANT."""
         check_scale(expr, span, self.scales)
         self.check_derived_use(expr, span)
+        self._check_batch_use(expr, span)
         return Vec(expr, grid)
 
     def variance(self, kw: S.Kwarg, params: bool = True) -> sp.Expr:
@@ -605,7 +609,7 @@ class _Lowerer(SpatialCalls):
             return self.call_dense(e)
         if e.func == "readout":
             return self.call_readout(e)
-        if e.func in self.SPATIAL_CALLS:
+        if e.func in self.CALLS:
             return getattr(self, "call_" + e.func)(e)
         if e.func in BUILTINS:
             params, build = BUILTINS[e.func]
@@ -618,7 +622,7 @@ class _Lowerer(SpatialCalls):
                 raise TPError(f"'{e.func}' is {describe(f)}, not a function", e.span)
             z = self._one_vector_arg(e, allow_kwargs=False)
             return self.vec(f.body.xreplace({f.param: z}), e.span, self._arg_grid)
-        hint = did_you_mean(e.func, [*BUILTINS, "dense", "readout", *self.SPATIAL_CALLS,
+        hint = did_you_mean(e.func, [*BUILTINS, "dense", "readout", *self.CALLS,
                                      *(n for n, v in self.env.items() if isinstance(v, Act))])
         raise TPError(f"unknown function '{e.func}'", e.span,
                       hint or "define it with `act name(z) = ...` or see docs/language.md")
@@ -666,7 +670,7 @@ class _Lowerer(SpatialCalls):
             raise TPError(f"dense() needs a vector or an input, got {describe(arg)}",
                           e.args[0].span)
         if self.grid_of(arg):
-            return self.call_conv(e, dense=True)  # per position: a 1 x 1 convolution
+            return self.call_conv(e, dense=True, arg=arg)  # per position: a 1 x 1 conv
         kind = ir.Kind.INPUT if isinstance(arg, InVec) else ir.Kind.HIDDEN
         fan_in = arg.ref.input if isinstance(arg, InVec) else None
         if len(e.args) == 2:
@@ -815,7 +819,7 @@ class _ActBody:
     def _call(self, e: S.Call) -> sp.Expr:
         if e.func == self.name:
             raise TPError(f"act '{self.name}' calls itself; acts cannot be recursive", e.span)
-        if e.func in ("dense", "readout", *self.outer.SPATIAL_CALLS):
+        if e.func in ("dense", "readout", *self.outer.CALLS):
             raise TPError(f"{e.func}() cannot be used inside an act", e.span,
                           "an act is an elementwise function; apply dense() outside it")
         if len(e.args) != 1:

@@ -1,10 +1,11 @@
-"""Lowering of the spatial constructs: conv, avgpool, gap and layernorm (a mixin of
+"""Lowering of the spatial constructs: conv, avgpool, gap, layernorm and attend (a mixin of
 lowering._Lowerer, which holds the rest of the language).
 
 A spatial vector is one vector of width n per position of a grid ((T,) for a sequence, (H, W)
 for an image); elementwise expressions act per position. conv(h) makes a G-var (one matrix per
-filter offset, shared by every position: Op.CONV); avgpool, gap and layernorm make derived
-vectors (Op.POOL, Op.NORM) whose covariances passes/spatial.py derives from their arguments'.
+filter offset, shared by every position: Op.CONV); avgpool, gap, layernorm and attend make
+derived vectors (Op.POOL, Op.NORM, Op.ATTEND) whose covariances passes/spatial.py derives from
+their arguments'.
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from . import syntax as S
 from .errors import TPError, did_you_mean
 
 PADDINGS = ("same", "valid", "circular")
+#: attend()'s logit scalings: only q.k/n has a deterministic limit (docs/theory.md, Attention)
+SCALES = ("linear", "sqrt")
+MAX_HEADS = 4096
+SQRT_SCALE = ("attend() with the 1/sqrt(n) scaling (q.k/sqrt(n)) has no deterministic "
+              "infinite-width limit: its logits stay random (a Gaussian process over position "
+              "pairs) and the kernel is an integral over them, which tpcompiler does not "
+              "implement")
+SQRT_HINT = ("attend() scales the logits by 1/n (scale=linear, the default), as Tensor Programs "
+             "and neural-tangents' linear_scaling=True do; see docs/theory.md, 'Attention'")
 
 
 def joint_grid(vecs, span) -> tuple[int, ...]:
@@ -35,7 +45,7 @@ def _show(grid: tuple[int, ...]) -> str:
 
 
 class SpatialCalls:
-    SPATIAL_CALLS = ("conv", "avgpool", "gap", "layernorm")
+    SPATIAL_CALLS = ("conv", "avgpool", "gap", "layernorm", "attend")
 
     # --- what a value is -------------------------------------------------------------------
 
@@ -80,7 +90,7 @@ class SpatialCalls:
             return
         linear = all(term.as_coeff_Mul()[1].is_Symbol for term in sp.Add.make_args(expr))
         if not linear:
-            what = str(self.gvars[int(bad[0].name[1:])].spatial).split()[0]
+            what = str(self.gvars[int(bad[0].name[1:])].spatial).split()[0].split("[")[0]
             raise TPError(f"the {what} of a non-Gaussian vector (e.g. of relu(h)) can only be "
                           "scaled, summed, pooled or fed to conv/dense/readout here", span,
                           f"apply the nonlinearity after a conv or dense, or {what} the "
@@ -101,14 +111,17 @@ class SpatialCalls:
 
     # --- conv ----------------------------------------------------------------------------
 
-    def call_conv(self, e: S.Call, dense: bool = False):
+    def call_conv(self, e: S.Call, dense: bool = False, arg=None):
+        """conv(v, ...), or (dense) dense(v, ...) of a spatial vector `arg` that dense() has
+        already lowered: lowering its argument again would add its vectors twice."""
         from .lowering import InVec, Seq, Vec
 
         name = "dense" if dense else "conv"
         if not 1 <= len(e.args) <= 2:
             raise TPError(f"{name}() takes 1 or 2 positional arguments (vector[, weight]), got "
                           f"{len(e.args)}", e.span)
-        arg = self.expr(e.args[0])
+        if arg is None:
+            arg = self.expr(e.args[0])
         if not isinstance(arg, (Vec, InVec, Seq)):
             raise TPError(f"{name}() needs a vector or an input, got {self._what(arg)}",
                           e.args[0].span)
@@ -243,6 +256,61 @@ class SpatialCalls:
         norm = ir.Norm(eps, self.gaussian(v.expr))
         return Vec(self._spatial_gvar(ir.Op.NORM, "", v.expr, e.span, v.grid, norm), v.grid)
 
+    # --- attention -------------------------------------------------------------------------
+
+    def call_attend(self, e: S.Call):
+        """attend(q, k, v, heads=H, scale=linear): softmax over positions of q_p . k_j / n,
+        mixing the values v_j; q, k and v spatial vectors on one grid."""
+        from .lowering import Vec
+
+        if len(e.args) != 3:
+            raise TPError(f"attend() takes 3 positional arguments (queries, keys, values), got "
+                          f"{len(e.args)}", e.span,
+                          "e.g. q = dense(h, var=1.0) then attend(q, q, dense(h)): tied "
+                          "queries and keys")
+        heads = 1
+        for kw in e.kwargs:
+            if kw.name == "heads":
+                heads = self.integer(kw.value, "the number of heads", lo=1, hi=MAX_HEADS)
+            elif kw.name == "scale":
+                self._attention_scale(kw)
+            else:
+                raise TPError(f"attend() has no parameter '{kw.name}'", kw.span,
+                              did_you_mean(kw.name, ("heads", "scale")) or
+                              "attend() takes heads= and scale=")
+        vecs = []
+        for role, arg in zip(("queries", "keys", "values"), e.args):
+            v = self.expr(arg)
+            if not isinstance(v, Vec):
+                raise TPError(f"attend() needs vectors; its {role} are {self._what(v)}",
+                              arg.span, "apply conv(s, size=1) first (a dense layer per "
+                              "position): h = conv(s, size=1); q = dense(h); "
+                              "attend(q, q, dense(h))")
+            if not v.grid:
+                raise TPError(f"attend() mixes positions; its {role} are a vector without "
+                              "positions", arg.span, "attend over a sequence or an image: "
+                              "`input s[T]`, then h = conv(s, size=1)")
+            if vecs and v.grid != vecs[0].grid:
+                raise TPError(f"attend()'s {role} have {_show(v.grid)} positions, its queries "
+                              f"{_show(vecs[0].grid)}", arg.span,
+                              "queries, keys and values need the same positions")
+            vecs.append(v)
+        q, k, v = vecs
+        spec = ir.Attend(q.expr, k.expr, v.grid, heads,
+                         self.gaussian(v.expr) and self._centred(v.expr))
+        return Vec(self._spatial_gvar(ir.Op.ATTEND, "", v.expr, e.span, v.grid, spec), v.grid)
+
+    def _attention_scale(self, kw: S.Kwarg) -> None:
+        v = kw.value
+        if isinstance(v, S.Name) and v.id == "linear" and v.id not in self.env:
+            return
+        if _mentions(v, "sqrt"):
+            raise TPError(SQRT_SCALE, v.span, SQRT_HINT)
+        raise TPError("attend() takes scale=linear only: logits q.k/n (the default)", v.span,
+                      did_you_mean(getattr(v, "id", ""), SCALES) or
+                      "to scale the logits, scale the queries: dense(h, var=c) multiplies "
+                      "them by c")
+
     @staticmethod
     def _centred(expr: sp.Expr) -> bool:
         """No constant term: the Gaussian vectors have mean 0, and so has their sum."""
@@ -253,3 +321,16 @@ class SpatialCalls:
         from .lowering import describe
 
         return describe(v)
+
+
+def _mentions(e, name: str) -> bool:
+    """Whether the expression's text names `name` (a name or a function called so)."""
+    if isinstance(e, S.Name):
+        return e.id == name
+    if isinstance(e, S.Call):
+        return e.func == name or any(_mentions(a, name) for a in e.args)
+    if isinstance(e, S.BinOp):
+        return _mentions(e.left, name) or _mentions(e.right, name)
+    if isinstance(e, S.Neg):
+        return _mentions(e.operand, name)
+    return False

@@ -9,6 +9,9 @@ ntk_flow       the outputs of an infinite ensemble of infinitely wide networks t
                eqs. 15-16). kind="nngp" trains with the NNGP in place of the NTK (only the
                readout layer trained), as neural-tangents' get="nngp".
 
+Kernels given as dask arrays (too large for one process: dask_kernels.py) take solve.py's
+preconditioned conjugate gradients for the mean at the end of training instead.
+
 Both go through the eigendecomposition of the regularised train kernel K + diag_reg I
 (relative: diag_reg * mean(diag K), neural-tangents' default). The mode weights
 (1 - exp(-lam tau)) / lam tend to tau at lam = 0 and to 1 / lam at tau = inf; eigenvalues below
@@ -36,6 +39,8 @@ class Gaussian:
     mean: np.ndarray
     covariance: np.ndarray | None = None
     variance: np.ndarray | None = None
+    #: dask kernels: the conjugate-gradient solve behind the mean (iterations, residual)
+    solution: object | None = None
 
 
 def _matrix(k, name: str, shape: tuple | None = None) -> np.ndarray:
@@ -138,6 +143,18 @@ def _predict(k_train, k_test_train, y, k_test, nngp_train, nngp_test_train, time
              diag_reg: float, absolute: bool, nngp: bool) -> Gaussian:
     """time: t x learning rate (inf: the end of training, or the posterior); the loss
     0.5 |f - y|^2 / y.size makes the flow's time time / y.size."""
+    from . import solve
+
+    if solve.is_lazy(k_train) or solve.is_lazy(k_test_train):
+        # kernels that are not held in memory (dask arrays): the mean at the end of training
+        # by conjugate gradients, the test blocks streamed (solve.py)
+        if k_test is not None or not math.isinf(time):
+            raise TPError("with dask kernels only the mean at the end of training (t = inf) "
+                          "is computed (by conjugate gradients)",
+                          hint="pass no test kernel and t=None")
+        mean, sol = solve.kernel_regression(k_train, k_test_train, y,
+                                            diag_reg=check_reg(diag_reg), absolute=absolute)
+        return Gaussian(mean, solution=sol)
     kd = _matrix(k_train, "the train kernel")
     n = len(kd)
     if kd.shape != (n, n):

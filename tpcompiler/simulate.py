@@ -102,6 +102,26 @@ def evaluate(e: sp.Expr, env: dict, memo: dict):
     return v
 
 
+def batch_normalise(h: np.ndarray, eps: float) -> np.ndarray:
+    """Each coordinate (column) of h (N points x n) centred and divided by its standard
+    deviation over the N points (biased, as in training mode), eps added to the variance."""
+    u = h - h.mean(axis=0)
+    sigma = np.sqrt((u * u).mean(axis=0) + eps)
+    if np.any(sigma == 0):
+        raise TPError("a coordinate has the same value at every point of the batch: batch "
+                      "normalisation divides by 0 (eps = 0)", hint="a batch of distinct "
+                      "points, or eps > 0")
+    return u / sigma
+
+
+def batch_normalise_grad(y: np.ndarray, h: np.ndarray, dy: np.ndarray, eps: float):
+    """The gradient in h of <dy, batch_normalise(h)>: (dy - mean(dy) - y mean(dy y)) / sigma
+    per coordinate (y the normalised values)."""
+    u = h - h.mean(axis=0)
+    sigma = np.sqrt((u * u).mean(axis=0) + eps)
+    return (dy - dy.mean(axis=0) - y * (dy * y).mean(axis=0)) / sigma
+
+
 # --- the program's plan (derivatives, uses), built once per program ------------------------------
 
 
@@ -124,7 +144,8 @@ _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _plan(program: ir.Program) -> _Plan:
     plan = _PLANS.get(program)
     if plan is None:
-        derivs = {g.name: _derivatives(g.arg) for g in program.gvars if g.op is ir.Op.MATMUL}
+        derivs = {g.name: _derivatives(g.arg) for g in program.gvars
+                  if g.op in (ir.Op.MATMUL, ir.Op.BATCHNORM)}
         derivs["out"] = _derivatives(program.readout.arg)
         uses: dict[str, list[str]] = {}
         for g in program.gvars:
@@ -335,6 +356,9 @@ class FiniteNetwork:
     # --- data ----------------------------------------------------------------------------
 
     def _data(self, x1, x2=None) -> tuple[dict, int]:
+        if x2 is not None and self.program.batched:
+            raise TPError("a network with batchnorm normalises over the batch it is given: "
+                          "pass one batch", hint="concatenate X1 and X2 into one batch")
         a, b = prepare_pair(self.program, x1, x2)
         n1 = next(iter(a.values())).shape[0]
         if b is not None:
@@ -364,6 +388,9 @@ class FiniteNetwork:
                 h = _vectors(data, g.arg)
             else:
                 h = np.broadcast_to(evaluate(g.arg, env, memo), shape)
+            if g.op is ir.Op.BATCHNORM:
+                env[g.name] = batch_normalise(h, float(g.batch_eps))
+                continue
             args[g.name] = h
             env[g.name] = self._matmul(g.param, h)
         r = self.program.readout
@@ -376,8 +403,10 @@ class FiniteNetwork:
             out = out + sc[r.bias].mult * float(self.param(r.bias))
         return _Pass(data, n_points, env, memo, args, feat, out)
 
-    def _backward(self, fw: _Pass) -> dict[str, np.ndarray]:
-        """G-var name -> df/dg (N, n), for every G-var the output depends on."""
+    def _backward(self, fw: _Pass, row: int | None = None) -> dict[str, np.ndarray]:
+        """G-var name -> df/dg (N, n), for every G-var the output depends on: row i is
+        df(x_i)/dg(x_i). With batchnorm the output at one point depends on every point's
+        vectors: `row` = i then gives df(x_i)/dg(x_j) in row j (one backward pass per output)."""
         if self.weights == "implicit":
             raise TPError("gradients need the explicit matrices", hint="use weights='explicit'")
         sc = self.scales
@@ -395,11 +424,17 @@ class FiniteNetwork:
         r = self.program.readout
         if not isinstance(r.arg, ir.InputRef):
             seed = np.broadcast_to(sc[r.matrix].mult * self.param(r.matrix), shape)
+            if row is not None:
+                seed = np.where(np.arange(fw.n_points)[:, None] == row, seed, 0.0)
             push(self._plan.derivs["out"], seed)
         for g in reversed(self.program.gvars):
             if g.op is ir.Op.MATMUL and g.name in dg:
                 d_arg = sc[g.param].mult * (dg[g.name] @ self.param(g.param))
                 push(self._plan.derivs[g.name], d_arg)
+            elif g.op is ir.Op.BATCHNORM and g.name in dg:
+                push(self._plan.derivs[g.name],
+                     batch_normalise_grad(fw.env[g.name], evaluate(g.arg, fw.env, fw.memo),
+                                          dg[g.name], float(g.batch_eps)))
         return {k: np.broadcast_to(v, shape) for k, v in dg.items()}
 
     # --- public --------------------------------------------------------------------------
@@ -459,6 +494,8 @@ class FiniteNetwork:
         Materialises N * n * fan_in numbers per matrix: for checks at small widths."""
         data, _ = self._data(x)
         fw = self._forward(data)
+        if self.program.batched:
+            return self._batch_gradients(fw)
         dg = self._backward(fw)
         sc = self.scales
         n_points = fw.n_points
@@ -487,7 +524,36 @@ class FiniteNetwork:
         """The empirical NTK sum_T <df(x)/dT, df(x')/dT>, without materialising the Jacobian."""
         return self.kernels(x1, x2, ("ntk",))["ntk"]
 
+    def _batch_gradients(self, fw: _Pass) -> dict[str, np.ndarray]:
+        """Per-example gradients of a network with batchnorm: df(x_i)/dT sums over every
+        point's use of T (one backward pass per output)."""
+        sc = self.scales
+        r = self.program.readout
+        out = {name: np.zeros((fw.n_points, *s.shape)) for name, s in sc.items()}
+        for i in range(fw.n_points):
+            dg = self._backward(fw, row=i)
+            for name, s in sc.items():
+                if name == r.matrix:
+                    out[name][i] = s.mult * np.asarray(fw.features)[i]
+                elif name == r.bias:
+                    out[name][i] = s.mult
+                else:
+                    for u in self._plan.uses.get(name, ()):
+                        if u not in dg:
+                            continue
+                        if s.fan_in is None:
+                            out[name][i] += s.mult * dg[u].sum(axis=0)
+                        else:
+                            out[name][i] += s.mult * (dg[u].T @ fw.args[u])
+        return out
+
     def _ntk(self, fw: _Pass) -> np.ndarray:
+        if self.program.batched:
+            k = np.zeros((fw.n_points, fw.n_points))
+            for grad in self._batch_gradients(fw).values():
+                flat = grad.reshape(fw.n_points, -1)
+                k += flat @ flat.T
+            return k
         dg = self._backward(fw)
         sc = self.scales
         r = self.program.readout

@@ -1,4 +1,5 @@
-"""Finite-width simulation of spatial programs (conv, avgpool, gap, layernorm, flatten).
+"""Finite-width simulation of spatial programs (conv, avgpool, gap, layernorm, attend,
+flatten).
 
 A vector is an (N, P, n) array: N points, P positions of its grid (1 for a plain vector, the
 same at every position), width n. A conv matrix is K tensors (n, m), one per filter offset,
@@ -7,9 +8,16 @@ readout of a spatial vector (Flatten) has one (n,) tensor per position and fan-i
 and gap average positions; layernorm normalises over the width at each point and position,
 with the finite-width mean and variance (their derivatives included in the gradients).
 
+attend(q, k, v) computes what the network computes: per head (a block of the width of m
+coordinates), logits q_p . k_j / m over the block, a softmax over j at each point and
+position, and the mixture of the block's values; its backward pass goes through the softmax
+and the logits exactly (the limit drops the logits' tangent; the simulator keeps it).
+
 The NTK is sum_T <df(x)/dT, df(x')/dT> over the tensors T, from per-example gradients taken by
 the transpose program (conv backward: W_o^T at the source positions; layernorm backward:
-(dy - mean(dy) - y mean(dy y)) / s).
+(dy - mean(dy) - y mean(dy y)) / s; attention: v gets A^T dy, the logits A (dA - sum_j A dA)
+with dA = dy . v, and q, k their products with k, q / m); a weight used by several vectors sums
+over its uses.
 """
 
 from __future__ import annotations
@@ -133,7 +141,7 @@ class SpatialNetwork(FiniteNetwork):
         out = np.zeros((h.shape[0], math.prod(g.spatial.grid_out), self.width))
         h = np.broadcast_to(h, (h.shape[0], math.prod(g.spatial.grid_in), h.shape[-1]))
         for o, (src, ok) in enumerate(self._sources[g.name]):
-            out[:, ok] += h[:, src[ok]] @ w[o].T
+            out[:, ok] += _matmul(h[:, src[ok]], w[o].T)
         return mult * out
 
     def _forward(self, data: dict):
@@ -141,6 +149,7 @@ class SpatialNetwork(FiniteNetwork):
         env: dict[str, np.ndarray] = {}
         memo: dict = {}
         args: dict[str, np.ndarray] = {}
+        # what the backward passes read: layernorm's (y, s), attention's (q, k, v, weights)
         norms: dict[str, tuple] = {}
         for g in self.program.gvars:
             if g.op is ir.Op.BIAS:
@@ -154,11 +163,13 @@ class SpatialNetwork(FiniteNetwork):
             if g.op is ir.Op.CONV:
                 env[g.name] = self._conv(g, h)
             elif g.op in (ir.Op.MATMUL, ir.Op.INPUT):
-                env[g.name] = self._scale(g.param)[1] * (h @ self.param(g.param).T)
+                env[g.name] = self._scale(g.param)[1] * _matmul(h, self.param(g.param).T)
             elif g.op is ir.Op.POOL:
                 a = pool_matrix(g.spatial)
                 env[g.name] = np.einsum("qp,npc->nqc", a, np.broadcast_to(
                     h, (h.shape[0], a.shape[1], h.shape[-1])))
+            elif g.op is ir.Op.ATTEND:
+                env[g.name], norms[g.name] = self._attend(g, h, env, memo)
             else:  # NORM
                 mu = h.mean(axis=-1, keepdims=True)
                 c = h - mu
@@ -177,6 +188,50 @@ class SpatialNetwork(FiniteNetwork):
         if r.bias is not None:
             out = out + self._scale(r.bias)[1] * float(self.param(r.bias))
         return env, memo, args, norms, feat, out
+
+    def _heads(self, heads: int) -> list[slice]:
+        """The coordinates of each head: `heads` contiguous blocks of the width."""
+        if heads > self.width:
+            raise TPError(f"attend() with {heads} heads needs a width of at least {heads}, got "
+                          f"{self.width}", hint="simulate wider networks")
+        cuts = np.linspace(0, self.width, heads + 1).round().astype(int)
+        return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+    def _attend(self, g: ir.GVar, v: np.ndarray, env: dict, memo: dict):
+        """(output, (q, k, v, weights per head)) of attend: per head, softmax over j of
+        q_p . k_j / m (m the head's width), then the weighted sum of the values."""
+        spec = g.spatial
+        p = math.prod(spec.grid)
+        shape = (v.shape[0], p, self.width)
+        q = np.broadcast_to(np.asarray(evaluate(spec.query, env, memo), dtype=np.float64),
+                            shape)
+        k = np.broadcast_to(np.asarray(evaluate(spec.key, env, memo), dtype=np.float64), shape)
+        v = np.broadcast_to(v, shape)
+        out = np.empty(shape)
+        weights = []
+        for block in self._heads(spec.heads):
+            m = block.stop - block.start
+            logits = np.einsum("npc,njc->npj", q[..., block], k[..., block]) / m
+            e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            a = e / e.sum(axis=-1, keepdims=True)
+            out[..., block] = a @ v[..., block]
+            weights.append(a)
+        return out, (q, k, v, weights)
+
+    def _attend_back(self, g: ir.GVar, d: np.ndarray, saved) -> tuple:
+        """(d q, d k, d v) of attend from d out: through the mixture, the softmax and the
+        logits (all of them: the finite network's exact gradient)."""
+        q, k, v, weights = saved
+        d = np.broadcast_to(d, v.shape)
+        dq, dk, dv = np.zeros(v.shape), np.zeros(v.shape), np.zeros(v.shape)
+        for block, a in zip(self._heads(g.spatial.heads), weights):
+            m = block.stop - block.start
+            dv[..., block] = np.swapaxes(a, -1, -2) @ d[..., block]
+            da = np.einsum("npc,njc->npj", d[..., block], v[..., block])
+            dl = a * (da - (a * da).sum(axis=-1, keepdims=True))
+            dq[..., block] = dl @ k[..., block] / m
+            dk[..., block] = np.swapaxes(dl, -1, -2) @ q[..., block] / m
+        return dq, dk, dv
 
     # --- backward ------------------------------------------------------------------------
 
@@ -204,14 +259,20 @@ class SpatialNetwork(FiniteNetwork):
                 continue
             d = dg[g.name]
             h = args[g.name]
+            if g.op is ir.Op.ATTEND:
+                dq, dk, dv = self._attend_back(g, d, norms[g.name])
+                self._push(g.spatial.query, dq, env, memo, dg)
+                self._push(g.spatial.key, dk, env, memo, dg)
+                self._push(g.arg, dv, env, memo, dg)
+                continue
             if g.op is ir.Op.CONV:
                 w, mult = self.param(g.param), self._scale(g.param)[1]
                 d_arg = np.zeros((d.shape[0], math.prod(g.spatial.grid_in), w.shape[-1]))
                 d = np.broadcast_to(d, (d.shape[0], math.prod(g.spatial.grid_out), d.shape[-1]))
                 for o, (src, ok) in enumerate(self._sources[g.name]):
-                    np.add.at(d_arg, (slice(None), src[ok]), mult * (d[:, ok] @ w[o]))
+                    np.add.at(d_arg, (slice(None), src[ok]), mult * _matmul(d[:, ok], w[o]))
             elif g.op is ir.Op.MATMUL:
-                d_arg = self._scale(g.param)[1] * (d @ self.param(g.param))
+                d_arg = self._scale(g.param)[1] * _matmul(d, self.param(g.param))
             elif g.op is ir.Op.POOL:
                 a = pool_matrix(g.spatial)
                 d = np.broadcast_to(d, (d.shape[0], a.shape[0], d.shape[-1]))
@@ -245,24 +306,38 @@ class SpatialNetwork(FiniteNetwork):
                 grads[name] = mult * np.broadcast_to(total, (n_points, self.width)) \
                     if not isinstance(total, int) else np.zeros((n_points, self.width))
             else:
-                g = self._gvar_of[name]
-                if g.name not in dg:
+                uses = self._uses(name, dg, args, n_points)
+                if not uses:
                     grads[name] = np.zeros((n_points, 1))
                     continue
-                d, h = dg[g.name], args[g.name]
-                if g.op is ir.Op.CONV:
-                    p_in = math.prod(g.spatial.grid_in)
-                    h = np.broadcast_to(h, (n_points, p_in, h.shape[-1]))
-                    d = np.broadcast_to(d, (n_points, math.prod(g.spatial.grid_out),
-                                            d.shape[-1]))
-                    parts = [np.einsum("npi,npj->nij", d[:, ok], h[:, src[ok]])
-                             for src, ok in self._sources[g.name]]
-                    grads[name] = mult * np.stack(parts, axis=1).reshape(n_points, -1)
-                else:
-                    h = np.broadcast_to(h, (n_points, d.shape[1], h.shape[-1]))
-                    d = np.broadcast_to(d, h.shape[:2] + (d.shape[-1],))
-                    grads[name] = mult * np.einsum("npi,npj->nij", d, h).reshape(n_points, -1)
+                parts = [np.einsum("npi,npj->nij", d, h) for d, h in uses]
+                grads[name] = mult * np.stack(parts, axis=1).reshape(n_points, -1)
         return grads
+
+    def _uses(self, name: str, dg: dict, args: dict, n_points: int) -> list[tuple]:
+        """(d, h) per filter offset (one for a dense matrix) of the matrix `name`: the
+        gradients at its outputs (n_points, positions, n) and the inputs each position reads
+        (zero where it reads padding), every G-var using the matrix with its positions
+        after the previous one's (a named weight's uses sum in its gradient)."""
+        ds, hs = [], []
+        for g in self.program.gvars:
+            if g.param != name or g.name not in dg:
+                continue
+            d, h = dg[g.name], args[g.name]
+            if g.op is ir.Op.CONV:
+                d = np.broadcast_to(d, (n_points, math.prod(g.spatial.grid_out), d.shape[-1]))
+                h = np.broadcast_to(h, (n_points, math.prod(g.spatial.grid_in), h.shape[-1]))
+                hs.append([np.where(ok[None, :, None], h[:, src], 0.0)
+                           for src, ok in self._sources[g.name]])
+            else:
+                p = max(d.shape[1], h.shape[1])
+                d = np.broadcast_to(d, (n_points, p, d.shape[-1]))
+                hs.append([np.broadcast_to(h, (n_points, p, h.shape[-1]))])
+            ds.append(d)
+        if not ds:
+            return []
+        d = np.concatenate(ds, axis=1)
+        return [(d, np.concatenate([per[o] for per in hs], axis=1)) for o in range(len(hs[0]))]
 
     def _ntk(self, fw) -> np.ndarray:
         """sum_T <df(x)/dT, df(x')/dT> without per-example gradients: a matrix used at
@@ -287,23 +362,11 @@ class SpatialNetwork(FiniteNetwork):
                     total = sum(users[1:], users[0])
                     k += mult ** 2 * (total @ total.T)
             else:
-                g = self._gvar_of[name]
-                if g.name not in dg:
-                    continue
-                d, h = dg[g.name], args[g.name]
-                p_out = math.prod(g.spatial.grid_out) if g.op is ir.Op.CONV else \
-                    max(d.shape[1], h.shape[1])
-                d = np.broadcast_to(d, (n_points, p_out, d.shape[-1]))
-                dd = np.einsum("npi,mqi->nmpq", d, d)
-                if g.op is ir.Op.CONV:
-                    p_in = math.prod(g.spatial.grid_in)
-                    h = np.broadcast_to(h, (n_points, p_in, h.shape[-1]))
-                    for src, ok in self._sources[g.name]:
-                        hs = np.where(ok[None, :, None], h[:, src], 0.0)
-                        k += mult ** 2 * np.einsum("nmpq,npj,mqj->nm", dd, hs, hs,
-                                                   optimize=True)
-                else:
-                    h = np.broadcast_to(h, (n_points, p_out, h.shape[-1]))
+                uses = self._uses(name, dg, args, n_points)
+                if uses:
+                    d = uses[0][0]
+                    dd = np.einsum("npi,mqi->nmpq", d, d)
+                for _, h in uses:
                     k += mult ** 2 * np.einsum("nmpq,npj,mqj->nm", dd, h, h, optimize=True)
         return k
 
@@ -342,6 +405,12 @@ class SpatialNetwork(FiniteNetwork):
     def gradients(self, x) -> dict[str, np.ndarray]:
         data, _ = self._data(x)
         return self._gradients(self._forward(data))
+
+
+def _matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(N, P, m) @ (m, n) as one 2-D product (BLAS): numpy's stacked matmul with a
+    transposed matrix was 3x slower at width 1024."""
+    return (a.reshape(-1, a.shape[-1]) @ w).reshape(a.shape[:-1] + (w.shape[-1],))
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -51,8 +51,23 @@ def _gvar_rules() -> dict:
             _check(used <= seen, f"{g.name}: reads {sorted(used - seen)} before their definition")
         return rule
 
+    def attend(p: ir.Program, g: ir.GVar, seen: set) -> None:
+        derived(ir.Attend)(p, g, seen)
+        a = g.spatial
+        used = set(ir.gvars_of(a.query)) | set(ir.gvars_of(a.key))
+        _check(used <= seen, f"{g.name}: its logits read {sorted(used - seen)} before their "
+                             "definition")
+        _check(g.grid == a.grid and a.heads >= 1, f"{g.name}: on its attention's grid")
+
+    def batchnorm(p: ir.Program, g: ir.GVar, seen: set) -> None:
+        _check(g.param == "" and g.batch_eps is not None and not g.grid,
+               f"{g.name}: a batchnorm has no parameter, an eps and no positions")
+        used = set(ir.gvars_of(g.arg))
+        _check(used <= seen, f"{g.name}: reads {sorted(used - seen)} before their definition")
+
     return {ir.Op.INPUT: input_, ir.Op.BIAS: bias, ir.Op.MATMUL: matmul, ir.Op.CONV: conv,
-            ir.Op.POOL: derived(ir.Pool), ir.Op.NORM: derived(ir.Norm)}
+            ir.Op.POOL: derived(ir.Pool), ir.Op.NORM: derived(ir.Norm), ir.Op.ATTEND: attend,
+            ir.Op.BATCHNORM: batchnorm}
 
 
 GVAR_RULES = _gvar_rules()
@@ -137,6 +152,10 @@ def verify_kernel_program(kp: KernelProgram) -> KernelProgram:
     return kp
 
 
+#: the per-point spatial ops that read pair statements evaluated at (x, x) (passes/spatial.py)
+READS_PAIRS = frozenset({"pool1", "attw1", "att1"})
+
+
 def verify_spatial_program(sp) -> None:
     """A spatial program (passes/spatial.py) in order: each symbol assigned once and read after
     its assignment; a per-point statement reads per-point values, or (a pooled value) pair
@@ -149,7 +168,7 @@ def verify_spatial_program(sp) -> None:
                                          else f"d{x.index}" for x in e.free_symbols}
         if block == "diag":
             pairs = reads - point
-            _check(pairs <= pair and (not pairs or getattr(e, "op", "") == "pool1"),
+            _check(pairs <= pair and (not pairs or getattr(e, "op", "") in READS_PAIRS),
                    f"{s} reads {sorted(pairs)} (spatial, per point)")
             _check(pairs <= sp.pointwise, f"{s}: the per-point stage does not run {sorted(pairs)}")
             point.add(s.name)

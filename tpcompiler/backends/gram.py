@@ -20,19 +20,50 @@ def self_gram(arrays: dict, ga, gb) -> np.ndarray:
     return np.einsum("nd,nd->n", a, b) / a.shape[-1]
 
 
+#: Gram entries are computed in TILE x TILE products at multiples of TILE of the points'
+#: global indices: BLAS's result for one entry depends on the shape of the product it is part
+#: of (measured: OpenBLAS, d >= 100), so a fixed tiling makes every entry the same bits
+#: whatever block of the kernel asks for it (the in-memory call's row blocks, a Dask block)
+TILE = 256
+
+
 def cross_block(arrays1: dict, arrays2: dict, g, lo: int, hi: int, col0: int,
-                exact: np.ndarray | None = None, same=(), anti=()) -> np.ndarray:
-    """<x_a, x'_b>/d for the first points lo..hi and the second points col0.. (BLAS), with the
-    pairs of identical (same) and antipodal (anti) points set from exact, the first points'
-    self_gram: a product in another order would differ from the diagonal in the last digits."""
-    a, b = vec(arrays1, g.a)[lo:hi], vec(arrays2, g.b)[col0:]
-    gram = a @ b.T / a.shape[-1]
+                exact: np.ndarray | None = None, same=(), anti=(),
+                col_end: int | None = None, offsets: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """<x_a, x'_b>/d for the first points lo..hi and the second points col0..col_end (BLAS, in
+    TILE x TILE products aligned at multiples of TILE of the global indices: position +
+    `offsets`), with the pairs of identical (same) and antipodal (anti) points set from exact,
+    the first points' self_gram: a product in another order would differ from the diagonal in
+    the last digits."""
+    a, b = vec(arrays1, g.a), vec(arrays2, g.b)
+    end = b.shape[0] if col_end is None else col_end
+    gram = np.empty((hi - lo, end - col0))
+    r0, c0 = offsets
+    rows = _tiles(lo, hi, r0)
+    cols = _tiles(col0, end, c0)
+    for rl, rh in rows:
+        ta = a[rl:rh]
+        for cl, ch in cols:
+            gram[rl - lo:rh - lo, cl - col0:ch - col0] = ta @ b[cl:ch].T
+    gram /= a.shape[-1]
     if exact is not None:
         for pairs, sign in ((same, 1.0), (anti, -1.0)):
             for i, j in pairs:
-                if lo <= i < hi and j >= col0:
+                if lo <= i < hi and col0 <= j < end:
                     gram[i - lo, j - col0] = sign * exact[i]
     return gram
+
+
+def _tiles(lo: int, hi: int, offset: int) -> list[tuple[int, int]]:
+    """[lo, hi) cut at the positions whose global index (position + offset) is a multiple of
+    TILE."""
+    out = []
+    start = lo
+    while start < hi:
+        stop = min(hi, (((start + offset) // TILE) + 1) * TILE - offset)
+        out.append((start, stop))
+        start = stop
+    return out
 
 
 def call_shape(arrays1: dict, arrays2: dict | None) -> tuple[bool, dict, int, int]:

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from .coincident import coincident as _coincident
 from .coincident import repeats, settle
-from .gram import call_shape, cross_block, self_gram
+from .gram import TILE, call_shape, cross_block, self_gram
 
 
 def threads() -> int:
@@ -52,10 +52,15 @@ def _row_blocks(n1: int, n2: int, sym: bool, n_gram: int, progress) -> list[tupl
         work = np.ones(n1)
     cum = np.concatenate([[0.0], np.cumsum(work)])
     target = cum[-1] / want
+    # boundaries at multiples of the Gram's TILE (gram.py: the entries' bits then do not
+    # depend on the blocking), so a block has at least TILE rows
+    step = TILE if n1 >= 2 * TILE else 1
+    max_rows = max(step, max_rows // step * step)
     blocks, lo = [], 0
     while lo < n1:
         hi = int(np.searchsorted(cum, cum[lo] + target, side="left"))
         hi = min(max(hi, lo + 1), lo + max_rows, n1)
+        hi = min(-(-hi // step) * step, n1)
         blocks.append((lo, hi))
         lo = hi
     return blocks
@@ -108,6 +113,45 @@ def run(module, kp_or_meta, arrays1: dict, arrays2: dict | None, progress=None,
     for k, o in zip(ks, o1.T):  # a point given twice is one point (backends/coincident.py)
         settle(k, o, same, rows, cols)
     return dict(zip(kinds, ks))
+
+
+def point_tables(module, kp_or_meta, arrays: dict, params=None):
+    """The per-point stage of some points (a block row or column of a kernel computed by
+    blocks): (values (N, N_DIAG), kernels at (x, x) (N, kinds))."""
+    return _per_point(module, kp_or_meta.diag_gram, arrays, param_array(params))
+
+
+def run_block(module, kp_or_meta, part1: dict, part2: dict | None, tables1, tables2,
+              params=None, offsets: tuple[int, int] = (0, 0)) -> dict:
+    """One block of a kernel computed by blocks: the points part1 against part2 (None: part1
+    with itself, a diagonal block of a square kernel), with their per-point tables
+    (point_tables); offsets: the global indices of their first points. The same bits as the
+    block of run()'s whole kernel: the Gram entries come in the same TILE products
+    (gram.py), which needs the offsets (and the ends, but for the data's last point) at
+    multiples of TILE. A diagonal block is computed as run() computes a square."""
+    p = param_array(params)
+    meta = kp_or_meta
+    sym = part2 is None
+    a2 = part1 if sym else part2
+    d1, o1 = tables1
+    d2, _ = tables1 if sym else tables2
+    d2t = np.ascontiguousarray(d2[:, :module.N_SCALARS].T)
+    n1, n2 = len(next(iter(part1.values()))), len(next(iter(a2.values())))
+    ks = [np.empty((n1, n2)) for _ in module.KINDS]
+    same, anti = _coincident(part1, a2, meta.inputs)
+    with threadpool_limits(limits=1, user_api="blas"):
+        grams = [np.ascontiguousarray(cross_block(
+            part1, a2, g, 0, n1, 0, self_gram(part1, g.a, g.b) if (same or anti) else None,
+            same, anti, offsets=offsets)) for g in meta.cross_gram]
+    module.rows(*grams, d1, d2t, d2, *ks, p, 0, n1, 0, sym)
+    if sym:
+        for k, o in zip(ks, o1.T):
+            module.mirror(k, 0, n1)
+            np.fill_diagonal(k, o)
+    rows, cols = repeats(part1, None if sym else part2, meta.inputs)
+    for k, o in zip(ks, o1.T):
+        settle(k, o, same, rows, cols)
+    return dict(zip(module.KINDS, ks))
 
 
 def diagonal(module, kp_or_meta, arrays: dict, params=None) -> dict:

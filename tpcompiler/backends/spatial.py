@@ -21,6 +21,7 @@ import sympy as sp
 from .. import ir
 from ..kernel_program import QuadCall
 from ..passes.spatial import SpatialOp, SpatialProgram
+from ..verify import READS_PAIRS
 from . import cache, stencil
 from . import numpy as npb
 from .coincident import coincident, repeats, settle
@@ -84,8 +85,57 @@ def _spread(x, pa: int, axes: int, pb: int | None = None) -> np.ndarray:
     return np.broadcast_to(x, x.shape[:-2] + (pa, pb))
 
 
+def softmax_rows(logits, spec: ir.Attend) -> np.ndarray:
+    """(..., P, P) logits at one point -> (..., P * P) attention weights, each row p a
+    softmax over j (the largest logit subtracted first: exp never overflows)."""
+    p = math.prod(spec.grid)
+    x = _spread(logits, p, 2, p)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).reshape(x.shape[:-2] + (p * p,))
+
+
+def _weights(w, spec: ir.Attend, pair: bool) -> np.ndarray:
+    """Attention weights as (..., P, P): from a per-point array (..., P * P), or (pair) from
+    a pair's view of one (..., P * P, 1) for the first point or (..., 1, P * P) for the
+    second; a number (constant logits) is the uniform average."""
+    p = math.prod(spec.grid)
+    if np.ndim(w) == 0:
+        return np.full((p, p), 1.0 / p)
+    w = np.asarray(w, dtype=np.float64)
+    lead = w.shape[:-2] if pair else w.shape[:-1]
+    return w.reshape(lead + (p, p))
+
+
+def _attend(call: SpatialOp, args: list) -> np.ndarray:
+    """att2: A M B^T of a pair's moment M; att1: its position-diagonal at one point (M the
+    pair statement read at (x, x), then its per-point diagonal, unused here); a side whose
+    spec is None is left as it is."""
+    left, right = call.specs
+    pair = call.op == "att2"
+    args = list(args)
+    a = _weights(args.pop(0), left, pair) if left is not None else None
+    b = _weights(args.pop(), right, pair) if right is not None else None
+    m = np.asarray(args[0], dtype=np.float64)
+    m = m.reshape(m.shape if m.ndim >= 2 else (1, 1))
+    p = math.prod((left or right).grid)
+    m = _spread(m, p if a is not None or not pair else m.shape[-2], 2,
+                p if b is not None or not pair else m.shape[-1])
+    if a is not None:
+        m = a @ m
+    if b is not None:
+        m = m @ np.swapaxes(b, -1, -2)
+    return np.diagonal(m, axis1=-2, axis2=-1) if not pair else m
+
+
 def apply(call: SpatialOp, args: list) -> np.ndarray:
     op, specs = call.op, call.specs
+    if op == "attw1":
+        return softmax_rows(args[0], specs[0])
+    if op in ("att1", "att2"):
+        return _attend(call, args)
+    if op == "attm1":
+        mean = _spread(np.asarray(args[1], dtype=np.float64), math.prod(specs[0].grid), 1)
+        return np.einsum("...pj,...j->...p", _weights(args[0], specs[0], False), mean)
     if op == "conv1":
         return _conv1(specs[0], args[0])
     if op == "conv2":
@@ -249,7 +299,7 @@ def per_point(sprog: SpatialProgram, data: dict) -> dict[str, np.ndarray]:
                     val = _gram(grams[s.name], chunk, chunk, inputs, "npc,npc->np")
                 else:
                     val = _value(sprog, expr, env if not isinstance(expr, SpatialOp)
-                                 or expr.op != "pool1" else {**env, **pair}, s.name)
+                                 or expr.op not in READS_PAIRS else {**env, **pair}, s.name)
                 env[s.name] = np.broadcast_to(np.asarray(val, dtype=np.float64), (m, 1)) \
                     if np.ndim(val) == 0 else np.asarray(val, dtype=np.float64)
                 if env[s.name].ndim == 1:

@@ -42,6 +42,16 @@ def shapes(sprog: SpatialProgram) -> tuple[dict, dict]:
             else:
                 pair[s.name] = (_size(ga), _size(gb))
             continue
+        if isinstance(e, SpatialOp) and e.op in ATTENTION:
+            size = _size((e.specs[0] or e.specs[-1]).grid)
+            if e.op == "attw1":
+                point[s.name] = size * size  # the P x P weights, row by row
+            elif e.op == "att2":
+                qa, qb = pair[_moment_arg(e).name]
+                pair[s.name] = (size if e.specs[0] else qa, size if e.specs[1] else qb)
+            else:
+                point[s.name] = size
+            continue
         if isinstance(e, SpatialOp):
             spec_a, spec_b = e.specs[0], e.specs[-1]
             if e.op in ("flat1", "flat2"):
@@ -68,6 +78,15 @@ def shapes(sprog: SpatialProgram) -> tuple[dict, dict]:
         else:
             pair[s.name] = (pa, pb)
     return point, pair
+
+
+#: the attention maps (passes/spatial.py): weights per point, mixes of moments
+ATTENTION = ("attw1", "att1", "att2", "attm1")
+
+
+def _moment_arg(e: SpatialOp) -> sp.Symbol:
+    """The moment an att1 / att2 call mixes: the argument after the first side's weights."""
+    return e.args[1 if e.specs[0] is not None else 0]
 
 
 def pad_grid(x: np.ndarray, specs: list[ir.Stencil], lead: int) -> np.ndarray:
@@ -130,7 +149,8 @@ def render(sprog: SpatialProgram) -> tuple[str, dict]:
     point, pair = shapes(sprog)
     reads: list[str] = []
     for block, s, e in sprog.order:
-        if block == "cross" and e is not None and not isinstance(e, SpatialOp):
+        if block == "cross" and e is not None and (not isinstance(e, SpatialOp)
+                                                   or e.op == "att2"):
             for x in e.free_symbols:
                 if isinstance(x, PointValue):
                     name = f"d{x.index}"
@@ -163,6 +183,9 @@ def render(sprog: SpatialProgram) -> tuple[str, dict]:
             head.append(f"    {s.name} = np.empty(({pa}, {pb}))")
             continue
         head.append(f"    {s.name} = np.empty(({pa}, {pb}))")
+        if isinstance(e, SpatialOp) and e.op == "att2":
+            body += _mix_lines(s.name, e, pair, slot, head, ind)
+            continue
         if isinstance(e, SpatialOp):
             src = e.args[0].name
             qa, qb = pair[src]
@@ -232,6 +255,52 @@ def render(sprog: SpatialProgram) -> tuple[str, dict]:
                   "width": max([point[r] for r in reads] or [1])}
 
 
+def _mix_lines(name: str, e: SpatialOp, pair: dict, slot: dict, head: list,
+               ind: str) -> list[str]:
+    """name = A M B^T for a pair (att2): A the first point's weights (row p at D1[i, slot,
+    p * P:(p + 1) * P]), B the second's; a side without attention is left as it is, and
+    weights given as a number (constant logits) are the uniform 1 / P."""
+    left, right = e.specs
+    args = list(e.args)
+    wa = args.pop(0) if left is not None else None
+    wb = args.pop() if right is not None else None
+    src = args[0].name
+    qa, qb = pair[src]
+    pa, pb = pair[name]
+    size = _size((left or right).grid)
+
+    def weight(w, table: str, row: str, col: str) -> str:
+        if w.is_Number:
+            return repr(1.0 / size)
+        point = "i" if table == "D1" else "j"
+        return f"{table}[{point}, {slot[f'd{w.index}']}, {row} * {size} + {col}]"
+
+    lines = [f"{ind}# {name}: attention, {pa} x {pb}"]
+    m = f"{src}[u if {qa} > 1 else 0, v if {qb} > 1 else 0]"
+    if wa is not None:
+        nb = size if wb is not None else qb
+        head.append(f"    T_{name} = np.empty(({pa}, {nb}))")
+        lines += [f"{ind}for p in range({pa}):",
+                  f"{ind}    for v in range({nb}):",
+                  f"{ind}        acc = 0.0",
+                  f"{ind}        for u in range({size}):",
+                  f"{ind}            acc += {weight(wa, 'D1', 'p', 'u')} * {m}",
+                  f"{ind}        T_{name}[p, v] = acc"]
+        m = f"T_{name}[p, v]"
+    else:
+        m = f"{src}[p if {qa} > 1 else 0, v if {qb} > 1 else 0]"
+    if wb is None:
+        return lines + [f"{ind}for p in range({pa}):",
+                        f"{ind}    for v in range({pb}):",
+                        f"{ind}        {name}[p, v] = {m}"]
+    return lines + [f"{ind}for p in range({pa}):",
+                    f"{ind}    for q in range({pb}):",
+                    f"{ind}        acc = 0.0",
+                    f"{ind}        for v in range({size}):",
+                    f"{ind}            acc += {m} * {weight(wb, 'D2', 'q', 'v')}",
+                    f"{ind}        {name}[p, q] = acc"]
+
+
 def _loads(e: sp.Expr, pair: dict, point: dict, slot: dict, diag: bool = False) -> list[str]:
     """Scalar loads of an elementwise statement's symbols at position pair (p, q); in the
     diagonal mode every pair array is 1-D over p = q."""
@@ -276,7 +345,8 @@ def diagonal_only(sprog: SpatialProgram) -> bool:
             ga, gb = sprog.grids[s.name]
             if ga != gb:
                 return False
-        elif isinstance(e, SpatialOp) and (e.op == "pool2" or e.specs[0] != e.specs[-1]):
+        elif isinstance(e, SpatialOp) and (e.op in ("pool2", "att2")
+                                           or e.specs[0] != e.specs[-1]):
             return False
     return True
 

@@ -35,6 +35,11 @@ def _recursions(program: ir.Program):
     """The rolled kernel program where the program's loops can stay loops, else unrolled; the
     SpatialProgram of a program with conv, pooling or layernorm (passes/spatial.py); without
     positions (layernorm in an MLP) that program's scalar statements, a plain kernel program."""
+    if program.batched:
+        raise TPError("a program with batchnorm has no pairwise kernel program: its kernels "
+                      "are those of one batch, computed stage by stage (passes/batch.py)",
+                      hint="net.kernels(X) and `tpc kernel` compute them; `tpc diagnose "
+                           "--batch B` analyses the block")
     if program.spatial:
         sprog = derive_spatial(program)
         return sprog if program.gridded else sprog.kernel

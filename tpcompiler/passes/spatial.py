@@ -16,8 +16,15 @@ layernorm(e) = (e - mu) / sqrt(v + eps), mu = E[e] and v = E[e^2] - mu^2 per poi
 position (NETSOR+: the averages over the width converge to these). Its covariances follow from
 e's; the derivative of mu and v is O(1/n) per coordinate and drops out of the NTK.
 
+attend(q, k, v) = A v per point, A = softmax over positions of the logits q_p . k_j / n,
+which converge to the per-point moment L(x) = E[q_p(x) k_j(x)] (a pair statement evaluated at
+(x, x), as a pooled variance reads it): A(x) = softmax(L(x)) is a per-point P x P array
+(attw1), and a covariance with an attended vector is the values' one mixed by it on that
+side: A(x) M A(x')^T (att2; att1 its position-diagonal at one point).
+
 The NTK is the forward tangent kernel (Builder.tangent): T(conv) = Cov + s^2 conv(sum_i
-E[d_i h d_i h'] T(g_i)), pooled by pool, divided by the layernorm's scales. It needs T = 0
+E[d_i h d_i h'] T(g_i)), pooled by pool, divided by the layernorm's scales, mixed by the
+attention weights (the logits' own tangent is O(1/n): docs/theory.md). It needs T = 0
 between distinct vectors, which fails for a weight used twice or a normalised vector combined
 with its own argument: the NTK of those programs is refused with the reason.
 """
@@ -32,14 +39,17 @@ import sympy as sp
 
 from .. import ir
 from ..errors import TPError
-from ..kernel_program import KernelProgram, Label, PointValue
+from ..kernel_program import KernelProgram, Label, PointValue, twin
 from .kernels import Builder, at_side, refusals, unsided
 
 
 class SpatialOp(sp.Function):
     """A linear map between grids, as a kernel-program call: `op` is conv2 / pool2 / flat2
     (a pair's array) or conv1 / pool1 / flat1 / mean1 (a point's), `specs` its ir.Stencil or
-    ir.Pool per side (the grid of each axis)."""
+    ir.Pool per side (the grid of each axis). Attention: attw1 (a point's softmax weights,
+    P x P flattened, from its logits), att2 / att1 (a moment mixed by the weights of the
+    sides whose spec is an ir.Attend, None for a side left as it is: args [weights of side
+    1], the moment, [its per-point diagonal (att1)], [weights of side 2]), attm1 (a mean)."""
 
     op: str = ""
     specs: tuple = ()
@@ -206,6 +216,8 @@ class SpatialBuilder(Builder):
             if gb.op is ir.Op.NORM:
                 scale = scale * self._norm_scale(gb, sb)
             return (mom - mu_a * mu_b) / scale
+        if ga.op is ir.Op.ATTEND or gb.op is ir.Op.ATTEND:
+            return self._attended_cov(ga, gb, sa, sb)
         if ga.op is ir.Op.POOL and gb.op is ir.Op.POOL:
             mom = self._expect_product(ga.arg, sa, gb.arg, sb)
             if mom == 0:
@@ -222,6 +234,73 @@ class SpatialBuilder(Builder):
             raise TPError("a pooled vector combined with a vector correlated with it at another "
                           "grid is not supported", other.span, "pool both")
         return sp.S.Zero
+
+    # --- attention ---------------------------------------------------------------------------
+
+    def _attended_cov(self, ga: ir.GVar, gb: ir.GVar, sa: int, sb: int) -> sp.Expr:
+        """Cov(a, b) with a or b attended: the moment of what they mix (the values; the
+        vector itself on a side without attention), mixed by each attended side's weights."""
+        block = "diag" if sa == sb else "cross"
+        left = ga if ga.op is ir.Op.ATTEND else None
+        right = gb if gb.op is ir.Op.ATTEND else None
+        ea = ga.arg if left else ga.symbol
+        eb = gb.arg if right else gb.symbol
+        mom = self._expect_product(ea, sa, eb, sb)
+        if mom == 0:
+            return sp.S.Zero
+        sym = self._new(block, mom, Label("moment", same_point=block == "diag"))
+        if block == "diag" and sym.is_Symbol:
+            self._moment_pair(ea, eb, sym)
+        return self._mix(left, right, sym, block)
+
+    def _mix(self, left: ir.GVar | None, right: ir.GVar | None, inner: sp.Expr,
+             block: str) -> sp.Expr:
+        """A(x) M A(x')^T on the attended sides of a moment array M (a pair's, or at one
+        point its position-diagonal from the pair statement read at (x, x))."""
+        if inner == 0 or inner.is_Number:
+            return inner  # the weights' rows sum to 1: a constant is left as it is
+        args: list[sp.Expr] = []
+        if left is not None:
+            args.append(self._weights(left))
+        if block == "diag":
+            pairs = self._pair_twin(inner)
+            self.reads_pairs.add(pairs.name)
+            args += [pairs, inner]
+        else:
+            args.append(inner)
+        if right is not None:
+            w = self._weights(right)
+            args.append(w if block == "diag" or w.is_Number else twin(w))
+        specs = (left.spatial if left else None, right.spatial if right else None)
+        call = spatial_op("att1" if block == "diag" else "att2", specs)(*args)
+        return self._new(block, call, Label("attend", same_point=block == "diag"))
+
+    def _weights(self, g: ir.GVar) -> sp.Expr:
+        """The attention weights at one point, softmax over j of L[p, j] = E[q_p k_j] (the
+        logits' limit), as a per-point array of P x P values (a number: uniform)."""
+        key = ("A", g.name)
+        if key not in self.memo:
+            spec = g.spatial
+            logits = self._moment(spec.query, spec.key, "cross")
+            if logits.is_Number:
+                # constant logits (independent queries and keys: 0): uniform weights, which
+                # the maps take from the number itself
+                self.memo[key] = logits
+            else:
+                self.reads_pairs.add(logits.name)  # read at (x, x) by the per-point stage
+                self.memo[key] = self._new("diag", spatial_op("attw1", (spec,))(logits),
+                                           Label("weights", g.name))
+        return self.memo[key]
+
+    def _mean_attend(self, g: ir.GVar, side: int) -> sp.Expr:
+        m = self._mean(g.arg, 1)
+        if m == 0 or m.is_Number:
+            return m
+        if not m.is_Symbol:
+            m = self._new("diag", m, Label("mean"))
+        sym = self._new("diag", spatial_op("attm1", (g.spatial,))(self._weights(g), m),
+                        Label("mean"))
+        return sym if side == 1 else _twin_of(sym)
 
     def _moment_pair(self, ha, hb, d: sp.Symbol) -> None:
         c = self._new("cross", self.E(at_side(ha, 1) * at_side(hb, 2)),
@@ -241,6 +320,8 @@ class SpatialBuilder(Builder):
             g = self.p.gvar(sym.name) if sym.is_Symbol else None
             if g is not None and g.op is ir.Op.POOL and not g.spatial.gaussian:
                 total += coeff * self._mean_pool(g, side)
+            elif g is not None and g.op is ir.Op.ATTEND and not g.spatial.gaussian:
+                total += coeff * self._mean_attend(g, side)
             else:
                 rest += term
         if rest != 0:
@@ -285,6 +366,14 @@ class SpatialBuilder(Builder):
             if block == "diag" and inner != 0:
                 self._chain_pair(g.arg, inner)
             total = self._linear("pool", (g.spatial, g.spatial), inner, block)
+        elif g.op is ir.Op.ATTEND:
+            # T(A v) = A T(v) A'^T: the logits' tangent vanishes in the limit (theory.md)
+            inner = self._chain(g.arg, block)
+            if inner != 0 and not inner.is_Symbol and not inner.is_Number:
+                inner = self._new(block, inner, Label("tcov", a, a, block == "diag"))
+            if block == "diag" and inner.is_Symbol:
+                self._chain_pair(g.arg, inner)
+            total = self._mix(g, g, inner, block)
         elif g.op is ir.Op.CONV:
             total = self.cov_diag(a, a) if block == "diag" else self.cov_cross(a, a)
             var = self.p.param_var(g.param)
@@ -388,6 +477,8 @@ def _param_groups(prog: ir.Program):
 
     exprs = [g.arg for g in prog.gvars if g.op is not ir.Op.BIAS
              and not isinstance(g.arg, ir.InputRef)]
+    # an attention's logits are expectations of its queries with its keys
+    exprs += [g.spatial.query * g.spatial.key for g in prog.gvars if g.op is ir.Op.ATTEND]
     if not isinstance(prog.readout.arg, ir.InputRef):
         exprs.append(prog.readout.arg)
     meets: dict[str, set[str]] = {}
@@ -407,11 +498,30 @@ def _param_groups(prog: ir.Program):
     return group
 
 
+def _carriers(prog: ir.Program) -> set[str]:
+    """The G-vars whose parameters' gradients reach the output in the limit: all that the
+    readout reads, through every argument except an attention's queries and keys (its
+    logits' tangent is O(1/n): a weight used there and elsewhere adds no cross terms)."""
+    r = prog.readout
+    stack = [] if isinstance(r.arg, ir.InputRef) else list(ir.gvars_of(r.arg))
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        g = prog.gvar(name)
+        if g.op is not ir.Op.BIAS and not isinstance(g.arg, ir.InputRef):
+            stack.extend(ir.gvars_of(g.arg))
+    return seen
+
+
 def ntk_refusal(prog: ir.Program) -> str | None:
     """Why the forward tangent kernel does not apply (None: it does)."""
     users: dict[str, int] = {}
+    carriers = _carriers(prog)
     for g in prog.gvars:
-        if g.op not in ir.DERIVED:
+        if g.op not in ir.DERIVED and g.name in carriers:
             users[g.param] = users.get(g.param, 0) + 1
     shared = [p for p, k in users.items() if k > 1]
     if shared:
@@ -428,7 +538,7 @@ def ntk_refusal(prog: ir.Program) -> str | None:
             out |= leaves(s.name)
         return out
 
-    exprs = [g.arg for g in prog.gvars if g.op is not ir.Op.BIAS
+    exprs = [g.arg for g in prog.gvars if g.op is not ir.Op.BIAS and g.name in carriers
              and not isinstance(g.arg, ir.InputRef)]
     if not isinstance(prog.readout.arg, ir.InputRef):
         exprs.append(prog.readout.arg)
@@ -437,8 +547,9 @@ def ntk_refusal(prog: ir.Program) -> str | None:
         for s in e.free_symbols:
             mine = leaves(s.name)
             if seen & mine:
-                return ("the NTK of a layernorm or pooled vector combined with a vector it is "
-                        "made of is not derived yet (their tangent kernels are correlated)")
+                return ("the NTK of a layernorm, pooled or attended vector combined with a "
+                        "vector it is made of is not derived yet (their tangent kernels are "
+                        "correlated)")
             seen |= mine
     return None
 
