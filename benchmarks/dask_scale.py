@@ -229,6 +229,8 @@ def report(results: dict, load: tuple) -> list[str]:
                   f"{c['residual']:.1e}, {_fmt(c['wall'])}; on 2000 test points of a teacher "
                   f"(a random width-512 network of the same program) relative MSE "
                   f"{c['test_relative_mse']:.3f}.", ""]
+    for note in results.get("notes", ()):
+        lines += [note, ""]
     p = results.get("per_block")
     if p:
         lines += [f"The scheduler's cost per block (N = {p['n']}, 2 workers, into a store; "
@@ -241,8 +243,8 @@ def report(results: dict, load: tuple) -> list[str]:
                          f"{100 * r['fraction']:.0f} % |")
         under = [r["chunk"] for r in p["rows"] if r["fraction"] < 0.05]
         lines += ["", "Blocks are independent: on W workers the cost is about (blocks x "
-                  "(compute + overhead)) / W. " + (f"The overhead is under 5 % from chunks of "
-                                                   f"{under[0]}." if under else
+                  "(compute + overhead)) / W. " + (f"The overhead is under 5 % at chunks of "
+                                                   f"{under[0]} here." if under else
                                                    "The overhead stayed above 5 % here."), ""]
     return lines
 
