@@ -50,21 +50,25 @@ def numeric_functions(body: sp.Expr):
     return run(body), run(deriv)
 
 
-def source_moments(src: batch_pass.Source, eps: float, cov: np.ndarray, theta, tol: float,
-                   scale: float) -> batchnorm.Moments:
-    """V and M of one source from its batchnorm argument's S and Theta (Theta None: V alone)."""
+def source_moments(src: batch_pass.Source, eps: float, cov: np.ndarray,
+                   theta=None) -> batchnorm.Moments:
+    """V and M of one source from its batchnorm argument's S and Theta (Theta None: V alone):
+    the exact quadrature for abrelu-type f, else Monte Carlo (its errors in the Moments)."""
     if src.slopes is not None:
         return batchnorm.moments(cov, *src.slopes, eps, theta)
     f, df = numeric_functions(src.body)
-    mom = batchnorm.moments_mc(cov, f, df, eps, theta)
-    err = max(mom.v_error, mom.m_error)
-    if err > tol * max(scale, 1e-300):
+    return batchnorm.moments_mc(cov, f, df, eps, theta)
+
+
+def warn_monte_carlo(src: batch_pass.Source, error: float, tol: float, what: str) -> None:
+    """The TPWarning of a Monte Carlo batch moment whose standard error exceeds tol (the
+    normalised coordinates are O(1): the tolerance is absolute)."""
+    if error > tol:
         warn(f"batchnorm followed by {sp.sstr(src.body.xreplace({batch_pass.X: sp.Symbol('z')}))}"
-             f": its batch moments are a Monte Carlo estimate ({batchnorm.MC_SAMPLES} samples,"
-             f" standard error {err:.1e}), not within tol={tol:g}",
+             f": {what} Monte Carlo estimate ({batchnorm.MC_SAMPLES} samples, standard error "
+             f"{error:.1e}), not within tol={tol:g}",
              "the exact quadrature covers relu, identity, leaky_relu and abrelu after "
              "batchnorm")
-    return mom
 
 
 class BatchEvaluator:
@@ -124,9 +128,8 @@ class BatchEvaluator:
         return {"ntk": self.plan.ntk_refusal} if self.plan.ntk_refusal else {}
 
     def kernels(self, data: dict, get: tuple[str, ...], backend: str, params: dict,
-                values: dict, trace: dict | None = None) -> dict[str, np.ndarray]:
-        """kind -> (B, B) for the batch `data` (validated input arrays); `trace` (if given)
-        receives target -> (S, Theta) per batchnorm."""
+                values: dict) -> dict[str, np.ndarray]:
+        """kind -> (B, B) for the batch `data` (validated input arrays)."""
         plan = self.plan
         want_ntk = "ntk" in get
         if want_ntk and plan.ntk_refusal:
@@ -146,17 +149,16 @@ class BatchEvaluator:
             carried = None
             if want_ntk:
                 carried = np.zeros_like(cov)
-                for src, w in st.carry:
-                    carried += float(sp.sympify(w).xreplace(values)) * got[src].m
+                for src, w in st.weights(values):
+                    carried += w * got[src].m
             if st.target:
                 theta = None if not want_ntk else res["ntk"] - cov + carried
-                if trace is not None:
-                    trace[st.target] = (cov, theta)
                 eps = float(plan.eps[st.target])
                 for src in plan.sources:
                     if src.bn == st.target:
-                        # normalised coordinates are O(1): the tolerance is absolute
-                        mom = source_moments(src, eps, cov, theta, self.tol, 1.0)
+                        mom = source_moments(src, eps, cov, theta)
+                        warn_monte_carlo(src, max(mom.v_error, mom.m_error), self.tol,
+                                         "its batch moments are a")
                         got[src.name] = batchnorm.Moments(
                             _settle(mom.v, twice), None if mom.m is None else
                             _settle(mom.m, twice), mom.v_error, mom.m_error)

@@ -242,8 +242,10 @@ def _digest(arr: np.ndarray) -> np.ndarray:
     return np.frombuffer(hashlib.sha256(memoryview(buf).cast("B")).digest(), dtype=np.uint8)
 
 
-def write_block(spec, path: str, part1, part2, offsets, t1, t2, params, get, ij) -> float:
-    """Compute one block, write its chunks (and the mirrored ones of a square kernel), then
+def write_block(spec, path: str, part1, part2, offsets, t1, t2, params, get, ij,
+                mirror: bool) -> float:
+    """Compute one block, write its chunks (and, mirror: a square kernel's block above the
+    diagonal, its transposed chunks below), then
     its marker: one SHA-256 per kind, of the block (the mirrored chunk is checked against the
     block's transpose). Returns the seconds it took."""
     import zarr
@@ -252,8 +254,6 @@ def write_block(spec, path: str, part1, part2, offsets, t1, t2, params, get, ij)
     res = block(spec, part1, part2, offsets, t1, t2, params, get)
     i, j = ij
     r0, c0 = offsets
-    mirror = part2 is not None and zarr.open_array(f"{path}/{get[0]}", mode="r").attrs.get(
-        "square", False)
     for kind, arr in res.items():
         z = zarr.open_array(f"{path}/{kind}", mode="r+")
         z[r0:r0 + arr.shape[0], c0:c0 + arr.shape[1]] = arr
@@ -384,7 +384,7 @@ def write_store(net, x1, x2, path, get=KINDS, *, chunks: int = CHUNKS,
             part2 = None if (b is None and i == j) else x2f[j]
             futures.append(client.submit(
                 write_block, spec, str(path), x1f[i], part2, (rows1[i][0], cols[j][0]), t1[i],
-                t2[j], p, get, (i, j), pure=False, retries=2))
+                t2[j], p, get, (i, j), b is None and i != j, pure=False, retries=2))
         done = 0
         seconds = 0.0
         for fut in as_completed(futures):

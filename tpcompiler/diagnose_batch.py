@@ -25,11 +25,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import sympy as sp
 
 from . import batchnorm
-from .batch_kernels import factor, numeric_functions
-from .errors import TPError, warn
+from .batch_kernels import factor, numeric_functions, source_moments, warn_monte_carlo
+from .errors import TPError
 
 #: fixed-point and power iterations stop at this relative change (or at MAX_STEPS)
 RTOL = 1e-13
@@ -142,10 +141,7 @@ def diagnose_batch(net, batch: int, params: dict | None = None, c0: float = 0.5,
     errors = []
 
     def moments_at(s, theta=None):
-        if exact:
-            return batchnorm.moments(s, *src.slopes, eps, theta)
-        f, df = numeric_functions(src.body)
-        mom = batchnorm.moments_mc(s, f, df, eps, theta)
+        mom = source_moments(src, eps, s, theta)
         errors.append(max(mom.v_error, mom.m_error))
         return mom
 
@@ -171,7 +167,7 @@ def diagnose_batch(net, batch: int, params: dict | None = None, c0: float = 0.5,
     c_star = float((s.sum() - np.trace(s)) / (batch * (batch - 1)) / q_star)
     rate = None
     if stage.carry is not None:
-        weight = sum(float(sp.sympify(w).xreplace(values)) for _, w in stage.carry)
+        weight = sum(w for _, w in stage.weights(values))
         if exact:
             op = batchnorm.TangentMap(s, *src.slopes, eps)
         else:
@@ -187,10 +183,7 @@ def diagnose_batch(net, batch: int, params: dict | None = None, c0: float = 0.5,
                 rate = new_rate
                 break
             rate = new_rate
-    if errors and max(errors) > net.tol:
-        warn(f"batchnorm followed by {src.body}: the batch moments are Monte Carlo estimates "
-             f"(standard error up to {max(errors):.1e}), so are q*, c* and the gradient rate",
-             "the exact quadrature covers relu, identity, leaky_relu and abrelu")
+    warn_monte_carlo(src, max(errors), net.tol, "q*, c* and the gradient rate rest on a")
     mean, second, slope = _gauss_moments(src)
     limit_v = np.array([[second, mean * mean], [mean * mean, second]])
     lim = stage_net.kernels({name: factor(limit_v)}, get="nngp", backend="numpy",

@@ -56,6 +56,10 @@ class Stage:
     #: (source, weight): the target's tangent gets weight * M_source; None: not linear
     carry: tuple[tuple[str, sp.Expr], ...] | None
 
+    def weights(self, values: dict) -> list[tuple[str, float]]:
+        """carry with the params at `values` (symbol -> number)."""
+        return [(src, float(w.xreplace(values))) for src, w in self.carry]
+
 
 @dataclass(frozen=True)
 class BatchPlan:
