@@ -34,7 +34,8 @@ def _rows(text: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if not tp.compile(p).ir.spatial
-                                  and not tp.compile(p).ir.batched],
+                                  and not tp.compile(p).ir.batched
+                                  and tp.compile(p).ir.readout is not None],
                          ids=lambda p: p.stem)
 def test_every_name_is_defined_and_used(path):
     text = tp.compile(path).latex()

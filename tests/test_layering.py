@@ -20,12 +20,12 @@ STAGES = (
     ("syntax", "parse"),
     # AST -> IR
     ("ir", "ranges", "parametrization", "check", "lowering_spatial", "lowering_batch",
-     "lowering", "data"),
+     "lowering_limits", "lowering", "data"),
     # IR -> kernel program (and the abc analysis of the IR)
     ("kernel_program", "verify", "quadrature", "conditional", "series", "passes",
      "passes.closedform",
      "passes.expect", "passes.kernels", "passes.loops", "passes.spatial", "passes.tangent",
-     "passes.abc", "passes.batch"),
+     "passes.abc", "passes.batch", "passes.limits"),
     # kernel program -> code and numbers
     ("backends", "backends.printer", "backends.coincident", "backends.gram",
      "backends.quadsource", "backends.cache", "backends.numpy", "backends.numba",
@@ -34,11 +34,11 @@ STAGES = (
     # what runs the backends: the probe and the finite-width simulator; what reads kernels:
     # the predictions
     ("accuracy", "psd", "simulate", "simulate_spatial", "warm", "solve", "predict",
-     "diagnose"),
+     "diagnose", "limits", "simulate_limits"),
     # the API that wires the stages together
     ("api", "batch_kernels", "dask_kernels"),
     # users of the API: commands and test helpers
-    ("coordcheck", "check_cli", "abc_report", "abc_cli", "diagnose_batch", "diagnose_cli",
+    ("coordcheck", "check_cli", "check_reports", "abc_report", "abc_cli", "diagnose_batch", "diagnose_cli",
      "cli", "testing",
      "sklearn",
      "__init__"),

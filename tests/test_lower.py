@@ -225,7 +225,7 @@ def test_statements_after_the_readout_are_lowered():
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_examples_lower(path):
     p = lower(parse_file(path))
-    assert p.readout is not None and p.inputs
+    assert (p.readout is not None and p.inputs) or (p.reports and not p.inputs)
     assert p.text() == lower(parse_file(path)).text()
     # printing the AST and reading it back gives the same IR (labels carry positions)
     again = lower(parse_source(print_module(parse_file(path))))
@@ -715,7 +715,8 @@ def test_language_doc_errors():
             assert str(info.value) + "\n" == blocks[i + 1][1], text
             checked += 1
         else:
-            assert lower(parse_source(text, "example.tp")).readout is not None
+            low = lower(parse_source(text, "example.tp"))
+            assert low.readout is not None or low.reports
             lowered += 1
     assert checked >= 40 and lowered >= 4
 

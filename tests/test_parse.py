@@ -19,8 +19,8 @@ from tpcompiler.parse import HINTS, MAX_SOURCE_BYTES, grammar_text, parse_file, 
 from tpcompiler.syntax import print_expr, print_module
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.tp"))
-KEYWORDS = {"network", "parametrization", "const", "input", "weight", "act", "repeat", "for",
-            "in"}
+KEYWORDS = {"network", "parametrization", "const", "input", "weight", "vector", "report", "act",
+            "repeat", "for", "in"}
 
 
 def N(text):  # noqa: N802 - short AST constructors keep the expected trees readable

@@ -86,7 +86,39 @@ class CompiledNetwork:
     def spatial_program(self):
         """The NNGP/NTK recursion of a spatial program (conv, pooling, layernorm): arrays over
         positions (passes/spatial.py); a program with params at their defaults."""
+        self._kernels_exist()
         return self._spatial_at(self._values(None))
+
+    def _kernels_exist(self) -> None:
+        """TPError for a program whose kernels are not derived: one without a readout, or a
+        NETSOR-transpose program (transposes, `vector`, ratio=), whose limits are reports."""
+        if self.ir.readout is None:
+            raise TPError("this program has no readout, so no kernels: it reports limits",
+                          hint="net.limits() (tpc limits FILE) computes its reports")
+        if self.ir.netsor_t:
+            raise TPError("kernels of programs with transpose(), `vector` or ratio= are not "
+                          "derived: their Master theorem computes the reports' limits",
+                          self.ir.readout.span,
+                          "report the quantity instead, e.g. report q = mean(h ** 2), and "
+                          "call net.limits() (tpc limits FILE)")
+
+    def limits(self, params: dict | None = None) -> dict:
+        """The limits of the program's reports (`report NAME = mean(expr)`): name -> an exact
+        sympy number where every expectation is a closed form (polynomials, sin/cos/exp),
+        else a float held to tol (a TPWarning says when it is not, or when Monte Carlo was
+        needed). params: values of the program's params over their defaults."""
+        return self.limit_values(params).as_dict()
+
+    def limit_values(self, params: dict | None = None):
+        """The limits with how each was computed and its estimated error
+        (tpcompiler.limits.Limits; its .derivation is what net.latex() renders)."""
+        from . import limits
+
+        key = _values_key(self._values(params))
+        made = self.__dict__.setdefault("_limits_made", {})
+        if key not in made:
+            made[key] = limits.compute(self.ir, self.tol, params)
+        return made[key]
 
     def _spatial_at(self, values: dict):
         """The spatial program with the params at `values`: its arrays are compiled with their
@@ -109,6 +141,7 @@ class CompiledNetwork:
         """The stages of a program with batchnorm (passes/batch.py) and their networks."""
         from .batch_kernels import BatchEvaluator
 
+        self._kernels_exist()
         if not self.ir.batched:
             raise TPError("this network has no batchnorm")
         return BatchEvaluator(self.ir, self.tol)
@@ -126,6 +159,7 @@ class CompiledNetwork:
     def rolled_program(self) -> KernelProgram:
         """The NNGP/NTK recursion, its loops kept rolled where their iterations are copies of
         one another (built on first use): what the Numba backend compiles."""
+        self._kernels_exist()
         if self.ir.gridded:
             raise TPError("a spatial program (conv, pooling) has no scalar kernel "
                           "program: its recursion runs over arrays of positions",
@@ -222,6 +256,7 @@ class CompiledNetwork:
             dict kind -> (N1, N2) array ((N1,) with diagonal=True).
         """
         get = warm.check_get(get)
+        self._kernels_exist()
         if chunks is not None:
             from . import dask_kernels
 
@@ -596,26 +631,32 @@ class CompiledNetwork:
         .ntk(X), .gradients(X), .nngp_hidden(X), .params). kw: dims=, weights=."""
         from .simulate import FiniteNetwork
 
+        self._kernels_exist()
         return FiniteNetwork(self.ir, width, seed, **kw)
 
     def empirical_nngp(self, x, width: int, samples: int, seed=0, **kw) -> np.ndarray:
         """Monte Carlo mean of f(x) f(x)^T over `samples` random networks of width n."""
         from .simulate import empirical_nngp
 
+        self._kernels_exist()
         return empirical_nngp(self.ir, x, width, samples, seed, **kw)
 
     def empirical_ntk(self, x, width: int, seed=0, x2=None) -> np.ndarray:
         """The exact NTK of one random network of width n."""
         from .simulate import empirical_ntk
 
+        self._kernels_exist()
         return empirical_ntk(self.ir, x, width, seed, x2)
 
     # --- views -----------------------------------------------------------------------
 
     def latex(self) -> str:
-        """The NNGP and NTK recursions in LaTeX."""
-        from .latex import program_latex
+        """The NNGP and NTK recursions in LaTeX; for a program with reports, how each
+        limit was derived (the Zs of the Master theorem, then the expectations)."""
+        from .latex import limits_latex, program_latex
 
+        if self.ir.reports and (self.ir.readout is None or self.ir.netsor_t):
+            return limits_latex(self.ir, self.limit_values())
         if self.ir.spatial:
             raise TPError("LaTeX of a spatial program (conv, pooling, layernorm, attend) is "
                           "not rendered yet", hint="`tpc kernel-program` prints its recursion")
@@ -627,6 +668,9 @@ class CompiledNetwork:
     def __repr__(self) -> str:
         ins = ", ".join(i.name if i.length is None else f"{i.name}[{i.length}]"
                         for i in self.ir.inputs)
+        if self.ir.readout is None:
+            return (f"<CompiledNetwork {self.name or '<unnamed>'}, "
+                    f"{len(self.ir.reports)} reports, {len(self.ir.gvars)} G-vars>")
         return f"<CompiledNetwork {self.name or '<unnamed>'}({ins}), {len(self.ir.gvars)} G-vars>"
 
 

@@ -19,8 +19,8 @@ MAX_GVARS = 5000  # unrolled program size cap (G-vars): larger programs are almo
 MAX_STEPS = 200_000  # statements executed while unrolling
 MAX_SEQ = 10_000
 KINDS = ("input", "hidden", "readout", "bias")
-KEYWORDS = ("network", "parametrization", "const", "param", "input", "weight", "act", "repeat",
-            "for", "in")
+KEYWORDS = ("network", "parametrization", "const", "param", "input", "weight", "vector",
+            "report", "act", "repeat", "for", "in")
 MAX_POWER = 16  # vector ** p: moments grow like (2p-1)!!; beyond this they are meaningless
 MAX_EXPONENT = 400  # |e| in a literal 1.5e<e>: 10**e is computed exactly, so it must stay small
 MAX_BITS = 4096  # numerator/denominator size of an exact constant (1e-1000 needs 3322 bits)
@@ -96,7 +96,7 @@ def check_name(name: str, span, what: str) -> None:
     if name in KEYWORDS:  # the contextual lexer lets `input for` through; `for = ..` can't be
         raise TPError(f"'{name}' is a keyword and cannot be used as a name", span,
                       "choose another name")
-    if name in BUILTINS or name in ("dense", "readout"):
+    if name in BUILTINS or name in ("dense", "readout", "mean", "transpose"):
         raise TPError(f"'{name}' is a built-in function and cannot be redefined as {what}",
                       span, "choose another name")
 

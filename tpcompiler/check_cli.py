@@ -54,8 +54,9 @@ def register(subparsers) -> None:
                     "when the offset b is significantly above zero (the networks converge to "
                     "another limit), 2 for an error in the program, the data or the options.")
     s.add_argument("file")
-    s.add_argument("--widths", default="64,256,1024,4096",
-                   help="comma-separated widths, at least two (default 64,256,1024,4096)")
+    s.add_argument("--widths", default=None,
+                   help="comma-separated widths, at least two (default 64,256,1024,4096; for "
+                        "a program's reports 250,500,1000,2000,4000)")
     s.add_argument("--samples", type=int, default=200,
                    help="networks per width in the Monte Carlo NNGP (default 200)")
     s.add_argument("--seeds", type=int, default=4,
@@ -366,7 +367,7 @@ def need_matplotlib():
 
 
 def convergence_figure(title: str, widths, curves: dict, noise: float | None,
-                       samples: int = 0, metric: str = "frobenius"):
+                       samples: int = 0, metric: str = "frobenius", ylabel: str | None = None):
     """The log-log plot of the errors against the width (a matplotlib Figure).
 
     curves: label -> (means, stderrs or None, matplotlib style, OffsetFit or None). Each fit
@@ -405,8 +406,9 @@ def convergence_figure(title: str, widths, curves: dict, noise: float | None,
     ax.set_xticks(w)
     ax.set_xticklabels([str(int(x)) for x in w])
     ax.set_xlabel("width n")
-    ax.set_ylabel(r"relative error $\|K_n - K\|_F \,/\, \|K\|_F$" if metric == "frobenius"
-                  else r"relative error of $K_{ij} / \sqrt{K_{ii} K_{jj}}$")
+    ax.set_ylabel(ylabel or (r"relative error $\|K_n - K\|_F \,/\, \|K\|_F$"
+                             if metric == "frobenius"
+                             else r"relative error of $K_{ij} / \sqrt{K_{ii} K_{jj}}$"))
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     # below the axes: inside, it would hide the points it explains
@@ -481,10 +483,10 @@ def run_check(net, x, widths, samples=200, seeds=4, seed=0, backend="numba", pro
             "noise": noise}
 
 
-def cmd_check(args) -> int:
-    from .api import compile
-
-    widths = parse_widths(args.widths)
+def check_options(args) -> Path | None:
+    """The options every check takes, checked before any work; the plot's path."""
+    if args.widths is not None:
+        parse_widths(args.widths)
     for flag, value, least in (("--samples", args.samples, 1), ("--seeds", args.seeds, 2),
                                ("--points", args.points, 1), ("--dim", args.dim, 1)):
         if value < least:
@@ -495,10 +497,6 @@ def cmd_check(args) -> int:
         raise TPError(f"--z must be a positive number, got {args.z}")
     if not args.min_offset >= 0 or not math.isfinite(args.min_offset):
         raise TPError(f"--min-offset must be a non-negative number, got {args.min_offset}")
-    if args.against and not args.data:
-        raise TPError("--against needs --data: a kernel file holds the kernel of particular "
-                      "points, the ones the networks must be run on",
-                      hint="tpc check FILE --data X.npy --against K.npz")
     plot = Path(args.plot) if args.plot else None
     if plot is not None:
         need_matplotlib()
@@ -506,7 +504,23 @@ def cmd_check(args) -> int:
             raise TPError(f"--plot {plot}: the plot is written as PNG; name it {plot.stem}.png")
         if not plot.parent.exists():
             raise TPError(f"--plot: the folder {plot.parent} does not exist")
+    return plot
+
+
+def cmd_check(args) -> int:
+    from .api import compile
+
+    plot = check_options(args)
+    if args.against and not args.data:
+        raise TPError("--against needs --data: a kernel file holds the kernel of particular "
+                      "points, the ones the networks must be run on",
+                      hint="tpc check FILE --data X.npy --against K.npz")
     net = compile(args.file)
+    if net.ir.reports and (net.ir.readout is None or net.ir.netsor_t):
+        from .check_reports import cmd_check_reports
+
+        return cmd_check_reports(args, net, plot)
+    widths = parse_widths(args.widths or "64,256,1024,4096")
     if args.data:
         x = load_data(args.data, "--data")
         what = f"data {args.data}"

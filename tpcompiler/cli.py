@@ -72,6 +72,28 @@ def cmd_kernel_program(args) -> int:
     return 0
 
 
+def cmd_limits(args) -> int:
+    from .api import compile
+    from .check_reports import limits_json
+
+    net = compile(args.file, tol=args.tol)
+    lim = net.limit_values(param_values(args.param))
+    if args.format == "json":
+        print(limits_json(lim))
+        return 0
+    width = max(len(v.name) for v in lim.values)
+    for v in lim.values:
+        if v.exact:
+            shown = str(v.value)
+            if not v.value.is_Rational:
+                shown += f" = {float(v.value):.15g}"
+            print(f"{v.name:>{width}} = {shown}    (exact)")
+        else:
+            print(f"{v.name:>{width}} = {float(v.value):.15g}    ({v.how}; estimated error "
+                  f"{v.error:.1e}, size {v.scale:.3g})")
+    return 0
+
+
 def cmd_latex(args) -> int:
     from .api import compile
 
@@ -334,7 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerance relative to the kernel's scale (default 1e-10)")
     s.set_defaults(fn=cmd_kernel_program)
 
-    s = sub.add_parser("latex", help="print the NNGP and NTK recursions in LaTeX")
+    s = sub.add_parser("limits", help="print the limits of a program's reports "
+                                      "(report NAME = mean(expr)) by the Master theorem",
+                       description="The infinite-width limit of every `report` of the "
+                                   "program: exact (a fraction, or a closed form) where every "
+                                   "expectation is polynomial or sin/cos/exp, else a number "
+                                   "held to --tol (a warning says when it is not).")
+    s.add_argument("file")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    s.add_argument("--tol", type=_tol, default=1e-10,
+                   help="tolerance relative to a report's size (default 1e-10)")
+    add_param_argument(s)
+    s.set_defaults(fn=cmd_limits)
+
+    s = sub.add_parser("latex", help="print the NNGP and NTK recursions in LaTeX (for a "
+                                     "program with reports: how each limit was derived)")
     s.add_argument("file")
     s.set_defaults(fn=cmd_latex)
 

@@ -75,7 +75,7 @@ def input_variances(prog: ir.Program) -> dict[str, float]:
             name = g.arg.input
             out[name] = max(out[name], float(prog.param_var(g.param)))
     r = prog.readout
-    if isinstance(r.arg, ir.InputRef):
+    if r is not None and isinstance(r.arg, ir.InputRef):
         out[r.arg.input] = max(out[r.arg.input], float(prog.param_var(r.matrix)))
     return out
 

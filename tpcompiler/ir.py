@@ -31,12 +31,13 @@ class Op(enum.Enum):
     NORM = "norm"  # layernorm: (h - mean) / sqrt(var + eps) over the width (derived)
     ATTEND = "attend"  # self-attention over positions: a per-point mixture of the values
     BATCHNORM = "batchnorm"  # normalised over the batch: couples the points (passes/batch.py)
+    VECTOR = "vector"  # `vector z`: a fresh N(0, I) vector without data (an initial G-var)
 
 
 DERIVED = frozenset({Op.POOL, Op.NORM, Op.ATTEND})
 
 
-INITIAL = frozenset({Op.INPUT, Op.BIAS})
+INITIAL = frozenset({Op.INPUT, Op.BIAS, Op.VECTOR})
 
 
 class Kind(enum.Enum):
@@ -165,6 +166,9 @@ class Matrix:
     shared: bool  # declared with `weight` (may be used many times)
     fan_in: str | None = None  # the input whose dimension is the fan-in, for INPUT-kind
     span: Span | None = field(default=None, compare=False, repr=False)
+    #: rows / columns (`weight A(ratio=R)`): A maps width w to width R w; entries have
+    #: variance var / columns whichever way A is applied (transpose(A) maps R w to w)
+    ratio: sp.Expr = sp.S.One
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,10 @@ class GVar:
     spatial: Stencil | Pool | Norm | Attend | None = None
     #: BATCHNORM: its eps (its argument is `arg`, Gaussian; param is "")
     batch_eps: sp.Expr | None = None
+    #: MATMUL: the matrix is applied transposed (NETSOR-transpose: A^T h)
+    transposed: bool = False
+    #: the vector's width as a multiple of n (widths differ only with `ratio=`)
+    width: sp.Expr = sp.S.One
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -205,6 +213,17 @@ class Readout:
     #: the grid of a spatial argument read out whole (neural-tangents' Flatten: the kernel is
     #: the average over positions of the per-position kernel); () for a plain vector
     grid: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Report:
+    """`report NAME = mean(expr)`: the limit of (1/width) sum_a expr_a over the coordinates of
+    an H-var (the Master theorem: E[expr(Z)])."""
+
+    name: str  # the user's name: the key of net.limits()
+    expr: sp.Expr  # an H-var: an expression in G-var symbols
+    width: sp.Expr = sp.S.One
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -273,11 +292,21 @@ class Program:
     matrices: tuple[Matrix, ...]
     biases: tuple[Bias, ...]
     gvars: tuple[GVar, ...]
-    readout: Readout
+    #: None for a program that only reports limits (`report NAME = mean(...)`)
+    readout: Readout | None
     loops: tuple[LoopRecord, ...] = field(default=(), compare=False, repr=False)
     #: hyperparameters, in the order the compiled kernels read their values; their defaults
     #: are not part of the program's meaning (one compiled module whatever the values)
     params: tuple[Param, ...] = ()
+    reports: tuple[Report, ...] = ()
+
+    @property
+    def netsor_t(self) -> bool:
+        """Whether the program needs the NETSOR-transpose Master theorem or has vectors
+        without data or widths other than n: its scalar limits are computed
+        (passes/limits.py), not its kernels."""
+        return any(g.transposed or g.op is Op.VECTOR or g.width != 1 for g in self.gvars) \
+            or any(m.ratio != 1 for m in self.matrices)
 
     def param_values(self, values: dict | None = None) -> dict[sp.Symbol, float]:
         """symbol -> value of every param: `values` (user name -> number) over the defaults,
@@ -342,8 +371,8 @@ class Program:
         """Whether any vector has positions: its kernels are arrays over position pairs (the
         spatial backend); a spatial program without positions (layernorm in an MLP or RNN) is
         straight-line scalar code like any other kernel program."""
-        return any(i.grid for i in self.inputs) or any(g.grid for g in self.gvars) or bool(
-            self.readout.grid)
+        return any(i.grid for i in self.inputs) or any(g.grid for g in self.gvars) or (
+            self.readout is not None and bool(self.readout.grid))
 
     def matrix(self, name: str) -> Matrix:
         return self._index()[name]
@@ -421,13 +450,16 @@ def format_program(p: Program) -> str:
     for m in p.matrices:
         fan = f" fan_in={m.fan_in}" if m.fan_in else ""
         share = " shared" if m.shared else ""
-        lines.append(f"matrix {m.name} [{m.label}] {m.kind.value} var={m.var}{fan}{share}")
+        ratio = f" ratio={m.ratio}" if m.ratio != 1 else ""
+        lines.append(f"matrix {m.name} [{m.label}] {m.kind.value} var={m.var}{fan}{share}{ratio}")
     for b in p.biases:
         share = " shared" if b.shared else ""
         lines.append(f"bias {b.name} [{b.label}] var={b.var}{share}")
     for g in p.gvars:
         if g.op is Op.BIAS:
             rhs = g.param
+        elif g.op is Op.VECTOR:
+            rhs = f"N(0, I) [{g.param}]"
         elif g.op in DERIVED:
             rhs = f"{g.spatial}({format_expr(g.arg)})"
         elif g.op is Op.BATCHNORM:
@@ -435,11 +467,17 @@ def format_program(p: Program) -> str:
         else:
             arg = format_expr(g.arg)
             bare = isinstance(g.arg, InputRef) or g.arg.is_Atom
-            rhs = f"{g.param} @ {arg if bare else '(' + arg + ')'}"
+            t = "^T" if g.transposed else ""
+            rhs = f"{g.param}{t} @ {arg if bare else '(' + arg + ')'}"
         where = f" [{g.spatial}]" if g.op is Op.CONV else ""
+        where += f" width {g.width} n" if g.width != 1 else ""
         grid = f" on {'x'.join(map(str, g.grid))}" if g.grid else ""
         lines.append(f"{g.name} = {rhs}    # {g.op.value}{where}{grid}")
+    for rep in p.reports:
+        lines.append(f"report {rep.name} = mean({format_expr(rep.expr)})")
     r = p.readout
+    if r is None:
+        return "\n".join(lines) + "\n"
     bias = f" + {r.bias}" if r.bias else ""
     arg = format_expr(r.arg)
     if not isinstance(r.arg, InputRef) and not r.arg.is_Atom:

@@ -98,3 +98,31 @@ def program_latex(prog: ir.Program, kp: KernelProgram) -> str:
         zs = ", ".join(f"z_{i}" for i in range(q.dim))
         rows.append(rf"{q.name}({zs}) &= {sp.latex(q.expr)}")
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
+
+
+def limits_latex(prog: ir.Program, lim) -> str:
+    """An aligned block of a program's reports (tpcompiler.limits.Limits): each G-var's Z as
+    its Gaussian part plus the transpose corrections (with the Gaussian part's variance and
+    family), then each report's expectation and value."""
+    names = {}
+    for g in prog.gvars:
+        names[g.name] = rf"Z^{{{_g(g.name)}}}"
+        names["zhat" + g.name[1:]] = rf"\hat Z^{{{_g(g.name)}}}"
+    pr = _Printer(names)
+    rows = []
+    for step in lim.derivation.steps:
+        g = ir.gsym(step.gvar)
+        rhs = pr.doprint(sp.Symbol("zhat" + step.gvar[1:]))
+        for c in step.corrections:
+            src = pr.doprint(c.source)
+            src = rf"\left({src}\right)" if c.source.is_Add else src
+            rhs += rf" + {pr.doprint(c.coefficient)} \cdot {src}"
+        fam = _tex_name(step.family).replace("^T", "^{\\top}")
+        rows.append(rf"{pr.doprint(g)} &= {rhs} \qquad \operatorname{{Var}} "
+                    rf"\hat Z^{{{_g(step.gvar)}}} = {pr.doprint(step.variance)}"
+                    rf"\ (\mathrm{{{fam}}})")
+    for rep, v in zip(prog.reports, lim.values):
+        value = pr.doprint(v.value) if v.exact else f"{float(v.value):.12g}"
+        rows.append(rf"\mathrm{{{_tex_name(rep.name)}}} &= \mathbb{{E}}\left[{pr.doprint(rep.expr)}"
+                    rf"\right] = {value}")
+    return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"

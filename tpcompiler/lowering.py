@@ -35,6 +35,7 @@ from .check import (
 from .errors import Span, TPError, did_you_mean
 from .functions import BUILTINS
 from .lowering_batch import BatchCalls
+from .lowering_limits import Limit, LimitCalls
 from .lowering_spatial import SpatialCalls, joint_grid
 from .parametrization import PRESETS
 
@@ -48,6 +49,7 @@ class Scalar:
 class Vec:
     expr: sp.Expr  # an H-var: an expression in G-var symbols
     grid: tuple[int, ...] = ()  # its positions (a spatial vector); () for a plain vector
+    width: sp.Expr = sp.S.One  # its width as a multiple of n (`ratio=`)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ PARAM_HINT = ("a param is a variance given at call time: use it in var= or bias=
 
 _WHAT = {Hyper: "a param expression", Scalar: "a constant", Vec: "a vector",
          InVec: "an input vector", Seq: "a sequence input",
-         Weight: "a weight", Act: "an activation function", Output: "the readout output"}
+         Weight: "a weight", Act: "an activation function", Output: "the readout output",
+         Limit: "a report (a scalar limit)"}
 
 
 def describe(v) -> str:
@@ -98,7 +101,7 @@ def describe(v) -> str:
     return _WHAT[type(v)]
 
 
-class _Lowerer(SpatialCalls, BatchCalls):
+class _Lowerer(SpatialCalls, BatchCalls, LimitCalls):
     CALLS = (*SpatialCalls.SPATIAL_CALLS, *BatchCalls.BATCH_CALLS)
 
     def __init__(self, module: S.Module):
@@ -121,7 +124,10 @@ class _Lowerer(SpatialCalls, BatchCalls):
         self.loops: list[ir.LoopRecord] = []
         self.scales: dict = {}  # ranges.log_scale's memo: sub-expressions are shared
         self._arg_grid: tuple[int, ...] = ()  # the grid of _one_vector_arg's last vector
+        self._arg_width: sp.Expr = sp.S.One  # and its width
         self.params: list[ir.Param] = []
+        self.reports: list[ir.Report] = []
+        self.nvectors = 0
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -149,7 +155,7 @@ class _Lowerer(SpatialCalls, BatchCalls):
     def _lookup(self, name: str, span):
         if name in self.env:
             return self.env[name]
-        if name in BUILTINS or name in ("dense", "readout", *self.CALLS):
+        if name in BUILTINS or name in ("dense", "readout", "mean", "transpose", *self.CALLS):
             raise TPError(f"'{name}' is a function; call it: {name}(...)", span)
         if name in self.assigned_later:
             raise TPError(f"'{name}' is used before it is assigned", span,
@@ -164,14 +170,16 @@ class _Lowerer(SpatialCalls, BatchCalls):
                 f"the unrolled program is too large (more than {MAX_GVARS} vectors or "
                 f"{MAX_STEPS} statements)", span, "reduce the loop counts")
 
-    def _new_gvar(self, op: ir.Op, param: str, arg, span) -> sp.Symbol:
-        g = ir.GVar(f"g{len(self.gvars)}", op, param, arg, span)
+    def _new_gvar(self, op: ir.Op, param: str, arg, span, width=sp.S.One,
+                  transposed: bool = False) -> sp.Symbol:
+        g = ir.GVar(f"g{len(self.gvars)}", op, param, arg, span, width=width,
+                    transposed=transposed)
         self.gvars.append(g)
         self._tick(span)
         return g.symbol
 
-    def _new_matrix(self, label, var, kind, shared, fan_in, span) -> ir.Matrix:
-        m = ir.Matrix(f"A{len(self.matrices)}", label, var, kind, shared, fan_in, span)
+    def _new_matrix(self, label, var, kind, shared, fan_in, span, ratio=sp.S.One) -> ir.Matrix:
+        m = ir.Matrix(f"A{len(self.matrices)}", label, var, kind, shared, fan_in, span, ratio)
         self.matrices.append(m)
         return m
 
@@ -208,13 +216,14 @@ class _Lowerer(SpatialCalls, BatchCalls):
 
     in_range = staticmethod(in_range)
 
-    def vec(self, expr: sp.Expr, span, grid: tuple[int, ...] = ()) -> Vec:
+    def vec(self, expr: sp.Expr, span, grid: tuple[int, ...] = (),
+            width: sp.Expr = sp.S.One) -> Vec:
         """A vector whose size (ranges.log_scale: its coefficients multiplied together, and
         exp's growth) stays within MAX_LOG_SCALE; see MAX_CONSTANT."""
         check_scale(expr, span, self.scales)
         self.check_derived_use(expr, span)
         self._check_batch_use(expr, span)
-        return Vec(expr, grid)
+        return Vec(expr, grid, width)
 
     def variance(self, kw: S.Kwarg, params: bool = True) -> sp.Expr:
         """The value of var=, bias= (or eps=): a number >= 0, or (params=True) an expression
@@ -244,14 +253,16 @@ class _Lowerer(SpatialCalls, BatchCalls):
                                "e.g. examples/relu_mlp.tp")
         for stmt in body:
             self.stmt(stmt, top=True)
-        if self.readout is None:
+        if self.readout is None and not self.reports:
             span = body[-1].span  # the last statement: the readout was expected after it
             if span is None:
                 lines = self.source.lines()
                 span = Span(self.source, len(lines), 1, len(lines), max(2, len(lines[-1]) + 1))
             raise TPError("the program has no readout", span,
-                          "end the program with e.g. y = readout(relu(h), var=1.0)")
+                          "end the program with e.g. y = readout(relu(h), var=1.0), or "
+                          "report a limit: report m = mean(h ** 2)")
         self._check_param_targets()
+        self._check_netsor_t()
         return ir.Program(
             name=self.name,
             parametrization=self.param or ir.Parametrization("ntk"),
@@ -262,6 +273,7 @@ class _Lowerer(SpatialCalls, BatchCalls):
             readout=self.readout,
             loops=tuple(self.loops),
             params=tuple(self.params),
+            reports=tuple(self.reports),
         )
 
     def _check_param_targets(self) -> None:
@@ -303,7 +315,8 @@ class _Lowerer(SpatialCalls, BatchCalls):
         self._tick(s.span)
         method = getattr(self, "stmt_" + type(s).__name__)
         if not top and isinstance(s, (S.NetworkDecl, S.ParamDecl, S.ConstDecl, S.HyperDecl,
-                                      S.InputDecl, S.WeightDecl, S.ActDecl)):
+                                      S.InputDecl, S.WeightDecl, S.ActDecl, S.VectorDecl,
+                                      S.ReportDecl)):
             raise TPError("declarations are only allowed at the top level, not inside a loop",
                           s.span, "move it before the loop")
         method(s)
@@ -386,20 +399,23 @@ class _Lowerer(SpatialCalls, BatchCalls):
         self.inputs.append(inp)
 
     def stmt_WeightDecl(self, s: S.WeightDecl) -> None:
-        var, bias = sp.S.One, sp.S.Zero
+        var, bias, ratio = sp.S.One, sp.S.Zero, sp.S.One
         for kw in s.kwargs:
             if kw.name == "var":
                 var = self.variance(kw)
             elif kw.name == "bias":
                 bias = self.variance(kw)
+            elif kw.name == "ratio":
+                ratio = self._ratio(kw)
             else:
                 raise TPError(f"unknown weight parameter '{kw.name}'", kw.span,
-                              did_you_mean(kw.name, ("var", "bias")) or "a weight takes var= and "
-                              "bias= (the bias is shared by every use, like the matrix)")
+                              did_you_mean(kw.name, ("var", "bias", "ratio")) or "a weight "
+                              "takes var=, bias= (the bias is shared by every use, like the "
+                              "matrix) and ratio= (rows / columns)")
         self._check_unique_kwargs(s.kwargs)
         self._bind(s.name, Weight(s.name), s.span, "a weight")
         self.named[s.name] = {"var": var, "bias": bias, "decl": s.span, "matrix": None,
-                              "bias_g": None, "first_use": None}
+                              "bias_g": None, "first_use": None, "ratio": ratio, "cols": None}
 
     def stmt_ActDecl(self, s: S.ActDecl) -> None:
         self._check_name(s.name, s.span, "an activation")
@@ -488,6 +504,9 @@ class _Lowerer(SpatialCalls, BatchCalls):
         if isinstance(v, Output):
             raise TPError(f"'{e.id}' is the network's scalar output and cannot be used again",
                           e.span, "the readout must be the last step")
+        if isinstance(v, Limit):
+            raise TPError(f"'{e.id}' is a report, a scalar limit of the program; it cannot be "
+                          "used in the program", e.span, "reports are computed by net.limits()")
         return v
 
     def expr_Index(self, e: S.Index):
@@ -509,7 +528,7 @@ class _Lowerer(SpatialCalls, BatchCalls):
         if isinstance(v, Scalar):
             return Scalar(-v.value)
         if isinstance(v, Vec):
-            return Vec(-v.expr, v.grid)
+            return Vec(-v.expr, v.grid, v.width)
         raise self._bad_operand("-", v, e.operand.span)
 
     def _bad_operand(self, op, v, span) -> TPError:
@@ -532,26 +551,27 @@ class _Lowerer(SpatialCalls, BatchCalls):
         x = a.value if isinstance(a, Scalar) else a.expr
         y = b.value if isinstance(b, Scalar) else b.expr
         grid = joint_grid([v for v in (a, b) if isinstance(v, Vec)], e.span)
+        width = self.joint_width([v for v in (a, b) if isinstance(v, Vec)], e.span)
         if e.op == "+":
-            return self.vec(x + y, e.span, grid)
+            return self.vec(x + y, e.span, grid, width)
         if e.op == "-":
-            return self.vec(x - y, e.span, grid)
+            return self.vec(x - y, e.span, grid, width)
         if e.op == "*":
-            return self.vec(x * y, e.span, grid)
+            return self.vec(x * y, e.span, grid, width)
         if e.op == "/":
             if isinstance(b, Vec):
                 raise TPError("division by a vector is not supported", e.right.span,
                               "divide by constants only; 1/h is not integrable for Gaussian h")
             if y == 0:
                 raise TPError("division by zero", e.right.span)
-            return self.vec(x / y, e.span, grid)
+            return self.vec(x / y, e.span, grid, width)
         # e.op == "**"
         if isinstance(b, Vec):
             raise TPError("an exponent must be a constant integer, not a vector", e.right.span)
         if not (y.is_Integer and 0 <= int(y) <= MAX_POWER):
             raise TPError(f"a vector can only be raised to an integer power 0..{MAX_POWER}, "
                           f"got {show(y)}", e.right.span, "use a non-negative integer exponent")
-        return self.vec(x ** int(y), e.span, grid)
+        return self.vec(x ** int(y), e.span, grid, width)
 
     def _hyper_op(self, e: S.BinOp, a, b) -> Hyper:
         """Arithmetic of params and numbers: + - * / by a number, integer powers (the
@@ -615,13 +635,20 @@ class _Lowerer(SpatialCalls, BatchCalls):
             params, build = BUILTINS[e.func]
             z = self._one_vector_arg(e)
             kw = self._keywords(e, params)
-            return self.vec(build(z, **kw), e.span, self._arg_grid)
+            return self.vec(build(z, **kw), e.span, self._arg_grid, self._arg_width)
         if e.func in self.env:
             f = self.env[e.func]
             if not isinstance(f, Act):
                 raise TPError(f"'{e.func}' is {describe(f)}, not a function", e.span)
             z = self._one_vector_arg(e, allow_kwargs=False)
-            return self.vec(f.body.xreplace({f.param: z}), e.span, self._arg_grid)
+            return self.vec(f.body.xreplace({f.param: z}), e.span, self._arg_grid,
+                            self._arg_width)
+        if e.func == "mean":
+            raise TPError("mean() is the value of a report, not a vector", e.span,
+                          "write  report m = mean(h ** 2)  at the top level")
+        if e.func == "transpose":
+            raise TPError("transpose(W) is a weight: it is dense()'s second argument",
+                          e.span, "write  dense(h, transpose(W))")
         hint = did_you_mean(e.func, [*BUILTINS, "dense", "readout", *self.CALLS,
                                      *(n for n, v in self.env.items() if isinstance(v, Act))])
         raise TPError(f"unknown function '{e.func}'", e.span,
@@ -640,6 +667,7 @@ class _Lowerer(SpatialCalls, BatchCalls):
             raise TPError(f"{e.func}() needs a vector argument, got {describe(v)}",
                           e.args[0].span, hint)
         self._arg_grid = v.grid
+        self._arg_width = v.width
         return v.expr
 
     def _keywords(self, e: S.Call, params: dict) -> dict:
@@ -673,8 +701,16 @@ class _Lowerer(SpatialCalls, BatchCalls):
             return self.call_conv(e, dense=True, arg=arg)  # per position: a 1 x 1 conv
         kind = ir.Kind.INPUT if isinstance(arg, InVec) else ir.Kind.HIDDEN
         fan_in = arg.ref.input if isinstance(arg, InVec) else None
+        width_in = arg.width if isinstance(arg, Vec) else sp.S.One
+        transposed = False
+        width = width_in  # a fresh matrix is square (an input layer's: width n)
         if len(e.args) == 2:
             w = e.args[1]
+            if isinstance(w, S.Call) and w.func == "transpose":
+                if len(w.args) != 1 or w.kwargs or not isinstance(w.args[0], S.Name):
+                    raise TPError("transpose() takes one weight name", w.span,
+                                  "write  dense(h, transpose(W))")
+                transposed, w = True, w.args[0]
             if not isinstance(w, S.Name):
                 raise TPError("the second argument of dense() must be a weight name", w.span)
             if w.id in ("var", "bias") and w.id not in self.env:
@@ -687,7 +723,12 @@ class _Lowerer(SpatialCalls, BatchCalls):
             if e.kwargs:
                 raise TPError("var= and bias= of a named weight are set in its declaration",
                               e.kwargs[0].span, f"write them in `weight {w.id}(...)`")
-            matrix, bias_g = self._named_use(w.id, kind, fan_in, e.span)
+            if transposed:
+                self._check_transposable(w.id, arg, e.args[1].span)
+            width = self._named_widths(w.id, width_in, transposed, e.span)
+            matrix, bias_g = self._named_use(w.id, kind, fan_in, e.span, width)
+            if transposed:
+                bias_g = None  # _check_transposable: a transposed weight has no bias
         else:
             kw = self._dense_kwargs(e)
             label = self._label("dense", e.span)
@@ -696,10 +737,11 @@ class _Lowerer(SpatialCalls, BatchCalls):
             bias_g = None
             if kw["bias"] != 0:
                 b = self._new_bias(label, kw["bias"], False, e.span)
-                bias_g = self._new_gvar(ir.Op.BIAS, b.name, None, e.span)
+                bias_g = self._new_gvar(ir.Op.BIAS, b.name, None, e.span, width)
         op = ir.Op.INPUT if kind is ir.Kind.INPUT else ir.Op.MATMUL
-        g = self._new_gvar(op, matrix, arg.ref if isinstance(arg, InVec) else arg.expr, e.span)
-        return Vec(g + bias_g if bias_g is not None else g)
+        g = self._new_gvar(op, matrix, arg.ref if isinstance(arg, InVec) else arg.expr, e.span,
+                           width, transposed)
+        return Vec(g + bias_g if bias_g is not None else g, (), width)
 
     def _dense_kwargs(self, e: S.Call) -> dict:
         out = {"var": sp.S.One, "bias": sp.S.Zero}
@@ -710,15 +752,17 @@ class _Lowerer(SpatialCalls, BatchCalls):
             out[kw.name] = self.variance(kw)
         return out
 
-    def _named_use(self, name, kind, fan_in, span):
+    def _named_use(self, name, kind, fan_in, span, width=sp.S.One):
         info = self.named[name]
         if info["matrix"] is None:
-            m = self._new_matrix(name, info["var"], kind, True, fan_in, info["decl"])
+            m = self._new_matrix(name, info["var"], kind, True, fan_in, info["decl"],
+                                 info["ratio"])
             info["matrix"], info["kind"], info["fan_in"], info["first_use"] = (
                 m.name, kind, fan_in, span)
             if info["bias"] != 0:
                 b = self._new_bias(name, info["bias"], True, info["decl"])
-                info["bias_g"] = self._new_gvar(ir.Op.BIAS, b.name, None, info["decl"])
+                info["bias_g"] = self._new_gvar(ir.Op.BIAS, b.name, None, info["decl"],
+                                                width)
         elif info["kind"] is not kind:
             first = info["first_use"]
             raise TPError(

@@ -132,6 +132,15 @@ class _ToAST(Transformer):
         return S.WeightDecl(str(c[0]), kwargs, self._sp(meta))
 
     @v_args(meta=True)
+    def vector_decl(self, meta, c):
+        kwargs = tuple(c[1]) if len(c) > 1 and c[1] is not None else ()
+        return S.VectorDecl(str(c[0]), kwargs, self._sp(meta))
+
+    @v_args(meta=True)
+    def report_decl(self, meta, c):
+        return S.ReportDecl(str(c[0]), c[1], self._sp(meta))
+
+    @v_args(meta=True)
     def act_decl(self, meta, c):
         return S.ActDecl(str(c[0]), str(c[1]), c[2], self._sp(meta))
 

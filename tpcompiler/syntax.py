@@ -121,6 +121,24 @@ class WeightDecl:
 
 
 @dataclass(frozen=True)
+class VectorDecl:
+    """`vector z` / `vector z(ratio=R)`: a fresh N(0, I) vector of width R n, without data."""
+
+    name: str
+    kwargs: tuple[Kwarg, ...] = ()
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class ReportDecl:
+    """`report NAME = mean(expr)`: a scalar limit of the program (the Master theorem)."""
+
+    name: str
+    value: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
 class ActDecl:
     name: str
     param: str
@@ -151,8 +169,8 @@ class For:
     span: Span | None = _span()
 
 
-Stmt = (NetworkDecl | ParamDecl | ConstDecl | HyperDecl | InputDecl | WeightDecl | ActDecl
-        | Assign | Repeat | For)
+Stmt = (NetworkDecl | ParamDecl | ConstDecl | HyperDecl | InputDecl | WeightDecl | VectorDecl
+        | ReportDecl | ActDecl | Assign | Repeat | For)
 
 
 @dataclass(frozen=True)
@@ -219,6 +237,12 @@ def print_stmt(s: Stmt, indent: str = "") -> str:
         if s.kwargs:
             return f"{indent}weight {s.name}({_kw(s.kwargs)})"
         return f"{indent}weight {s.name}"
+    if isinstance(s, VectorDecl):
+        if s.kwargs:
+            return f"{indent}vector {s.name}({_kw(s.kwargs)})"
+        return f"{indent}vector {s.name}"
+    if isinstance(s, ReportDecl):
+        return f"{indent}report {s.name} = {print_expr(s.value)}"
     if isinstance(s, ActDecl):
         return f"{indent}act {s.name}({s.param}) = {print_expr(s.body)}"
     if isinstance(s, Assign):

@@ -32,8 +32,14 @@ def _gvar_rules() -> dict:
 
     def matmul(p: ir.Program, g: ir.GVar, seen: set) -> None:
         _check(g.param in {m.name for m in p.matrices}, f"{g.name}: unknown matrix {g.param}")
+        _check(not g.transposed or p.matrix(g.param).kind is ir.Kind.HIDDEN,
+               f"{g.name}: only a hidden matrix is transposed")
         used = set(ir.gvars_of(g.arg))
         _check(used <= seen, f"{g.name}: reads {sorted(used - seen)} before their definition")
+
+    def vector(p: ir.Program, g: ir.GVar, seen: set) -> None:
+        _check(g.arg is None and g.param.startswith("V") and not g.grid,
+               f"{g.name}: a vector has no argument, its own family and no positions")
 
     def conv(p: ir.Program, g: ir.GVar, seen: set) -> None:
         _check(isinstance(g.spatial, ir.Stencil), f"{g.name}: a CONV G-var has a stencil")
@@ -67,7 +73,7 @@ def _gvar_rules() -> dict:
 
     return {ir.Op.INPUT: input_, ir.Op.BIAS: bias, ir.Op.MATMUL: matmul, ir.Op.CONV: conv,
             ir.Op.POOL: derived(ir.Pool), ir.Op.NORM: derived(ir.Norm), ir.Op.ATTEND: attend,
-            ir.Op.BATCHNORM: batchnorm}
+            ir.Op.BATCHNORM: batchnorm, ir.Op.VECTOR: vector}
 
 
 GVAR_RULES = _gvar_rules()
@@ -75,16 +81,20 @@ GVAR_RULES = _gvar_rules()
 
 def verify_program(p: ir.Program) -> ir.Program:
     """SSA (each G-var defined once, read only after its definition), every Op by its rule,
-    the readout reading defined G-vars. Returns p (so that it chains in the pipeline)."""
+    the readout and the reports reading defined G-vars. Returns p (so that it chains in the
+    pipeline)."""
     _check(set(GVAR_RULES) == set(ir.Op), "every Op has a rule")
     seen: set[str] = set()
     for g in p.gvars:
         _check(g.name not in seen, f"{g.name} is defined twice")
         GVAR_RULES[g.op](p, g, seen)
         seen.add(g.name)
+    for rep in p.reports:
+        used = set(ir.gvars_of(rep.expr))
+        _check(used <= seen, f"report {rep.name} reads undefined G-vars {sorted(used - seen)}")
     r = p.readout
-    _check(r is not None, "the program has a readout")
-    if not isinstance(r.arg, ir.InputRef):
+    _check(r is not None or bool(p.reports), "the program has a readout or reports")
+    if r is not None and not isinstance(r.arg, ir.InputRef):
         used = set(ir.gvars_of(r.arg))
         _check(used <= seen, f"the readout reads undefined G-vars {sorted(used - seen)}")
     return p

@@ -35,6 +35,11 @@ def _recursions(program: ir.Program):
     """The rolled kernel program where the program's loops can stay loops, else unrolled; the
     SpatialProgram of a program with conv, pooling or layernorm (passes/spatial.py); without
     positions (layernorm in an MLP) that program's scalar statements, a plain kernel program."""
+    if program.readout is None or program.netsor_t:
+        raise TPError("this program has no kernel program: it "
+                      + ("has no readout" if program.readout is None else
+                         "uses transpose(), `vector` or ratio="),
+                      hint="its reports' limits: tpc limits FILE (net.limits())")
     if program.batched:
         raise TPError("a program with batchnorm has no pairwise kernel program: its kernels "
                       "are those of one batch, computed stage by stage (passes/batch.py)",

@@ -36,7 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+import sympy as sp
+
 from .. import ir
+from ..errors import TPError
 from ..parametrization import OPTIMIZERS, TABLE, Role, bias_role, exponents, matrix_role
 
 ZERO = Fraction(0)
@@ -244,8 +247,12 @@ def _used_params(program: ir.Program) -> set[str]:
         seen.add(name)
         g = gvars[name]
         used.add(g.param)
-        if g.op is ir.Op.MATMUL:
+        # every G-var computed from vectors (conv, pooling, layernorm, attention, batchnorm
+        # too), not only matmuls: their weights are used
+        if isinstance(g.arg, sp.Expr):
             stack.extend(ir.gvars_of(g.arg))
+        if isinstance(g.spatial, ir.Attend):
+            stack.extend(ir.gvars_of(g.spatial.query) + ir.gvars_of(g.spatial.key))
     return used
 
 
@@ -316,6 +323,10 @@ def abc_table(program: ir.Program, optimizer: str = "sgd") -> AbcTable:
     Raises TPError only when a custom block lacks an entry (lower() rejects those already) and
     ValueError for an unknown optimizer."""
     opt = _check_optimizer(optimizer)
+    if program.readout is None or program.netsor_t:
+        raise TPError("the abc analysis reads a network with a readout and no transpose(), "
+                      "`vector` or ratio=", hint="a program of reports has limits (tpc limits), "
+                      "not a training parametrization")
     layers = _layers(program)
     exps = {L.name: _exponents(program, L, opt) for L in layers}
     feats = [L for L in layers if L.used and L.role in (Role.INPUT, Role.HIDDEN)]

@@ -62,6 +62,33 @@ PAIR = {
 
 #: LaTeX of the helpers that closed forms call (tpc latex defines each one it uses):
 #: name -> (parameters as the helper takes them, body, auxiliary symbols the body uses)
+def _positive(*qs) -> bool:
+    return all(q.is_positive for q in qs)
+
+
+#: helper -> its value as an exact sympy expression of exact arguments (None where the
+#: helper's zero-variance convention applies: the caller then takes the numeric helper). The
+#: limits of reports (tpcompiler/limits.py) stay exact through closed forms with these.
+EXACT = {
+    "relu_mean": lambda q: sp.sqrt(q / (2 * sp.pi)),
+    "step_mean": lambda q: sp.S.Half if q.is_positive else None,
+    "rootdet": lambda q1, q2, k: sp.sqrt(q1 * q2 - k ** 2) if q1 * q2 >= k ** 2 else None,
+    "angle": lambda q1, q2, r, k: sp.atan2(r, k) if _positive(q1, q2) else None,
+    "relu_relu_rt": lambda r, t, k: (r + (sp.pi - t) * k) / (2 * sp.pi),
+    "step_step_t": lambda t: (sp.pi - t) / (2 * sp.pi),
+    "step_step_q": lambda q1, q2, t: (sp.pi - t) / (2 * sp.pi) if _positive(q1, q2) else None,
+    "relu_step": lambda q1, q2, k: (sp.sqrt(q1) * (1 + k / sp.sqrt(q1 * q2))
+                                    / (2 * sp.sqrt(2 * sp.pi))) if _positive(q1, q2) else None,
+    "lin_step": lambda q2, k: k / sp.sqrt(2 * sp.pi * q2) if _positive(q2) else None,
+    "expm1h": lambda x: sp.exp(x) - 1,
+    "erf_erf": lambda q1, q2, k: 2 / sp.pi * sp.asin(2 * k / sp.sqrt((1 + 2 * q1) * (1 + 2 * q2))),
+    "gauss_gauss": lambda q1, q2, k: 1 / sp.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * k ** 2),
+    "gelu_mean": lambda q: q / sp.sqrt(2 * sp.pi * (1 + q)),
+    "gelu_lin": lambda q1, q2, k: k / 2,
+    "erf_lin": lambda q1, q2, k: k * 2 / sp.sqrt(sp.pi) / sp.sqrt(1 + 2 * q1),
+}
+
+
 LATEX = {
     "rootdet": (("q_1", "q_2", "k"), r"\sqrt{q_1 q_2 - k^2}", ()),
     "angle": (("q_1", "q_2", "r", "k"),

@@ -56,9 +56,12 @@ class Expectation:
     """
 
     def __init__(self, cov: Callable, param: Callable, quad: Callable, where: Callable,
-                 point: Callable | None = None):
+                 point: Callable | None = None, max_dim: int = MAX_QUAD_DIM):
         self.cov, self.param, self.quad, self.where = cov, param, quad, where
         self.point = point
+        #: the widest integral requested (the quad callback integrates it); beyond it, a
+        #: TPError naming the vectors
+        self.max_dim = max_dim
 
     # --- linear forms ------------------------------------------------------------------
 
@@ -275,11 +278,11 @@ class Expectation:
             if sp.Matrix(rows + [row]).rank() > len(rows):
                 rows.append(row)
                 basis.append(f)
-        if len(basis) > MAX_QUAD_DIM:
+        if len(basis) > self.max_dim:
             names = ", ".join(self.where(s) for s in symbols)
             raise TPError(
                 f"this expectation needs a {len(basis)}-dimensional Gaussian integral (over "
-                f"{names}); tpcompiler integrates at most {MAX_QUAD_DIM} dimensions",
+                f"{names}); tpcompiler integrates at most {self.max_dim} dimensions",
                 hint="apply a dense() between nonlinearities that mix many vectors")
         return tuple(basis)
 

@@ -60,6 +60,26 @@ def at_side(h: sp.Expr, side: int) -> sp.Expr:
     return h.xreplace({s: sided(s.name, side) for s in h.free_symbols})
 
 
+def integrand(name: str, q: Quadrature, layout: tuple = (), per_point: bool = False
+              ) -> Integrand:
+    """The Integrand of a quadrature request with its rule: it depends on the integrand's
+    kinks and on which covariances are structural zeros (G-vars of different matrices/biases),
+    decided at compile time."""
+    pivot, kinked, forms, breaks = quadrature.plan(q.integrand, q.cov)
+    given = None
+    if not (kinked or breaks) and len(q.cov) > quadrature.MAX_SPLIT_DIM and \
+            conditional.applies(q.integrand):
+        # kinks off the origin (or oblique) that the rules above do not split, or smooth
+        # coordinates that enter only as powers: the pivot by the tensor rule, the kinked
+        # (or polynomial) coordinates in closed form given it
+        given = conditional.conditional(q.integrand, len(q.cov))
+    cond = () if given is None else given[1:]
+    if given is not None:
+        pivot = given[0]
+    return Integrand(name, len(q.cov), q.integrand, pivot, kinked, forms, breaks, layout,
+                     per_point, *cond)
+
+
 class Builder:
     def __init__(self, prog: ir.Program):
         self.p = prog
@@ -114,9 +134,6 @@ class Builder:
         return f"{g.name}{loc}"
 
     def quad(self, q: Quadrature) -> sp.Expr:
-        # the rule depends on the integrand's kinks and on which covariances are structural
-        # zeros (G-vars of different matrices/biases): decided here, at compile time
-        pivot, kinked, forms, breaks = quadrature.plan(q.integrand, q.cov)
         # which point and which vector each coordinate is (the Mehler series reads it); the
         # diag block's coordinates are all of the first point: no layout, no series
         layout = () if q.coords is None else tuple(
@@ -125,22 +142,11 @@ class Builder:
             layout = ()
         per_point = all(is_first_point(s) for row in q.cov for e in row
                         for s in e.free_symbols if not isinstance(s, ir.ParamSymbol))
-        given = None
-        if not (kinked or breaks) and len(q.cov) > quadrature.MAX_SPLIT_DIM and \
-                conditional.applies(q.integrand):
-            # kinks off the origin (or oblique) that the rules above do not split, or smooth
-            # coordinates that enter only as powers: the pivot by the tensor rule, the kinked
-            # (or polynomial) coordinates in closed form given it
-            given = conditional.conditional(q.integrand, len(q.cov))
-        cond = () if given is None else given[1:]
-        if given is not None:
-            pivot = given[0]
-        key = (len(q.cov), q.integrand, pivot, kinked, forms, breaks, layout, per_point, cond)
-        itg = self.integrands.get(key)
-        if itg is None:
-            itg = Integrand(f"Q{len(self.integrands)}", len(q.cov), q.integrand, pivot, kinked,
-                            forms, breaks, layout, per_point, *cond)
-            self.integrands[key] = itg
+        itg = integrand(f"Q{len(self.integrands)}", q, layout, per_point)
+        key = (itg.dim, itg.expr, itg.pivot, itg.kinked, itg.kink_forms, itg.breaks,
+               itg.layout, itg.per_point, itg.given, itg.given_forms, itg.given_terms,
+               itg.pivot_breaks)
+        itg = self.integrands.setdefault(key, itg)
         args = [q.cov[i][j] for i in range(len(q.cov)) for j in range(i + 1)]
         return quad_call(itg.name, itg.dim)(*args)
 
