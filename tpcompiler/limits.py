@@ -126,7 +126,7 @@ class _Integrals:
 
         e = e.replace(lambda x: isinstance(x, AppliedUndef), exact)
         if not e.atoms(AppliedUndef):
-            return sp.nsimplify(e) if e.is_Rational else e
+            return e
         return sp.Float(float(numpy_backend.evaluate_expr(e, {})), 17)
 
 
