@@ -258,7 +258,8 @@ def _available(net):
 #: and test_quadrature.py, so the whole example runs under -m slow
 # compile-heavy (each > 20 s on 2 cores); the CNN examples' generated code is checked
 # against the NumPy reference in tests/test_spatial.py
-HEAVY_EXAMPLES = {"user_act", "nested_nonlin", "cnn_gap", "conv1d", "cnn_flatten", "transformer"}
+HEAVY_EXAMPLES = {"user_act", "nested_nonlin", "cnn_gap", "conv1d", "cnn_flatten", "transformer",
+                  "diagnose_tanh"}
 
 
 # (batchnorm's kernels are those of one batch: tests/test_batchnorm.py compares its backends;

@@ -38,7 +38,8 @@ STAGES = (
     # the API that wires the stages together
     ("api", "batch_kernels", "dask_kernels"),
     # users of the API: commands and test helpers
-    ("coordcheck", "check_cli", "check_reports", "abc_report", "abc_cli", "diagnose_batch",
+    ("coordcheck", "transfer", "transfer_cli", "check_cli", "check_reports", "abc_report",
+     "abc_cli", "diagnose_batch",
      "diagnose_cli", "cli", "testing",
      "sklearn",
      "__init__"),

@@ -12,6 +12,7 @@ FORMATS = ("text", "markdown", "latex", "json")
 #: passes.abc.OPTIMIZERS and coordcheck.TOLERANCE, here without importing them (tests/test_cli.py
 #: checks that they agree)
 OPTIMIZERS = ("sgd", "adam")
+TRANSFER_PRESETS = ("sp", "ntk", "mup", "mf")
 COORDCHECK_TOLERANCE = 0.25
 
 
@@ -61,6 +62,40 @@ def register(subparsers) -> None:
                    help="networks per width, mean |coordinate| averaged over them (default 1)")
     s.add_argument("--plot", help="write the plot to this PNG")
     s.set_defaults(fn=cmd_coordcheck)
+
+    s = subparsers.add_parser(
+        "transfer", help="train finite networks across widths and learning rates: does the "
+                         "optimal learning rate transfer (muP) or shift (SP)?",
+        description="Trains the program's finite network at every width, learning rate and "
+                    "seed (same data order and initial draws at every width) and fits the "
+                    "optimal log2 learning rate per width; the slope of log2 lr* against "
+                    "log2 width tells 'transfers' (|slope| <= 0.2 + 2 se) from 'shifts'.")
+    s.add_argument("file")
+    s.add_argument("--widths", default="64,128,256,512,1024",
+                   help="comma-separated widths (default 64,128,256,512,1024)")
+    s.add_argument("--lr", default="2^-12..2^2", help="log2-spaced learning rates A..B "
+                   "(numbers or 2^k; default 2^-12..2^2)")
+    s.add_argument("--points", type=int, default=15, help="grid points (default 15)")
+    s.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    s.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
+    s.add_argument("--batch", type=int, default=32, help="minibatch size (default 32)")
+    s.add_argument("--data", default="digits", help="'digits' (scikit-learn's bundled 8x8 "
+                   "digits, target: digit >= 5) or X.npy with --labels y.npy")
+    s.add_argument("--labels", help="targets (N,) for --data X.npy")
+    s.add_argument("--seeds", type=int, default=2, help="networks per (width, lr) (default 2)")
+    s.add_argument("--parametrization", choices=TRANSFER_PRESETS, default=None,
+                   help="train in this preset instead of the file's parametrization")
+    s.add_argument("--compare", help="comma-separated presets run side by side, e.g. sp,mup")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    s.add_argument("--plot", help="write the loss-vs-learning-rate panels to this PNG")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_transfer)
+
+
+def cmd_transfer(args) -> int:
+    from .transfer_cli import cmd_transfer as run
+
+    return run(args)
 
 
 def cmd_coordcheck(args) -> int:
