@@ -19,7 +19,7 @@ STAGES = (
     # text -> AST
     ("syntax", "parse"),
     # AST -> IR
-    ("ir", "ranges", "parametrization", "check", "lowering_spatial", "lowering_batch",
+    ("ir", "ranges", "growth", "parametrization", "check", "lowering_spatial", "lowering_batch",
      "lowering_limits", "lowering", "data"),
     # IR -> kernel program (and the abc analysis of the IR)
     ("kernel_program", "verify", "quadrature", "conditional", "series", "passes",

@@ -60,6 +60,9 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--seeds", type=int, default=1,
                    help="networks per width, mean |coordinate| averaged over them (default 1)")
+    s.add_argument("--dim", type=int, default=8,
+                   help="the input's dimension d of the synthetic batch (default 8): a wide "
+                        "input layer (--dim 512) tests the input's constants")
     s.add_argument("--plot", help="write the plot to this PNG")
     s.set_defaults(fn=cmd_coordcheck)
 

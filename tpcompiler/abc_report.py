@@ -42,12 +42,35 @@ def text(t: AbcTable) -> str:
     lines.append("practitioner table (n = the layer's width dimension; TP5 Tables 3/9):")
     phead = ["param", "label", "width", "multiplier", "init var", "SGD lr", "Adam lr", "|",
              "no multiplier: init var", "SGD lr", "Adam lr"]
-    prows = [[p.name, p.label, p.width, *(power_text(p.width, getattr(p, k)) for k in (
-        "multiplier", "init_var", "sgd_lr", "adam_lr")), "|",
-        *(power_text(p.width, getattr(p, k)) for k in ("init_var0", "sgd_lr0", "adam_lr0"))]
-        for p in t.practice]
+    prows = [[p.name, p.label, p.width, *practice_cells(t, p)[:4], "|",
+              *practice_cells(t, p)[4:]] for p in t.practice]
     lines += _aligned([phead] + prows)
+    if any(p.role is Role.INPUT and not p.name.startswith("B") for p in t.practice):
+        lines.append("var: the declared variance (var=); d: the input's dimension. The input "
+                     "layer's constants are part of the scaling: at d = 512 they are 512x")
     return "\n".join(lines) + "\n"
+
+
+def practice_cells(t: AbcTable, p) -> list[str]:
+    """The practitioner row's seven cells, an input matrix's constant var/d written in: in the
+    multiplier under the multiplier form (in the init under sp), and in the multiplier-free
+    form's init variance and learning rates (sqrt of it for Adam, whose steps do not scale with
+    the gradient)."""
+    cells = [power_text(p.width, getattr(p, k)) for k in PRACTICE_FIELDS]
+    if p.role is not Role.INPUT or p.name.startswith("B"):  # biases: no input dimension
+        return cells
+
+    def times(factor: str, cell: str) -> str:
+        return factor if cell == "1" else f"{factor} * {cell}"
+    root = "sqrt(var/d)"
+    if t.preset == "sp":
+        cells[1] = times("var/d", cells[1])
+    else:
+        cells[0] = times(root, cells[0])
+    cells[4] = times("var/d", cells[4])
+    cells[5] = times("var/d", cells[5])
+    cells[6] = times(root, cells[6])
+    return cells
 
 def markdown(t: AbcTable) -> str:
     head = ["param", "label", "kind", "a", "b", "c", "from", "a+b", "init", "r_l",
@@ -66,8 +89,7 @@ def markdown(t: AbcTable) -> str:
     out += ["", "Practitioner table (n = the layer's width dimension):", ""]
     phead = ["param", "label", "width", "multiplier", "init var", "SGD lr", "Adam lr",
              "init var (no mult.)", "SGD lr (no mult.)", "Adam lr (no mult.)"]
-    out += _md_table(phead, [[p.name, p.label, p.width, *(power_text(p.width, getattr(p, k))
-                                                         for k in PRACTICE_FIELDS)]
+    out += _md_table(phead, [[p.name, p.label, p.width, *practice_cells(t, p)]
                              for p in t.practice])
     return "\n".join(out) + "\n"
 

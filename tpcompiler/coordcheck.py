@@ -48,9 +48,10 @@ from fractions import Fraction
 
 import numpy as np
 
-from . import ir
+from . import growth, ir
 from .errors import TPError
 from .files import atomic_path
+from .growth import NONE, ZERO
 from .parametrization import Scale, scales
 from .passes.abc import OPTIMIZERS, AbcTable, Role, abc_table
 from .simulate import FiniteNetwork
@@ -190,15 +191,23 @@ def predicted_exponents(program: ir.Program, table: AbcTable) -> dict[str, Fract
     return out
 
 
-_NEG = Fraction(-10**6)  # "no such term" (a vanishing contribution)
-
-
-def _hsize(expr, sizes: dict) -> Fraction:
-    """Size exponent of an H-var: the largest of its G-vars' (Lipschitz nonlinearities)."""
-    if isinstance(expr, ir.InputRef):
-        return Fraction(0)
-    names = ir.gvars_of(expr)
-    return max((sizes[g] for g in names), default=Fraction(0))
+def predicted_changes(program: ir.Program, table: AbcTable) -> dict[str, Fraction | None]:
+    """Layer name (and "out") -> predicted width exponent of mean|x_t - x_0| for t >= 1 (TP4
+    Thm 3.3, 3.5): a layer's pre-activation moves like n^-r over the layers it depends on
+    (the smallest r_l: -1/2 in the kernel regime, 0 under muP), the output like
+    n^max(1 - (a_R + b_R + r), 1 - u_R) (the features' change seen by the initial readout,
+    the readout's own update). Not clipped at 0: what tells ntk from muP."""
+    if table.r is None:
+        return {L.name: None for L in layers(program, table)} | {"out": None}
+    rl = {r.name: r.r for r in table.rows if r.r is not None}
+    deps = _upstream(program)
+    out: dict[str, Fraction | None] = {}
+    for L in layers(program, table):
+        up = set().union(*(deps[g] for g in L.gvars))
+        out[L.name] = -min(rl[p] for p in up if p in rl)
+    sR, uR = table.readout_init, table.readout_update
+    out["out"] = max(1 - (sR + table.r), 1 - uR)
+    return out
 
 
 def first_step_exponents(program: ir.Program, table: AbcTable) -> dict[str, Fraction | None]:
@@ -206,28 +215,48 @@ def first_step_exponents(program: ir.Program, table: AbcTable) -> dict[str, Frac
     same (a, b, c) rows, by following sizes through the program (docs/abc.md, "Coordinate
     check"): init sizes x0, gradient sizes s at init (seeded by the readout, n^-(a_R+b_R)),
     the change of every G-var e after the update, and x1 = max(x0, e)."""
+    return first_step(program, table)[0]
+
+
+def first_step(program: ir.Program, table: AbcTable) -> tuple[dict, dict]:
+    """(sizes, changes): layer name (and "out") -> the predicted width exponents of mean|x_1|
+    and of mean|x_1 - x_0| after one step (first_step_exponents), following the step through
+    the program with growth.py's rules (bounded functions cap, products add exponents)."""
     if table.r is None:
-        return {L.name: None for L in layers(program, table)} | {"out": None}
+        none = {L.name: None for L in layers(program, table)} | {"out": None}
+        return none, dict(none)
     ex = {r.name: (r.a, r.b, r.c) for r in table.rows}
     kinds = {m.name: m.kind for m in program.matrices}
     sgd = table.optimizer == "sgd"
     half = Fraction(1, 2)
     rd = program.readout
     aR, bR, cR = ex[rd.matrix]
+
+    def hsize(arg, sizes):
+        return ZERO if isinstance(arg, ir.InputRef) else growth.size(arg, sizes)
+
     x0: dict[str, Fraction] = {}
     for g in program.gvars:
         a, b, _ = ex[g.param]
-        base = _hsize(g.arg, x0) + half if g.op is ir.Op.MATMUL else Fraction(0)
+        base = hsize(g.arg, x0) + half if g.op is ir.Op.MATMUL else ZERO
         x0[g.name] = base - (a + b)
+    # gradient sizes at init: the readout's weights, then back through every matrix and the
+    # derivatives of the functions between (a saturated tanh passes nothing back)
     s: dict[str, Fraction] = {}
-    if not isinstance(rd.arg, ir.InputRef):
-        for h in ir.gvars_of(rd.arg):
-            s[h] = max(s.get(h, _NEG), -(aR + bR))
+
+    def seed(expr, top):
+        if isinstance(expr, ir.InputRef):
+            return
+        for q in expr.free_symbols:
+            d = growth.dsize(expr, q, x0)
+            if d > NONE:
+                s[q.name] = max(s.get(q.name, NONE), top + d)
+
+    seed(rd.arg, -(aR + bR))
     for g in reversed(program.gvars):
         if g.op is ir.Op.MATMUL and g.name in s:
             a, b, _ = ex[g.param]
-            for h in ir.gvars_of(g.arg):
-                s[h] = max(s.get(h, _NEG), s[g.name] + half - (a + b))
+            seed(g.arg, s[g.name] + half - (a + b))
     uses: dict[str, list] = {}
     for g in program.gvars:
         uses.setdefault(g.param, []).append(g)
@@ -236,31 +265,39 @@ def first_step_exponents(program: ir.Program, table: AbcTable) -> dict[str, Frac
     for g in program.gvars:
         a, _, c = ex[g.param]
         hidden = g.op is ir.Op.MATMUL and kinds.get(g.param) is ir.Kind.HIDDEN
-        own = _NEG
+        own = NONE
         for u in uses[g.param]:
             if u.name not in s:
                 continue
             if hidden:  # correlated inner product over n coordinates
-                corr = 1 + (_hsize(u.arg, x0) if sgd else 0) + _hsize(g.arg, x1)
+                corr = 1 + (hsize(u.arg, x0) if sgd else 0) + hsize(g.arg, x0 | x1)
             else:  # finite fan-in (input matrix, bias)
-                corr = Fraction(0)
+                corr = ZERO
             own = max(own, (-2 * a - c + s[u.name] if sgd else -a - c) + corr)
-        prop = _NEG
+        prop = NONE
         if g.op is ir.Op.MATMUL:
             b = ex[g.param][1]
-            prop = _hsize(g.arg, e) + half - (a + b)
+            prop = growth.change(g.arg, x0, x0 | x1, {k: NONE for k in x0} | e) \
+                + half - (a + b)
         e[g.name] = max(own, prop)
         x1[g.name] = max(x0[g.name], e[g.name])
     out: dict[str, Fraction | None] = {}
+    moved: dict[str, Fraction | None] = {}
     for L in layers(program, table):
         out[L.name] = max(x1[g] for g in L.gvars)
-    f0, fe, f1 = (_hsize(rd.arg, x0), _hsize(rd.arg, e), _hsize(rd.arg, x1))
-    terms = [half - (aR + bR) + f0, 1 - (aR + bR) + fe,
+        moved[L.name] = max(e[g] for g in L.gvars)
+    if isinstance(rd.arg, ir.InputRef):
+        f0, fe, f1 = ZERO, NONE, ZERO
+    else:
+        f0, f1 = growth.size(rd.arg, x0), growth.size(rd.arg, x1)
+        fe = growth.change(rd.arg, x0, x1, e)
+    moves = [1 - (aR + bR) + fe,
              (-2 * aR - cR + 1 + f0 + f1) if sgd else (-aR - cR + 1 + f1)]
     if rd.bias is not None:
-        terms.append(Fraction(0))
-    out["out"] = max(terms)
-    return out
+        moves.append(ZERO)
+    out["out"] = max([half - (aR + bR) + f0] + moves)
+    moved["out"] = max(moves)
+    return out, moved
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -281,6 +318,10 @@ class CoordCheck:
     table: AbcTable = field(repr=False)
     tolerance: float = TOLERANCE
     seeds: int = 1
+    #: name -> (steps + 1, len(widths)) mean |x_t - x_0| (the change since initialisation)
+    changes: dict = field(default_factory=dict)
+    #: name -> Fraction | None: the change's exponent expected at step `judged`
+    predicted_change: dict = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -290,14 +331,15 @@ class CoordCheck:
         return "output f" if name == "out" else next(
             f"{L.name} {L.label}" for L in self.layers if L.name == name)
 
-    def slopes(self, step: int | None = None) -> dict[str, float]:
-        """Least-squares slope of log mean|x_t| against log n (t = the last step by default);
-        nan when some value is not finite and positive."""
+    def slopes(self, step: int | None = None, change: bool = False) -> dict[str, float]:
+        """Least-squares slope of log mean|x_t| (change: of mean|x_t - x_0|) against log n
+        (t = the last step by default); nan when some value is not finite and positive."""
         t = self.steps if step is None else step
         logn = np.log(np.asarray(self.widths, dtype=float))
+        data = self.changes if change else self.coords
         out = {}
         for k in self.names:
-            y = self.coords[k][t]
+            y = data[k][t] if k in data else np.full(len(self.widths), np.nan)
             if np.all(np.isfinite(y)) and np.all(y > 0) and len(y) > 1:
                 out[k] = float(np.polyfit(logn, np.log(y), 1)[0])
             else:
@@ -305,49 +347,58 @@ class CoordCheck:
         return out
 
     def flags(self) -> list[str]:
-        """Layers whose fitted exponent at step `judged` disagrees with the prediction."""
-        s = self.slopes(self.judged)
+        """Layers whose fitted exponent at step `judged` disagrees with the prediction: of the
+        change x_t - x_0 (marked "change") or of the size x_t."""
         bad = []
-        for k in self.names:
-            p = self.predicted.get(k)
-            if p is None:
+        for change, pred, mark in ((True, self.predicted_change, " change"),
+                                   (False, self.predicted, "")):
+            if change and self.judged == 0:
                 continue
-            if not math.isfinite(s[k]) or abs(s[k] - float(p)) > self.tolerance:
-                bad.append(k)
+            s = self.slopes(self.judged, change)
+            for k in self.names:
+                p = pred.get(k)
+                if p is None:
+                    continue
+                if not math.isfinite(s[k]) or abs(s[k] - float(p)) > self.tolerance:
+                    bad.append(k + mark)
         return bad
 
     def text(self) -> str:
-        s0, s, sj = self.slopes(0), self.slopes(), self.slopes(self.judged)
-        head = ["layer", "label", "slope t=0", f"slope t={self.steps}", f"slope t={self.judged}",
-                f"predicted t={self.judged}", ""]
-        if self.judged == self.steps:
-            head.pop(4)
+        j = self.judged
+        s0, sj = self.slopes(0), self.slopes(j)
+        cj = self.slopes(j, change=True)
+        head = ["layer", "label", f"change slope t={j}", "predicted", "",
+                "size slope t=0", f"size slope t={j}", "predicted", ""]
         rows = []
         bad = set(self.flags())
         for k in self.names:
-            p = self.predicted.get(k)
-            row = [k, "output f" if k == "out" else self.label(k).split(" ", 1)[1],
-                   f"{s0[k]:+.3f}", f"{s[k]:+.3f}", f"{sj[k]:+.3f}", "-" if p is None else str(p),
-                   "DISAGREES" if k in bad else ("ok" if p is not None else "")]
-            if self.judged == self.steps:
-                row.pop(4)
-            rows.append(row)
+            p, q = self.predicted_change.get(k), self.predicted.get(k)
+
+            def verdict(flag, pred):
+                return "DISAGREES" if flag in bad else ("ok" if pred is not None else "")
+            rows.append([k, "output f" if k == "out" else self.label(k).split(" ", 1)[1],
+                         f"{cj[k]:+.3f}" if j else "-", "-" if p is None or not j else str(p),
+                         verdict(k + " change", p) if j else "",
+                         f"{s0[k]:+.3f}", f"{sj[k]:+.3f}", "-" if q is None else str(q),
+                         verdict(k, q)])
         w = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
         fmt = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in [head] + rows]
         title = (f"coordinate check of '{self.program or '<unnamed>'}': preset {self.preset}, "
                  f"optimizer {self.optimizer}, lr {self.lr:g}, {self.steps} steps, "
                  f"{self.seeds} seed(s), widths {', '.join(map(str, self.widths))}")
-        if self.judged == self.steps:
+        if self.table.r is None or self.table.verdict("stable").holds:
             how = (f"predicted from the abc table's r_l (steady state; r = {self.table.r}, "
                    f"regime: {self.table.regime})")
         else:
             how = (f"regime {self.table.regime} (r = {self.table.r}): no steady state, the growth "
                    f"compounds with every step, so step {self.judged} is judged against the "
-                   f"first-step exponents of the abc rows")
-        tail = (f"slope = d log mean|x_t| / d log n (least squares over the widths); {how}; "
-                f"tolerance {self.tolerance:g}")
+                   f"first-step exponents of the abc rows (docs/abc.md)")
+        tail = (f"change = mean|x_t - x_0|, size = mean|x_t|; slope = d log(.) / d log n (least "
+                f"squares over the widths); {how}; tolerance {self.tolerance:g}. The change "
+                f"tells the regimes apart: n^-1/2 in the kernel regime, n^0 under muP")
         verdict = ("all layers agree with the abc table" if not bad else
-                   f"{len(bad)} layer(s) disagree with the abc table: {', '.join(sorted(bad))}")
+                   f"{len(bad)} measurement(s) disagree with the abc table: "
+                   f"{', '.join(sorted(bad))}")
         return "\n".join([title, "", *fmt, "", tail, verdict]) + "\n"
 
     def plot(self, path: str) -> None:
@@ -360,30 +411,37 @@ class CoordCheck:
 
         names = self.names
         cols = min(4, len(names))
-        rows = math.ceil(len(names) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.1 * rows), squeeze=False)
+        blocks = math.ceil(len(names) / cols)
+        fig, axes = plt.subplots(2 * blocks, cols, figsize=(3.6 * cols, 3.1 * 2 * blocks),
+                                 squeeze=False)
         cmap = plt.get_cmap("viridis")
         for i, k in enumerate(names):
-            ax = axes[i // cols][i % cols]
-            for t in range(self.steps + 1):
-                y = self.coords[k][t]
-                ax.plot(self.widths, y, "o-", ms=3, color=cmap(t / max(1, self.steps)),
-                        label=f"t={t}")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ys = self.coords[k][np.isfinite(self.coords[k]) & (self.coords[k] > 0)]
-            if ys.size and ys.max() / ys.min() < 100:  # flat lines look flat: >= 2 decades
-                mid = math.sqrt(ys.max() * ys.min())
-                ax.set_ylim(mid / 10, mid * 10)
-            p = self.predicted.get(k)
-            sj = self.slopes(self.judged)[k]
-            ax.set_title(f"{self.label(k)}\nslope t={self.judged}: {sj:+.2f}"
-                         + ("" if p is None else f" (predicted {p})"), fontsize=9)
-            ax.set_xlabel("width n")
-            ax.set_ylabel("mean |coordinate|")
-            ax.legend(fontsize=7, loc="best")
-        for j in range(len(names), rows * cols):
-            axes[j // cols][j % cols].axis("off")
+            for change in (True, False):
+                ax = axes[2 * (i // cols) + (0 if change else 1)][i % cols]
+                data = self.changes if change else self.coords
+                first = 1 if change else 0  # the change at t = 0 is 0
+                for t in range(first, self.steps + 1):
+                    ax.plot(self.widths, data[k][t], "o-", ms=3,
+                            color=cmap(t / max(1, self.steps)), label=f"t={t}")
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ys = data[k][first:]
+                ys = ys[np.isfinite(ys) & (ys > 0)]
+                if ys.size and ys.max() / ys.min() < 100:  # flat lines look flat: 2 decades
+                    mid = math.sqrt(ys.max() * ys.min())
+                    ax.set_ylim(mid / 10, mid * 10)
+                p = (self.predicted_change if change else self.predicted).get(k)
+                sj = self.slopes(self.judged, change)[k]
+                what = "change |x_t - x_0|" if change else "size |x_t|"
+                ax.set_title(f"{self.label(k)}: {what}\nslope t={self.judged}: {sj:+.2f}"
+                             + ("" if p is None else f" (predicted {p})"), fontsize=9)
+                ax.set_xlabel("width n")
+                ax.set_ylabel("mean " + ("|x_t - x_0|" if change else "|x_t|"))
+                if ys.size:
+                    ax.legend(fontsize=7, loc="best")
+        for j in range(len(names), blocks * cols):
+            axes[2 * (j // cols)][j % cols].axis("off")
+            axes[2 * (j // cols) + 1][j % cols].axis("off")
         fig.suptitle(f"coordinate check: {self.program or ''} ({self.preset}, {self.optimizer}, "
                      f"lr {self.lr:g})")
         fig.tight_layout()
@@ -420,18 +478,25 @@ def coord_check(program: ir.Program, widths, steps: int = 3, optimizer: str = "s
     lays = tuple(layers(program, table))
     data, targets = batch_data(program, batch, seed, dim)
     dims = {k: v.shape[-1] for k, v in data.items()}
-    coords = {k: np.zeros((steps + 1, len(widths))) for k in [L.name for L in lays] + ["out"]}
+    names = [L.name for L in lays] + ["out"]
+    coords = {k: np.zeros((steps + 1, len(widths))) for k in names}
+    changes = {k: np.zeros((steps + 1, len(widths))) for k in names}
     with np.errstate(all="ignore"):
         for j, n in enumerate(widths):
             for k in range(seeds):
                 net = AbcNetwork(program, n, dims, seed=(seed, k), optimizer=optimizer,
                                  table=table)
+                start = None
                 for t in range(steps + 1):
                     fw = net._forward(data)
-                    for L in lays:
-                        coords[L.name][t, j] += np.mean([np.mean(np.abs(fw.env[g]))
-                                                         for g in L.gvars]) / seeds
-                    coords["out"][t, j] += np.mean(np.abs(fw.out)) / seeds
+                    now = {L.name: [fw.env[g] for g in L.gvars] for L in lays}
+                    now["out"] = [fw.out]
+                    start = start or now
+                    for name in names:
+                        coords[name][t, j] += np.mean([np.mean(np.abs(v))
+                                                       for v in now[name]]) / seeds
+                        changes[name][t, j] += np.mean([np.mean(np.abs(v - v0)) for v, v0
+                                                        in zip(now[name], start[name])]) / seeds
                     if t < steps:
                         net.step(data, targets, lr)
             if progress is not None:
@@ -439,14 +504,17 @@ def coord_check(program: ir.Program, widths, steps: int = 3, optimizer: str = "s
     stable = table.r is None or bool(table.verdict("stable").holds)
     if stable or steps == 0:
         judged, predicted = steps, predicted_exponents(program, table)
+        change = predicted_changes(program, table)
         if steps == 0:  # at init: Theta(1) features, the output n^(1/2 - (a_R + b_R))
             predicted = dict.fromkeys(predicted, Fraction(0))
             if table.readout_init is not None:
                 predicted["out"] = Fraction(1, 2) - table.readout_init
     else:
-        judged, predicted = 1, first_step_exponents(program, table)
+        judged = 1
+        predicted, change = first_step(program, table)
     return CoordCheck(program.name, program.parametrization.preset, optimizer, widths, steps,
-                      lr, lays, coords, predicted, judged, table, TOLERANCE, seeds)
+                      lr, lays, coords, predicted, judged, table, TOLERANCE, seeds, changes,
+                      change)
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -465,8 +533,10 @@ def cmd_coordcheck(args) -> int:
     from .parse import parse_file
 
     program = lower(parse_file(args.file))
+    if args.dim < 1:
+        raise TPError(f"--dim must be at least 1, got {args.dim}")
     res = coord_check(program, _widths(args.widths), args.steps, args.optimizer, args.lr,
-                      args.batch, args.seed, seeds=args.seeds)
+                      args.batch, args.seed, dim=args.dim, seeds=args.seeds)
     print(res.text(), end="")
     if args.plot:
         res.plot(args.plot)
