@@ -79,6 +79,42 @@ def test_sp_tanh_rnn_first_step():
         assert abs(got[layer] - float(pred[layer][1])) <= cc.TOLERANCE, (layer, got)
 
 
+def test_gated_sp_adam_first_step_adds_exponents_under_the_product():
+    """SP + Adam, dense(relu(z)) * dense(tanh(z)): each branch moves like n^1 (the tanh
+    branch's input is bounded), their product like n^2, and the readout's own Adam step
+    multiplies it by n correlated coordinates: the output moves like n^3 (the Lipschitz rule
+    said 2 for everything). At lr 0.1 the updates dominate the init at every width here:
+    measured 1.01, 1.00, 3.02."""
+    got = independent_slopes("gated", "sp", "adam", lr=0.1)
+    pred = predicted("gated", "sp", "adam", first=True)
+    assert [pred[k][1] for k in ("B", "C", "out")] == [1, 1, 3]
+    for layer in ("A", "B", "C", "out"):
+        assert abs(got[layer] - float(pred[layer][1])) <= cc.TOLERANCE, (layer, got)
+
+
+def test_tanh_rnn_with_a_mup_readout_and_plain_adam_on_w():
+    """muP's Adam exponents except c = 0 on W: the W pre-activation is what grows (predicted
+    n^1), the output stays flat (predicted n^0: the hidden state is a tanh, |h| <= 1). Measured
+    at lr 0.01, widths 512-4096: W 0.71, output 0.06 (at lr 0.001 and widths 256-2048, W 0.96
+    with the output still on its way to saturation, 0.86: the asymptote needs lr n >> 1).
+    Asserted: the output is within the tolerance of flat, and W grows fastest."""
+    from fractions import Fraction as Fr
+
+    half = Fr(1, 2)
+    table = {"input": (-half, half, half), "hidden": (0, half, 1), "readout": (half, half, half),
+             "W": (0, half, 0)}
+    widths = (512, 1024, 2048, 4096)
+    res = ind.measure("rnn", table, "adam", widths, steps=1, lr=0.01, seeds=2)
+    got = {k: ind.slopes(res["change"][k][1], widths) for k in ("U", "W", "out")}
+    src = ("parametrization custom {\n input: a=-1/2, b=1/2, c=1/2\n hidden: a=0, b=1/2, c=1\n"
+           " readout: a=1/2, b=1/2, c=1/2\n W: a=0, b=1/2, c=0\n}\n" + SOURCES["rnn"][0])
+    prog = lower(parse_source(src))
+    _, change = cc.first_step(prog, abc_table(prog, "adam"))
+    assert change == {"A0": 0, "A1": 1, "out": 0}
+    assert abs(got["out"]) <= cc.TOLERANCE and abs(got["U"]) <= cc.TOLERANCE
+    assert got["W"] > 0.5 and got["W"] == max(got.values()), got
+
+
 def test_the_package_measures_what_the_independent_networks_measure():
     prog = program("rnn", "ntk")
     res = cc.coord_check(prog, WIDTHS, steps=1, lr=0.05, seeds=2)
