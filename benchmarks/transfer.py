@@ -4,7 +4,8 @@ errors, against Tensor Programs V's statement (muP's optimum stays, SP's shrinks
 section "transfer" of benchmarks/results.md and the comparison plots.
 
     python benchmarks/transfer.py                     # runs `tpc transfer` for both optimizers
-    python benchmarks/transfer.py --from-json sgd.json adam.json   # reports saved runs
+    python benchmarks/transfer.py --from-json benchmarks/transfer-sgd.json \
+        benchmarks/transfer-adam.json                 # reports the saved runs (their JSON)
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ def report(runs: dict, load: tuple) -> list[str]:
     lines += ["", "Tensor Programs V (Figure 3, Section 3): under SP the optimal learning rate "
               "moves by about an order of magnitude from width 256 to 8192 (a slope near "
               "-log2(10) / 5 = -0.66), under muP it stays. Measured: SP's slope with SGD is of "
-              "that size and sign; muP's is within its standard error of 0. The slope is the "
-              "mean over the seeds of each seed's least-squares fit; its standard error the "
-              "seeds' spread / sqrt(3). Plots: `examples/transfer_sgd.png`, "
+              "that size and sign, with Adam near -1 (Adam's steps do not shrink with the "
+              "gradient, so SP needs lr ~ 1/n); muP's is within the verdict's tolerance "
+              "(0.2 + 2 se) of 0 for both. The slope is the mean over the seeds of each seed's "
+              "least-squares fit; its standard error the seeds' spread / sqrt(3). Losses, not "
+              "timings: the machine's load does not enter. Plots: `examples/transfer_sgd.png`, "
               "`examples/transfer_adam.png`."]
     return lines
 

@@ -13,7 +13,8 @@ it and its two neighbours in log2 eta (the vertex, clipped to the neighbours; th
 the curvature is not positive or the best point is at the grid's edge, which is flagged).
 Slope: d log2 eta* / d log2 n fitted per seed by least squares, its mean over the seeds and the
 standard error of that mean (the seeds' spread / sqrt(seeds)). Verdict: "transfers" when
-|slope| <= SLOPE_TOL + 2 se, "shifts" otherwise. Theory (TP V): muP's optimum is width-independent
+|slope| <= SLOPE_TOL + 2 se, "shifts" otherwise, "undetermined" when an optimum is at the grid's
+edge for more than a quarter of the (width, seed) pairs (the grid does not bracket them). Theory (TP V): muP's optimum is width-independent
 (slope 0); SP's shrinks (for SGD on an MLP, the hidden and readout updates grow like eta n, so
 eta* ~ 1/n: slope -1).
 
@@ -35,6 +36,7 @@ from .passes.abc import OPTIMIZERS, abc_table
 
 SLOPE_TOL = 0.2  # |d log2 eta* / d log2 n| that still counts as "transfers" (plus 2 se)
 DIVERGED = 1e3  # a loss this many times the initial one is a divergence
+EDGE_SHARE = 0.25  # optima on the grid's edge beyond this share leave the verdict undetermined
 PRESETS = ("sp", "ntk", "mup", "mf")
 
 
@@ -214,6 +216,8 @@ class Transfer:
         slope, se = self.slope()
         if not math.isfinite(slope):
             return "undetermined"
+        if self.optima()[1].mean() > EDGE_SHARE:  # an edge optimum is a bound, not a value
+            return "undetermined (optima at the edge of the learning-rate grid: widen --lr)"
         return "transfers" if abs(slope) <= SLOPE_TOL + 2 * (se or 0.0) else "shifts"
 
     def to_dict(self) -> dict:
