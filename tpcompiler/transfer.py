@@ -13,10 +13,10 @@ it and its two neighbours in log2 eta (the vertex, clipped to the neighbours; th
 the curvature is not positive or the best point is at the grid's edge, which is flagged).
 Slope: d log2 eta* / d log2 n fitted per seed by least squares, its mean over the seeds and the
 standard error of that mean (the seeds' spread / sqrt(seeds)). Verdict: "transfers" when
-|slope| <= SLOPE_TOL + 2 se, "shifts" otherwise, "undetermined" when an optimum is at the grid's
-edge for more than a quarter of the (width, seed) pairs (the grid does not bracket them). Theory (TP V): muP's optimum is width-independent
-(slope 0); SP's shrinks (for SGD on an MLP, the hidden and readout updates grow like eta n, so
-eta* ~ 1/n: slope -1).
+|slope| <= SLOPE_TOL + 2 se, "shifts" otherwise, "undetermined" when the optima of more than a
+quarter of the (width, seed) pairs are at the grid's edge (the grid does not bracket them).
+Theory (TP V): muP's optimum is width-independent (slope 0); SP's shrinks (for SGD on an MLP,
+the hidden and readout updates grow like eta n, so eta* ~ 1/n: slope -1).
 
 A run diverges when its loss is not finite or exceeds DIVERGED times the initial loss: it is
 stopped, recorded as diverged (shown as such, never dropped) and counts as +inf in the search.
