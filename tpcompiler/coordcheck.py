@@ -179,15 +179,21 @@ def predicted_exponents(program: ir.Program, table: AbcTable) -> dict[str, Fract
     None when the table has no r (a width-independent program)."""
     if table.r is None:
         return {L.name: None for L in layers(program, table)} | {"out": None}
-    rl = {r.name: r.r for r in table.rows if r.r is not None}
-    deps = _upstream(program)
-    out: dict[str, Fraction | None] = {}
-    for L in layers(program, table):
-        up = set().union(*(deps[g] for g in L.gvars))
-        rmin = min(rl[p] for p in up if p in rl)
-        out[L.name] = max(Fraction(0), -rmin)
+    out: dict[str, Fraction | None] = {
+        k: max(ZERO, -r) for k, r in _least_r(program, table).items()}
     sR, uR = table.readout_init, table.readout_update
     out["out"] = max(Fraction(0), 1 - (sR + table.r), 1 - uR, Fraction(1, 2) - sR)
+    return out
+
+
+def _least_r(program: ir.Program, table: AbcTable) -> dict[str, Fraction]:
+    """Layer -> the smallest r_l over the layers it depends on (itself included)."""
+    rl = {r.name: r.r for r in table.rows if r.r is not None}
+    deps = _upstream(program)
+    out = {}
+    for L in layers(program, table):
+        up = set().union(*(deps[g] for g in L.gvars))
+        out[L.name] = min(rl[p] for p in up if p in rl)
     return out
 
 
@@ -199,12 +205,7 @@ def predicted_changes(program: ir.Program, table: AbcTable) -> dict[str, Fractio
     the readout's own update). Not clipped at 0: what tells ntk from muP."""
     if table.r is None:
         return {L.name: None for L in layers(program, table)} | {"out": None}
-    rl = {r.name: r.r for r in table.rows if r.r is not None}
-    deps = _upstream(program)
-    out: dict[str, Fraction | None] = {}
-    for L in layers(program, table):
-        up = set().union(*(deps[g] for g in L.gvars))
-        out[L.name] = -min(rl[p] for p in up if p in rl)
+    out: dict[str, Fraction | None] = {k: -r for k, r in _least_r(program, table).items()}
     sR, uR = table.readout_init, table.readout_update
     out["out"] = max(1 - (sR + table.r), 1 - uR)
     return out
@@ -520,14 +521,6 @@ def coord_check(program: ir.Program, widths, steps: int = 3, optimizer: str = "s
 # --- the command ---------------------------------------------------------------------------------
 
 
-def _widths(text: str) -> list[int]:
-    try:
-        out = [int(w) for w in text.split(",") if w.strip()]
-    except ValueError:
-        raise TPError(f"--widths: not a comma-separated list of integers: {text!r}") from None
-    return out
-
-
 def cmd_coordcheck(args) -> int:
     from .lowering import lower
     from .parse import parse_file
@@ -535,7 +528,9 @@ def cmd_coordcheck(args) -> int:
     program = lower(parse_file(args.file))
     if args.dim < 1:
         raise TPError(f"--dim must be at least 1, got {args.dim}")
-    res = coord_check(program, _widths(args.widths), args.steps, args.optimizer, args.lr,
+    from .check_cli import parse_widths
+
+    res = coord_check(program, parse_widths(args.widths), args.steps, args.optimizer, args.lr,
                       args.batch, args.seed, dim=args.dim, seeds=args.seeds)
     print(res.text(), end="")
     if args.plot:

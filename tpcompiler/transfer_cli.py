@@ -17,10 +17,11 @@ def cmd_transfer(args) -> int:
     from tqdm import tqdm
 
     from . import transfer as T
+    from .check_cli import parse_widths
     from .lowering import lower
     from .parse import parse_file
 
-    widths = _widths(args.widths)
+    widths = parse_widths(args.widths)
     lrs = T.lr_grid(args.lr, args.points)
     presets = [None if args.parametrization is None else args.parametrization]
     if args.compare:
@@ -66,16 +67,6 @@ def cmd_transfer(args) -> int:
             fig.savefig(tmp, format="png")
         print(f"wrote {plot}", file=sys.stderr if args.format == "json" else sys.stdout)
     return 0
-
-
-def _widths(text: str) -> list[int]:
-    try:
-        out = [int(w) for w in text.split(",") if w.strip()]
-    except ValueError:
-        raise TPError(f"--widths: not a comma-separated list of integers: {text!r}") from None
-    if len(out) < 2 or min(out) < 1:
-        raise TPError("--widths: at least two positive widths")
-    return out
 
 
 def _task(program, args):
