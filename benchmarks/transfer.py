@@ -5,7 +5,7 @@ section "transfer" of benchmarks/results.md and the comparison plots.
 
     python benchmarks/transfer.py                     # runs `tpc transfer` for both optimizers
     python benchmarks/transfer.py --from-json benchmarks/transfer-sgd.json \
-        benchmarks/transfer-adam.json                 # reports the saved runs (their JSON)
+        benchmarks/transfer-adam.json benchmarks/transfer-rnn.json   # the saved runs' JSON
 """
 
 from __future__ import annotations
@@ -20,27 +20,34 @@ from pathlib import Path
 import sections
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = {"sgd": ("2^-12..2^2", "examples/transfer_sgd.png"),
-        "adam": ("2^-14..2^0", "examples/transfer_adam.png")}
-WIDTHS = "64,128,256,512,1024"
+#: name -> (program, optimizer, widths, learning rates, plot)
+RUNS = {"MLP, sgd": ("examples/mlp_transfer.tp", "sgd", "64,128,256,512,1024", "2^-12..2^2",
+                     "examples/transfer_sgd.png"),
+        "MLP, adam": ("examples/mlp_transfer.tp", "adam", "64,128,256,512,1024", "2^-14..2^0",
+                      "examples/transfer_adam.png"),
+        "RNN, sgd": ("examples/rnn.tp", "sgd", "32,64,128,256,512", "2^-12..2^2",
+                     "examples/transfer_rnn.png")}
 
 
-def run(optimizer: str) -> dict:
-    lr, plot = RUNS[optimizer]
-    cmd = ["tpc", "transfer", "examples/mlp_transfer.tp", "--widths", WIDTHS, "--lr", lr,
+def run(name: str) -> dict:
+    prog, optimizer, widths, lr, plot = RUNS[name]
+    cmd = ["tpc", "transfer", prog, "--widths", widths, "--lr", lr,
            "--points", "15", "--seeds", "3", "--steps", "100", "--optimizer", optimizer,
            "--compare", "sp,mup", "--format", "json", "--quiet", "--plot", plot]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
-def report(runs: dict, load: tuple) -> list[str]:
+def report(runs: dict, when: str) -> list[str]:
     lines = ["## Learning-rate transfer (issue 21)", "",
-             f"`tpc transfer examples/mlp_transfer.tp --compare sp,mup` (2 hidden ReLU layers; "
-             f"scikit-learn's digits, target digit >= 5 as +-1, MSE; 100 steps of batch 32; "
-             f"widths {WIDTHS}; 15 log2-spaced learning rates; 3 seeds). {sections.machine(load)}.",
-             "", "| optimizer | parametrization | slope d log2 lr* / d log2 n | verdict | "
-             "log2 lr* at 64 | at 1024 | diverged runs |", "|---|---|---|---|---|---|---|"]
+             "`tpc transfer FILE --compare sp,mup`: examples/mlp_transfer.tp (2 hidden ReLU "
+             "layers, widths 64..1024) and examples/rnn.tp (a tanh RNN with shared weights over "
+             "4 pieces of each image, widths 32..512); scikit-learn's digits, target digit >= 5 "
+             "as +-1, MSE; 100 steps of batch 32; 15 log2-spaced learning rates; 3 seeds. "
+             f"{when}.",
+             "", "| network, optimizer | parametrization | slope d log2 lr* / d log2 n | verdict | "
+             "log2 lr* at the narrowest | at the widest | diverged runs |",
+             "|---|---|---|---|---|---|---|"]
     for opt, data in runs.items():
         for r in data["results"]:
             o = r["optimum_log2_lr"]
@@ -60,21 +67,24 @@ def report(runs: dict, load: tuple) -> list[str]:
               "(0.2 + 2 se) of 0 for both. The slope is the mean over the seeds of each seed's "
               "least-squares fit; its standard error the seeds' spread / sqrt(3). Losses, not "
               "timings: the machine's load does not enter. Plots: `examples/transfer_sgd.png`, "
-              "`examples/transfer_adam.png`."]
+              "`examples/transfer_adam.png`, `examples/transfer_rnn.png`."]
     return lines
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--from-json", nargs=2, metavar=("SGD", "ADAM"))
+    p.add_argument("--from-json", nargs=3, metavar=("MLP_SGD", "MLP_ADAM", "RNN_SGD"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
     args = p.parse_args()
     load = os.getloadavg()
     if args.from_json:
         runs = {k: json.loads(Path(f).read_text()) for k, f in zip(RUNS, args.from_json)}
+        when = ("Runs of 2026-12-06 10:51-11:14 UTC on this 2-core VM, reported from their "
+                "JSON (benchmarks/transfer-*.json)")
     else:
         runs = {k: run(k) for k in RUNS}
-    lines = report(runs, load)
+        when = sections.machine(load)
+    lines = report(runs, when)
     sections.replace(args.out, "transfer", lines)
     print("\n".join(lines))
     return 0
