@@ -94,9 +94,12 @@ def cmd_check_reports(args, net, plot: Path | None) -> int:
 
 def limits_json(lim) -> str:
     """The JSON of `tpc limits --format json`."""
+    def number(x: float) -> float | None:
+        return x if math.isfinite(x) else None  # JSON has no inf or nan
+
     out = {}
     for v in lim.values:
-        out[v.name] = {"value": float(v.value), "exact": str(v.value) if v.exact else None,
-                       "how": v.how, "error": v.error, "size": v.scale}
-    return json.dumps({"limits": out}, indent=2, allow_nan=False if all(
-        math.isfinite(float(v.value)) for v in lim.values) else True)
+        out[v.name] = {"value": number(float(v.value)),
+                       "exact": str(v.value) if v.exact else None,
+                       "how": v.how, "error": number(v.error), "size": number(v.scale)}
+    return json.dumps({"limits": out}, indent=2, allow_nan=False)
