@@ -47,7 +47,8 @@ KINDS = ("nngp", "ntk")
 
 def register(subparsers) -> None:
     s = subparsers.add_parser(
-        "check", help="compare the limit kernels with simulated finite networks",
+        "check", help="compare the limit kernels (or a program's reports) with simulated "
+                      "finite networks",
         description="Simulate the network at several widths and check that the empirical NNGP "
                     "and NTK converge to the limit kernels (the compiled ones, or a kernel file "
                     "with --against). The mean error is fitted as a n^-1/2 + b; exit status 1 "
