@@ -24,6 +24,7 @@ the errors of the small widths are. The fitted log-log slope is reported (and ga
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -484,6 +485,39 @@ def run_check(net, x, widths, samples=200, seeds=4, seed=0, backend="numba", pro
             "noise": noise}
 
 
+@contextlib.contextmanager
+def width_bar(total: int, unit: str, desc: str, quiet: bool):
+    """A progress bar on stderr over `total` runs, closed on exit; yields progress(width,
+    k=1), which names the width being run and counts k more."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit=unit, desc=desc, disable=True if quiet else None, leave=False,
+               file=sys.stderr)
+
+    def progress(n, k=1):
+        bar.set_postfix_str(f"width {n}", refresh=False)
+        bar.update(k)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
+def check_plot(path: str | None) -> Path | None:
+    """The --plot path, checked before any work: matplotlib installed, a .png, its folder
+    there."""
+    if not path:
+        return None
+    plot = Path(path)
+    need_matplotlib()
+    if plot.suffix.lower() != ".png":
+        raise TPError(f"--plot {plot}: the plot is written as PNG; name it {plot.stem}.png")
+    if not plot.parent.exists():
+        raise TPError(f"--plot: the folder {plot.parent} does not exist")
+    return plot
+
+
 def check_options(args) -> Path | None:
     """The options every check takes, checked before any work; the plot's path."""
     if args.widths is not None:
@@ -498,14 +532,7 @@ def check_options(args) -> Path | None:
         raise TPError(f"--z must be a positive number, got {args.z}")
     if not args.min_offset >= 0 or not math.isfinite(args.min_offset):
         raise TPError(f"--min-offset must be a non-negative number, got {args.min_offset}")
-    plot = Path(args.plot) if args.plot else None
-    if plot is not None:
-        need_matplotlib()
-        if plot.suffix.lower() != ".png":
-            raise TPError(f"--plot {plot}: the plot is written as PNG; name it {plot.stem}.png")
-        if not plot.parent.exists():
-            raise TPError(f"--plot: the folder {plot.parent} does not exist")
-    return plot
+    return check_plot(args.plot)
 
 
 def cmd_check(args) -> int:
@@ -536,21 +563,10 @@ def cmd_check(args) -> int:
         x = next(iter(x.values()))
     against = load_against(args.against, n_points) if args.against else None
 
-    from tqdm import tqdm
-
-    total = len(widths) * (args.seeds + args.samples)
-    bar = tqdm(total=total, unit="net", desc="check", disable=True if args.quiet else None,
-               leave=False, file=sys.stderr)
-
-    def progress(n, k):
-        bar.set_postfix_str(f"width {n}", refresh=False)
-        bar.update(k)
-
-    try:
+    with width_bar(len(widths) * (args.seeds + args.samples), "net", "check",
+                   args.quiet) as progress:
         res = run_check(net, x, widths, args.samples, args.seeds, args.seed, args.backend,
                         progress, against, args.metric)
-    finally:
-        bar.close()
     ok = report(res, args, widths, what)
     if plot is not None:
         _plot(res, args, widths, plot)

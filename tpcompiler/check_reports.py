@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from .check_cli import (
     parse_widths,
     rule_text,
     save_plot,
+    width_bar,
 )
 from .simulate_limits import finite_reports
 
@@ -49,21 +49,10 @@ def run_report_check(net, widths, seeds: int, seed: int = 0, progress=None) -> d
 
 
 def cmd_check_reports(args, net, plot: Path | None) -> int:
-    from tqdm import tqdm
-
     widths = parse_widths(args.widths or DEFAULT_WIDTHS)
     lim = net.limit_values()  # before the bar: its warnings print on their own lines
-    bar = tqdm(total=len(widths) * args.seeds, unit="net", desc="check",
-               disable=True if args.quiet else None, leave=False, file=sys.stderr)
-
-    def progress(n, k):
-        bar.set_postfix_str(f"width {n}", refresh=False)
-        bar.update(k)
-
-    try:
+    with width_bar(len(widths) * args.seeds, "net", "check", args.quiet) as progress:
         res = run_report_check(net, widths, args.seeds, args.seed, progress)
-    finally:
-        bar.close()
     name = Path(args.file).name
     print(f"tpc check {name}: {len(lim.values)} report(s); widths "
           f"{', '.join(map(str, widths))}; {args.seeds} networks per width")

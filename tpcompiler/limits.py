@@ -24,7 +24,7 @@ from .functions import KINKED, Step
 from .passes import kernels as kernel_pass
 from .passes import limits as limit_pass
 from .passes.closedform import EXACT
-from .passes.expect import MAX_QUAD_DIM, Quadrature
+from .passes.expect import MAX_QUAD_DIM, Quadrature, zsym
 from .quadrature import cholesky_psd, linear_row
 
 #: Monte Carlo beyond MAX_QUAD_DIM dimensions: samples (antithetic pairs) and a fixed seed
@@ -74,7 +74,7 @@ class _Integrals:
         if k > MAX_QUAD_DIM:
             return sp.Float(self._monte_carlo(q.integrand, c), 17)
         expr = unnest_kinks(q.integrand)
-        zs = [sp.Symbol(f"z{i}", real=True) for i in range(k)]
+        zs = [zsym(i) for i in range(k)]
         curved = any(linear_row(f.args[0], zs, constant=True) is None
                      for f in expr.atoms(*KINKED))
         self.count += 1
@@ -111,7 +111,6 @@ class _Integrals:
     def settle(self, e: sp.Expr) -> sp.Expr:
         """Closed forms' helpers written out exactly where their arguments are exact
         (closedform.EXACT), the others evaluated numerically."""
-        e = sp.sympify(e)
         if not e.atoms(AppliedUndef):  # closedform.helper's calls
             return e
 

@@ -14,10 +14,8 @@ from .files import atomic_path, load_data
 
 
 def cmd_transfer(args) -> int:
-    from tqdm import tqdm
-
     from . import transfer as T
-    from .check_cli import parse_widths
+    from .check_cli import check_plot, parse_widths, width_bar
     from .lowering import lower
     from .parse import parse_file
 
@@ -31,30 +29,13 @@ def cmd_transfer(args) -> int:
         bad = [p for p in presets if p not in T.PRESETS]
         if bad or len(presets) < 2:
             raise TPError(f"--compare {args.compare}: two or more of " + ", ".join(T.PRESETS))
-    plot = Path(args.plot) if args.plot else None
-    if plot is not None:
-        from .check_cli import need_matplotlib
-
-        need_matplotlib()
-        if plot.suffix.lower() != ".png" or not plot.parent.exists():
-            raise TPError(f"--plot {plot}: a .png in an existing folder")
+    plot = check_plot(args.plot)
     program = lower(parse_file(args.file))
     task = _task(program, args)
     total = len(presets) * len(widths) * len(lrs) * args.seeds
-    bar = tqdm(total=total, unit="run", desc="transfer", disable=True if args.quiet else None,
-               leave=False, file=sys.stderr)
-
-    def progress(w):
-        bar.set_postfix_str(f"width {w}", refresh=False)
-        bar.update(1)
-
-    results = []
-    try:
-        for p in presets:
-            results.append(T.transfer(program, task, widths, lrs, args.steps, args.batch,
-                                      args.optimizer, args.seeds, p, progress))
-    finally:
-        bar.close()
+    with width_bar(total, "run", "transfer", args.quiet) as progress:
+        results = [T.transfer(program, task, widths, lrs, args.steps, args.batch,
+                              args.optimizer, args.seeds, p, progress) for p in presets]
     if args.format == "json":
         print(json.dumps({"file": str(args.file), "results": [r.to_dict() for r in results]},
                          indent=1))

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import sympy as sp
 
 from .. import ir
@@ -84,24 +85,23 @@ class Calculator:
     def __init__(self, prog: ir.Program, integrate: Callable[[Quadrature], sp.Expr],
                  settle: Callable[[sp.Expr], sp.Expr]):
         self.p = prog
-        self.integrate = integrate
         self.settle = settle
         self.hats = {g.name: hat(g) for g in prog.gvars}
         self.gvar_of = {s: prog.gvar(n) for n, s in self.hats.items()}
         self.z: dict[str, sp.Expr] = {}
+        self.zsub: dict[sp.Symbol, sp.Expr] = {}  # G-var symbol -> its Z (what Z() replaces)
         self.steps: list[GStep] = []
         self.memo: dict = {}
-        self.E = Expectation(self._cov, self._family, self._quad, self._where,
+        self.E = Expectation(self._cov, self._family, integrate, self._where,
                              max_dim=MAX_LIMIT_DIM)
-        for g in prog.gvars:
-            self._derive(g)
+        for i, g in enumerate(prog.gvars):
+            self._derive(g, prog.gvars[:i])
 
     # --- the Master theorem --------------------------------------------------------------
 
     def Z(self, h: sp.Expr) -> sp.Expr:  # noqa: N802 - the theorem's name
         """An H-var (in G-var symbols) as a function of the Zhats."""
-        return h.xreplace({ir.gsym(n): z for n, z in self.z.items() if ir.gsym(n) in
-                           h.free_symbols})
+        return h.xreplace(self.zsub)
 
     def expect(self, f: sp.Expr) -> sp.Expr:
         """E[f] for f in hat symbols, settled to a number."""
@@ -112,7 +112,7 @@ class Calculator:
             self.memo[key] = self.settle(self.E(f))
         return self.memo[key]
 
-    def _derive(self, g: ir.GVar) -> None:
+    def _derive(self, g: ir.GVar, earlier: tuple[ir.GVar, ...]) -> None:
         if g.op is ir.Op.INPUT:
             raise TPError("limits are computed for programs without data: this one reads the "
                           f"input '{g.arg.input}'", g.span,
@@ -122,20 +122,16 @@ class Calculator:
             raise TPError(f"limits of programs with {g.op.value} are not supported", g.span)
         corrections: list[Correction] = []
         if g.op is ir.Op.MATMUL:
-            m = self.p.matrix(g.param)
-            scale = m.var * (m.ratio if g.transposed else 1)
-            x = self.Z(g.arg)
-            partners = [p for p in self.p.gvars[:self.p.gvars.index(g)]
-                        if p.op is ir.Op.MATMUL and p.param == g.param
+            partners = [p for p in earlier if p.op is ir.Op.MATMUL and p.param == g.param
                         and p.transposed != g.transposed]
             if partners:
-                grad = self.gradient(x, [self.hats[p.name] for p in partners])
+                grad = self.gradient(self.Z(g.arg), [self.hats[p.name] for p in partners])
                 for p in partners:
-                    c = scale * grad[self.hats[p.name]]
+                    c = self._scale(g) * grad[self.hats[p.name]]
                     if c != 0:
                         corrections.append(Correction(p.name, c, p.arg))
         dot = sum((c.coefficient * self.Z(c.source) for c in corrections), sp.S.Zero)
-        self.z[g.name] = self.hats[g.name] + dot
+        self.z[g.name] = self.zsub[g.symbol] = self.hats[g.name] + dot
         self.steps.append(GStep(g.name, family(g), self._cov(self.hats[g.name],
                                                              self.hats[g.name]),
                                 tuple(corrections)))
@@ -155,8 +151,6 @@ class Calculator:
         if exact and sp.simplify(cov.det()) != 0:
             sol = cov.LUsolve(b).applyfunc(sp.simplify)
         else:
-            import numpy as np
-
             c = np.array(cov.evalf(), dtype=float)
             # the least-norm solution: Zhats that coincide (one vector multiplied twice)
             # share the derivative, whose sum along them is what the corrections read
@@ -181,8 +175,10 @@ class Calculator:
         loc = f" (line {g.span.line})" if g.span is not None else ""
         return f"{g.name}{loc}"
 
-    def _quad(self, q: Quadrature) -> sp.Expr:
-        return self.integrate(q)
+    def _scale(self, g: ir.GVar) -> sp.Expr:
+        """var for W (a sum over its columns), var * ratio for W^T (over its rows)."""
+        m = self.p.matrix(g.param)
+        return m.var * (m.ratio if g.transposed else 1)
 
     def _cov(self, a: sp.Symbol, b: sp.Symbol) -> sp.Expr:
         ga, gb = self.gvar_of[a], self.gvar_of[b]
@@ -194,9 +190,7 @@ class Calculator:
             return self.p.bias(ga.param).var
         key = ("cov",) + tuple(sorted((ga.name, gb.name)))
         if key not in self.memo:
-            m = self.p.matrix(ga.param)
-            scale = m.var * (m.ratio if ga.transposed else 1)
-            self.memo[key] = scale * self.expect(self.Z(ga.arg) * self.Z(gb.arg))
+            self.memo[key] = self._scale(ga) * self.expect(self.Z(ga.arg) * self.Z(gb.arg))
         return self.memo[key]
 
 
