@@ -95,6 +95,47 @@ def test_marchenko_pastur_at_other_ratios(rho, var):
         assert lim[f"m{k}"] == sp.Rational(narayana_moment(k, r) * v ** k)
 
 
+def noncrossing_pairings(word: str) -> int:
+    """The number of non-crossing pairings of the positions of `word` that pair equal letters:
+    for free standard semicircular elements, phi(word) (Voiculescu's free Wick formula)."""
+    if not word:
+        return 1
+    total = 0
+    for j in range(1, len(word), 2):  # position 0 pairs with j; inside and outside separate
+        if word[j] == word[0]:
+            total += noncrossing_pairings(word[1:j]) * noncrossing_pairings(word[j + 1:])
+    return total
+
+
+def test_two_independent_wigner_matrices_are_free():
+    """A = P + P^T and B = Q + Q^T of two independent weights: in the limit free semicircular
+    elements (TP III's Free Independence Principle), so (1/n) z^T M z for a word M in A and B
+    is phi(M), the number of non-crossing pairings of equal letters."""
+    src = ("weight P(var=0.5)\nweight Q(var=0.5)\nvector z\n"
+           "b = dense(z, Q) + dense(z, transpose(Q))\n"
+           "ab = dense(b, P) + dense(b, transpose(P))\n"
+           "bab = dense(ab, Q) + dense(ab, transpose(Q))\n"
+           "abab = dense(bab, P) + dense(bab, transpose(P))\n"
+           "report w1 = mean(ab ** 2)\nreport w2 = mean(z * abab)\n"
+           "report w3 = mean(bab ** 2)\nreport w4 = mean(abab ** 2)\n")
+    lim = tpc.compile_source(src).limits()
+    # |M z|^2 / n = phi(M^T M); the letters read right to left (M = A B: B applied first)
+    words = {"w1": "baab", "w2": "abab", "w3": "babbab", "w4": "babaabab"}
+    for name, word in words.items():
+        assert lim[name] == noncrossing_pairings(word), (name, lim[name])
+    assert noncrossing_pairings("abab") == 0 and noncrossing_pairings("babaabab") == 1
+
+
+def test_a_trig_correction_in_closed_form():
+    """g = W^T sin(W z): its correction along z is var E[cos(Zhat)] z = var e^(-var/2) z, so
+    mean(g z) = var e^(-var/2), and g is uncorrelated with the even cos(z)."""
+    src = ("weight W(var=1.5)\nvector z\nh = dense(z, W)\ng = dense(sin(h), transpose(W))\n"
+           "report a = mean(g * z)\nreport b = mean(g * cos(z))\n")
+    lim = tpc.compile_source(src).limits()
+    assert float(lim["a"]) == pytest.approx(1.5 * math.exp(-0.75), rel=1e-13)
+    assert lim["b"] == 0
+
+
 def test_a_kinked_derivative_keeps_its_dirac_mass():
     """E[d step(g - s)/dg] is the density at s: Stein's lemma keeps it (step' as a function
     is 0). The correction of W^T step(W z - s) along z is var * that density."""
